@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine: `make pretrain` and `make test` (both set up first).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup data pretrain test test-fast clean
+
+## setup: virtual environment, pinned torch, the project (editable) and the Fashion-MNIST package (idempotent)
+setup: $(INSTALLED) data
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+## data: Debian's dataset-fashion-mnist, the embedded default dataset
+data: $(FASHION_MNIST)
+
+$(FASHION_MNIST):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y dataset-fashion-mnist
+
+## pretrain: the main job, MAE pre-training on Fashion-MNIST ending with kNN top-1 (extra overrides: ARGS="...")
+pretrain: setup
+	$(BIN)/python train.py $(ARGS)
+
+## test: the whole suite, slow learning tests included
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-fast: everything but the slow learning tests
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,50 @@
+"""Hydra/OmegaConf glue: custom resolvers and up-front validation of a composed config."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def wandb_logged_in() -> bool:
+    """True when W&B credentials exist (env var or ``wandb login``'s netrc entry); never prompts."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return any("wandb" in host for host in netrc.netrc(path).hosts)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def register_resolvers() -> None:
+    """Resolvers used by ``conf/``; safe to call more than once."""
+    if not OmegaConf.has_resolver("wandb_offline"):
+        OmegaConf.register_new_resolver("wandb_offline", lambda: os.environ.get("WANDB_MODE") != "online" and not wandb_logged_in())
+
+
+class ConfigError(ValueError):
+    """A composed config value breaks a rule; the message names the key, the value and the rule."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate_schedule(schedule: DictConfig) -> None:
+    """Check the schedule group, which no object validates on construction (model and data check their own)."""
+    _require(schedule.batch_size >= 1, f"schedule.batch_size={schedule.batch_size} must be at least 1")
+    _require(schedule.accumulate_grad_batches >= 1,
+             f"schedule.accumulate_grad_batches={schedule.accumulate_grad_batches} must be at least 1")
+    _require(schedule.epochs >= 1, f"schedule.epochs={schedule.epochs} must be at least 1")
+    _require(0 <= schedule.warmup_epochs <= schedule.epochs,
+             f"schedule.warmup_epochs={schedule.warmup_epochs} must be in [0, schedule.epochs={schedule.epochs}]")
+    _require(schedule.blr > 0 or (schedule.lr is not None and schedule.lr > 0),
+             f"schedule.blr={schedule.blr} must be positive (or give schedule.lr)")
+    _require(schedule.min_lr >= 0, f"schedule.min_lr={schedule.min_lr} must be non-negative")
+    _require(schedule.clip_grad is None or schedule.clip_grad > 0,
+             f"schedule.clip_grad={schedule.clip_grad} must be positive or null")

@@ -1,0 +1,119 @@
+"""A thin LightningModule around the MAE model: optimiser, lr schedule, logging, reproducible epochs."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.seed import seed_everything
+from torch import nn
+
+from mae.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_lr
+
+
+class MAEPretrainModule(L.LightningModule):
+    """Pre-trains an injected MAE ``nn.Module`` with the reference recipe.
+
+    Args:
+        model: the masked autoencoder (its ``forward`` returns an output with ``loss``).
+        blr: base learning rate; the actual one is ``blr * effective_batch / 256``.
+        lr: absolute learning rate; when given, ``blr`` is ignored.
+        min_lr: floor of the cosine schedule.
+        weight_decay: AdamW decay for weights (biases and 1-D parameters get none).
+        betas: AdamW betas.
+        warmup_epochs: linear warmup length (fractional epochs allowed).
+        epochs: length of the lr schedule; independent of the trainer's ``max_epochs`` so that a run can
+            stop early and be resumed on the same schedule.
+        seed: base seed; every epoch reseeds from ``(seed, epoch)`` so a resumed run repeats exactly.
+        compile: ``torch.compile`` the model before training.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        blr: float = 1.5e-4,
+        lr: float | None = None,
+        min_lr: float = 0.0,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 40,
+        epochs: int = 800,
+        seed: int = 0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("blr", blr), ("min_lr", min_lr), ("weight_decay", weight_decay), ("warmup_epochs", warmup_epochs)):
+            if value < 0:
+                raise ValueError(f"{name}={value} must be non-negative")
+        if epochs < 1 or warmup_epochs > epochs:
+            raise ValueError(f"epochs={epochs} must be at least 1 and not below warmup_epochs={warmup_epochs}")
+        if lr is not None and lr <= 0:
+            raise ValueError(f"lr={lr} must be positive (or null to derive it from blr)")
+        self.model = model
+        self.save_hyperparameters(ignore=["model"])
+        self._step_started = 0.0
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            # In-place compile keeps parameter names, so checkpoints stay in the reference layout.
+            self.model.compile()
+            self._compiled = True
+
+    # -- schedule ----------------------------------------------------------------------------------
+    @property
+    def effective_batch_size(self) -> int:
+        batch = self.trainer.datamodule.batch_size
+        return batch * self.trainer.accumulate_grad_batches * self.trainer.world_size
+
+    @property
+    def peak_lr(self) -> float:
+        if self.hparams.lr is not None:
+            return self.hparams.lr
+        return scaled_lr(self.hparams.blr, self.effective_batch_size)
+
+    def lr_at_step(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based), the reference's per-iteration schedule."""
+        steps_per_epoch = self.trainer.estimated_stepping_batches / self.trainer.max_epochs
+        return warmup_cosine_lr(step / steps_per_epoch, self.peak_lr, self.hparams.min_lr,
+                                self.hparams.warmup_epochs, self.hparams.epochs)
+
+    def configure_optimizers(self):
+        peak = self.peak_lr
+        groups = param_groups_weight_decay(self.model, self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=peak, betas=tuple(self.hparams.betas))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_at_step(step) / peak)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- reproducibility ---------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # Masking noise and augmentation draw from RNGs reseeded per epoch: an interrupted run resumed from an
+        # epoch checkpoint sees the same masks and crops as one that never stopped.
+        seed_everything(self.hparams.seed + self.current_epoch * 1000 + self.global_rank, workers=True, verbose=False)
+
+    # -- steps -------------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        imgs = batch[0]
+        loss = self.model(imgs).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; stopping")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        seconds = time.perf_counter() - self._step_started
+        images = batch[0].shape[0] * self.trainer.world_size
+        self.log("train/img_per_s", images / max(seconds, 1e-9), prog_bar=True, on_step=True, on_epoch=False)
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        imgs = batch[0]
+        # A fixed mask per batch makes validation losses comparable across epochs.
+        generator = torch.Generator(device="cpu").manual_seed(batch_idx)
+        noise = torch.rand(imgs.shape[0], self.model.num_patches, generator=generator).to(imgs.device)
+        loss = self.model(imgs, noise=noise).loss
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=imgs.shape[0], sync_dist=True)
+        return loss

@@ -1,0 +1,115 @@
+"""The LightningModule's recipe through a real Trainer on a tiny synthetic dataset."""
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from mae.models import MaskedAutoencoderViT
+from mae.training import MAEPretrainModule
+from mae.training.optim import warmup_cosine_lr
+
+
+class SyntheticData(L.LightningDataModule):
+    def __init__(self, batch_size: int, samples: int = 64):
+        super().__init__()
+        self.batch_size = batch_size
+        generator = torch.Generator().manual_seed(0)
+        self.dataset = TensorDataset(torch.randn(samples, 1, 8, 8, generator=generator), torch.zeros(samples))
+
+    def train_dataloader(self):
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, drop_last=True)
+
+
+class LrRecorder(L.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append([group["lr"] for group in optimizer.param_groups])
+
+
+def tiny_model() -> MaskedAutoencoderViT:
+    return MaskedAutoencoderViT(img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2,
+                                decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+
+
+def fit(module, batch_size=8, accumulate=1, epochs=3, **trainer_kwargs):
+    recorder = LrRecorder()
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, accumulate_grad_batches=accumulate, callbacks=[recorder],
+                        **trainer_kwargs)
+    trainer.fit(module, datamodule=SyntheticData(batch_size))
+    return trainer, recorder.lrs
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_per_step_warmup_cosine_with_scaled_lr(accumulate):
+    module = MAEPretrainModule(tiny_model(), blr=0.1, min_lr=0.001, warmup_epochs=1, epochs=3)
+    trainer, lrs = fit(module, batch_size=8, accumulate=accumulate)
+    peak = 0.1 * 8 * accumulate / 256
+    steps_per_epoch = 8 // accumulate
+    assert module.peak_lr == pytest.approx(peak)
+    assert len(lrs) == 3 * steps_per_epoch == trainer.global_step
+    expected = [warmup_cosine_lr(k / steps_per_epoch, peak, 0.001, 1, 3) for k in range(len(lrs))]
+    assert [group_lrs[0] for group_lrs in lrs] == pytest.approx(expected)
+    assert lrs[0][0] == 0.0  # the reference's first step runs at lr 0
+    assert all(len(set(group_lrs)) == 1 for group_lrs in lrs)  # both weight-decay groups share the lr
+
+
+def test_schedule_follows_configured_epochs_not_trainer_stop():
+    module = MAEPretrainModule(tiny_model(), lr=0.01, warmup_epochs=1, epochs=4)
+    _, lrs = fit(module, epochs=2)
+    steps_per_epoch = 8
+    expected = [warmup_cosine_lr(k / steps_per_epoch, 0.01, 0.0, 1, 4) for k in range(16)]
+    assert [group_lrs[0] for group_lrs in lrs] == pytest.approx(expected)
+
+
+def test_adamw_settings_and_weight_decay_groups():
+    module = MAEPretrainModule(tiny_model(), lr=0.01, weight_decay=0.05, warmup_epochs=0, epochs=1)
+    trainer, _ = fit(module, epochs=1)
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["betas"] == (0.9, 0.95)
+    assert sorted(group["weight_decay"] for group in optimizer.param_groups) == [0.0, 0.05]
+
+
+def test_training_lowers_loss_and_keeps_position_embeddings_fixed():
+    torch.manual_seed(0)
+    module = MAEPretrainModule(tiny_model(), lr=0.01, warmup_epochs=0, epochs=20)
+    imgs = SyntheticData(8).dataset.tensors[0]
+    noise = torch.rand(imgs.shape[0], 4)
+    before = module.model(imgs, noise=noise).loss.item()
+    pos_embed = module.model.pos_embed.detach().clone()
+    fit(module, epochs=20)
+    after = module.model(imgs, noise=noise).loss.item()
+    assert after < 0.8 * before
+    assert torch.equal(module.model.pos_embed, pos_embed)
+
+
+def test_gradient_clipping_is_applied():
+    module = MAEPretrainModule(tiny_model(), lr=0.01, warmup_epochs=0, epochs=1)
+    norms = []
+
+    class NormRecorder(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, gradient_clip_val=1e-3, callbacks=[NormRecorder()])
+    trainer.fit(module, datamodule=SyntheticData(8))
+    # Lightning clips after on_before_optimizer_step, so check the clipped norm directly instead.
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    assert norms and max(norms) > 1e-3
+    assert torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() <= 1e-3 * 1.001
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(blr=-1.0), "blr=-1.0 must be non-negative"),
+    (dict(lr=0.0), "lr=0.0 must be positive"),
+    (dict(epochs=2, warmup_epochs=5), "epochs=2 must be at least 1 and not below warmup_epochs=5"),
+])
+def test_invalid_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MAEPretrainModule(tiny_model(), **kwargs)
