@@ -1,0 +1,43 @@
+"""Shared test helpers: compose the project's real Hydra configs with overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from mae.config import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+register_resolvers()
+
+
+def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None,
+                   config_name: str = "train") -> DictConfig:
+    """The composed config exactly as train.py would see it, with Hydra's runtime values filled in."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.hydra.runtime.cwd = str(output_dir.parent)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def config_factory(tmp_path):
+    """``config_factory(overrides)`` composes the real config with a per-test output directory."""
+
+    def factory(overrides: list[str] | None = None, name: str = "run") -> DictConfig:
+        return compose_config(overrides, output_dir=tmp_path / name)
+
+    yield factory
+    GlobalHydra.instance().clear()

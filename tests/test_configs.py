@@ -1,0 +1,148 @@
+"""Every config group option composes, and what it builds matches the recipe it names."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from timm.models.vision_transformer import Block
+
+from mae.config import ConfigError, validate_schedule
+from mae.models import mae_vit_base_patch16, mae_vit_huge_patch14, mae_vit_large_patch16
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", options("model"))
+def test_every_model_preset_builds_its_factory_architecture(config_factory, preset):
+    cfg = config_factory([f"model={preset}", "data.img_size=56" if "patch14" in preset else "data.img_size=32"])
+    with torch.device("meta"):  # no memory, no init cost: only the structure is compared
+        model = instantiate(cfg.model)
+        factory_model = getattr(__import__("mae.models", fromlist=[preset]), preset)(
+            img_size=cfg.data.img_size, in_chans=cfg.data.in_chans)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in factory_model.state_dict().items()}
+    assert model.mask_ratio == 0.75 and model.norm_pix_loss is True
+
+
+def test_paper_presets_have_paper_widths(config_factory):
+    for preset, factory, width, depth in [("mae_vit_base_patch16", mae_vit_base_patch16, 768, 12),
+                                          ("mae_vit_large_patch16", mae_vit_large_patch16, 1024, 24),
+                                          ("mae_vit_huge_patch14", mae_vit_huge_patch14, 1280, 32)]:
+        cfg = config_factory([f"model={preset}", "data.img_size=224"])
+        assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.decoder_embed_dim, cfg.model.decoder_depth,
+                cfg.model.decoder_num_heads) == (width, depth, 512, 8, 16)
+
+
+@pytest.mark.parametrize(("override", "attribute", "expected"), [
+    ("model.mask_ratio=0.5", lambda m: m.mask_ratio, 0.5),
+    ("model.decoder_depth=1", lambda m: len(m.decoder_blocks), 1),
+    ("model.decoder_embed_dim=256", lambda m: m.mask_token.shape[-1], 256),
+    ("model.norm_pix_loss=false", lambda m: m.norm_pix_loss, False),
+])
+def test_ablation_knobs_are_plain_overrides(config_factory, override, attribute, expected):
+    cfg = config_factory([override])
+    assert attribute(instantiate(cfg.model)) == expected
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_every_data_option_composes_with_matching_model_input(config_factory, option):
+    overrides = [f"data={option}"] + (["data.root=/some/folder"] if option == "image_folder" else [])
+    cfg = config_factory(overrides)
+    assert cfg.model.img_size == cfg.data.img_size and cfg.model.in_chans == cfg.data.in_chans
+    assert cfg.data.batch_size == cfg.schedule.batch_size
+    assert cfg.data._target_.startswith("mae.data.")
+
+
+@pytest.mark.parametrize("option", options("schedule"))
+def test_every_schedule_is_valid(config_factory, option):
+    cfg = config_factory([f"schedule={option}"])
+    validate_schedule(cfg.schedule)
+    assert cfg.trainer.max_epochs == cfg.schedule.epochs
+    assert tuple(cfg.schedule.betas) == (0.9, 0.95) and cfg.schedule.weight_decay == 0.05
+
+
+def test_cpu_trainer_instantiates(config_factory):
+    cfg = config_factory(["trainer=cpu"])
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.max_epochs == cfg.schedule.epochs and trainer.precision == "32-true"
+
+
+@pytest.mark.parametrize("option", ["gpu", "ddp", "fsdp"])
+def test_gpu_trainers_use_bf16(config_factory, option):
+    cfg = config_factory([f"trainer={option}"])
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+
+
+def test_ddp_strategy_instantiates(config_factory):
+    strategy = instantiate(config_factory(["trainer=ddp"]).trainer.strategy)
+    assert isinstance(strategy, DDPStrategy)
+
+
+def test_fsdp_wraps_each_transformer_block(config_factory):
+    strategy = instantiate(config_factory(["trainer=fsdp"]).trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert set(policy._module_classes) == {Block}
+    assert strategy.kwargs["use_orig_params"] is True
+
+
+@pytest.mark.parametrize(("option", "logger_type"), [("csv", CSVLogger), ("tensorboard", TensorBoardLogger),
+                                                     ("wandb", WandbLogger)])
+def test_loggers_instantiate(config_factory, option, logger_type, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = config_factory([f"logger={option}"])
+    loggers = [instantiate(node) for node in cfg.logger.values()]
+    assert len(loggers) == 1 and isinstance(loggers[0], logger_type)
+    if option == "wandb":
+        assert cfg.logger.wandb.offline is True  # never prompts for a login
+
+
+def test_wandb_goes_online_when_logged_in(config_factory, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert config_factory(["logger=wandb"]).logger.wandb.offline is False
+
+
+def test_no_logger_option(config_factory):
+    assert not config_factory(["logger=none"]).get("logger")
+
+
+@pytest.mark.parametrize(("experiment", "preset", "blr", "epochs"), [
+    ("mae_vit_base_in1k", "mae_vit_base_patch16", 1.5e-4, 800),
+    ("mae_vit_large_in1k", "mae_vit_large_patch16", 1.5e-4, 800),
+    ("mae_vit_huge_in1k", "mae_vit_huge_patch14", 1.5e-4, 800),
+])
+def test_paper_recipes(config_factory, experiment, preset, blr, epochs):
+    cfg = config_factory([f"experiment={experiment}"])
+    assert cfg.model._target_ == f"mae.models.{preset}"
+    effective = cfg.schedule.batch_size * cfg.schedule.accumulate_grad_batches * cfg.trainer.devices * cfg.trainer.num_nodes
+    assert effective == 4096
+    assert (cfg.schedule.blr, cfg.schedule.epochs, cfg.schedule.warmup_epochs) == (blr, epochs, 40)
+    assert cfg.model.mask_ratio == 0.75 and cfg.model.norm_pix_loss is True
+    assert cfg.data.img_size == 224 and tuple(cfg.data.crop_scale) == (0.2, 1.0) and cfg.data.interpolation == "bicubic"
+
+
+def test_cpu_experiment_is_the_default_recipe(config_factory):
+    default = config_factory([])
+    explicit = config_factory(["experiment=fashion_mnist_cpu"])
+    for group in ("model", "data", "schedule", "trainer"):
+        assert default[group] == explicit[group]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("schedule.batch_size=0", "schedule.batch_size=0 must be at least 1"),
+    ("schedule.epochs=0", "schedule.epochs=0 must be at least 1"),
+    ("schedule.warmup_epochs=10", r"schedule.warmup_epochs=10 must be in \[0, schedule.epochs=4\]"),
+    ("schedule.blr=0", "schedule.blr=0 must be positive"),
+    ("schedule.accumulate_grad_batches=0", "schedule.accumulate_grad_batches=0 must be at least 1"),
+])
+def test_schedule_validation(config_factory, override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_schedule(config_factory([override]).schedule)
