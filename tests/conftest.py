@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mae.config import register_resolvers
 
@@ -28,7 +28,11 @@ def compose_config(overrides: list[str] | None = None, output_dir: Path | None =
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(output_dir)
             cfg.hydra.runtime.cwd = str(output_dir.parent)
+            cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # train.py's task function never sees the hydra node either
+    OmegaConf.resolve(cfg)  # pin ${hydra:...} values now: a later compose replaces the global HydraConfig
     return cfg
 
 

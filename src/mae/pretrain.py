@@ -52,8 +52,9 @@ def build(cfg: DictConfig) -> PretrainRun:
         )
         if cfg.ckpt_path is not None:
             check_resume_checkpoint(cfg.ckpt_path, module)
-        callbacks = [_instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
-        loggers = [_instantiate(node) for node in (cfg.get("logger") or {}).values()]
+        # A group entry set to null (e.g. `callbacks.knn_evaluation=null`) switches that piece off.
+        callbacks = [_instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+        loggers = [_instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
         trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     except (ValueError, FileNotFoundError, TypeError) as error:
         raise SetupError(str(error).strip().replace("\n", " ")) from error

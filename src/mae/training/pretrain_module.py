@@ -6,10 +6,14 @@ import time
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.seed import seed_everything
 from torch import nn
 
 from mae.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_lr
+
+
+def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
+    """A distinct 63-bit seed per (seed, epoch, batch, rank)."""
+    return hash((seed, epoch, batch_idx, rank)) & (2**63 - 1)
 
 
 class MAEPretrainModule(L.LightningModule):
@@ -25,7 +29,7 @@ class MAEPretrainModule(L.LightningModule):
         warmup_epochs: linear warmup length (fractional epochs allowed).
         epochs: length of the lr schedule; independent of the trainer's ``max_epochs`` so that a run can
             stop early and be resumed on the same schedule.
-        seed: base seed; every epoch reseeds from ``(seed, epoch)`` so a resumed run repeats exactly.
+        seed: base seed of the masking noise; each batch reseeds from it, so a resumed run repeats exactly.
         compile: ``torch.compile`` the model before training.
     """
 
@@ -85,14 +89,11 @@ class MAEPretrainModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_at_step(step) / peak)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # -- reproducibility ---------------------------------------------------------------------------
-    def on_train_epoch_start(self) -> None:
-        # Masking noise and augmentation draw from RNGs reseeded per epoch: an interrupted run resumed from an
-        # epoch checkpoint sees the same masks and crops as one that never stopped.
-        seed_everything(self.hparams.seed + self.current_epoch * 1000 + self.global_rank, workers=True, verbose=False)
-
     # -- steps -------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # The masks of a batch are a pure function of (seed, epoch, batch, rank), whatever the data loader drew
+        # from the global RNG before: a run resumed from a checkpoint repeats the masks of one that never stopped.
+        torch.manual_seed(batch_seed(self.hparams.seed, self.current_epoch, batch_idx, self.global_rank))
         self._step_started = time.perf_counter()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

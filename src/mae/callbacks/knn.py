@@ -1,0 +1,127 @@
+"""kNN accuracy of the encoder being pre-trained, against the same architecture at random initialisation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from mae.callbacks.reconstruction import check_every_n_epochs, epoch_is_due
+from mae.evaluation.knn import (
+    check_pool,
+    evaluate_encoder,
+    model_device_and_dtype,
+    preserved_rng,
+    random_init_copy,
+)
+
+
+def merge_json(path: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """Update the JSON object in ``path`` with ``values`` (other keys kept) and return the merged object.
+
+    Written to a temporary file and renamed, so an interrupted write never leaves a truncated results file.
+    """
+    merged: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            merged = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            rank_zero_warn(f"{path} is not valid JSON ({error}); writing a new one")
+        if not isinstance(merged, dict):
+            rank_zero_warn(f"{path} does not hold a JSON object; writing a new one")
+            merged = {}
+    merged.update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    os.replace(tmp, path)
+    return merged
+
+
+class KNNEvaluationCallback(L.Callback):
+    """Weighted kNN top-1 accuracy of the encoder's features (see :mod:`mae.evaluation.knn`).
+
+    At the end of training, on global rank 0: the trained encoder's accuracy and, with
+    ``compare_random_init``, that of a randomly initialised copy (the baseline that shows what pre-training
+    added). Both are printed, sent to every logger, and merged into ``<default_root_dir>/<results_file>``
+    under ``knn_top1_pretrained``, ``knn_top1_random_init``, ``knn_k``, ``knn_pool`` and ``epochs_trained``.
+    Every ``every_n_epochs`` epochs the trained encoder alone is scored and logged as ``knn/top1``.
+
+    The trainer's datamodule must provide ``num_classes`` and ``knn_dataloaders() -> (train, val)``.
+
+    Args:
+        every_n_epochs: interval of the per-epoch scores; ``None`` for the end of training only.
+        k: neighbours per query.
+        temperature: vote temperature.
+        pool: ``"cls"`` or ``"mean"`` feature pooling.
+        compare_random_init: also score the random-initialisation baseline at the end.
+        seed: seed of the baseline's initialisation (the training random stream is not touched).
+        results_file: JSON file, relative to the run directory, that receives the final scores.
+    """
+
+    def __init__(self, every_n_epochs: int | None = None, k: int = 20, temperature: float = 0.07,
+                 pool: str = "cls", compare_random_init: bool = True, seed: int = 0,
+                 results_file: str = "results.json") -> None:
+        if k < 1:
+            raise ValueError(f"k={k} must be at least 1")
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature} must be positive")
+        self.every_n_epochs = check_every_n_epochs(every_n_epochs)
+        self.k = k
+        self.temperature = temperature
+        self.pool = check_pool(pool)
+        self.compare_random_init = compare_random_init
+        self.seed = seed
+        self.results_file = results_file
+        self.last_results: dict[str, Any] = {}
+
+    def score(self, trainer: L.Trainer, model: nn.Module) -> float:
+        """kNN top-1 of ``model`` on the datamodule's kNN loaders, without touching the global random state."""
+        datamodule = trainer.datamodule
+        with preserved_rng(model_device_and_dtype(model)[0]):
+            train_loader, val_loader = datamodule.knn_dataloaders()
+            return evaluate_encoder(model, train_loader, val_loader, datamodule.num_classes, k=self.k,
+                                    temperature=self.temperature, pool=self.pool)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or not epoch_is_due(self.every_n_epochs, trainer.current_epoch):
+            return
+        top1 = self.score(trainer, pl_module.model)
+        self.last_results = {"knn/top1": top1, "epoch": trainer.current_epoch}
+        log_to_all(trainer, {"knn/top1": top1})
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        model = pl_module.model
+        results: dict[str, Any] = {"knn_top1_pretrained": self.score(trainer, model)}
+        if self.compare_random_init:
+            results["knn_top1_random_init"] = self.score(trainer, random_init_copy(model, self.seed))
+        results.update(knn_k=self.k, knn_pool=self.pool, epochs_trained=trainer.current_epoch)
+        print(self.summary(results), flush=True)
+        log_to_all(trainer, {f"knn/top1_{name}": results[f"knn_top1_{name}"]
+                             for name in ("pretrained", "random_init") if f"knn_top1_{name}" in results})
+        merge_json(Path(trainer.default_root_dir) / self.results_file, results)
+        self.last_results = results
+
+    def summary(self, results: dict[str, Any]) -> str:
+        """One line, e.g. ``kNN top-1 (k=20, cls features): pretrained 81.23% | random init 62.10%``."""
+        line = f"kNN top-1 (k={self.k}, {self.pool} features): pretrained {results['knn_top1_pretrained']:.2%}"
+        if "knn_top1_random_init" in results:
+            line += f" | random init {results['knn_top1_random_init']:.2%}"
+        return line
+
+
+def log_to_all(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    """Send ``metrics`` to every logger at the current optimiser step.
+
+    Loggers are called directly rather than through ``LightningModule.log``: that is not allowed in
+    ``on_train_end``, and in DDP it would wait on ranks that skip the evaluation.
+    """
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)

@@ -1,0 +1,83 @@
+"""Write reconstruction grids of a few validation images during and after pre-training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from mae.evaluation.knn import preserved_rng
+from mae.visualization import save_reconstruction_grid
+
+
+def check_every_n_epochs(every_n_epochs: int | None) -> int | None:
+    """``None`` (only at the end of training) or a positive epoch interval."""
+    if every_n_epochs is not None and every_n_epochs < 1:
+        raise ValueError(f"every_n_epochs={every_n_epochs} must be at least 1, or null for the end of training only")
+    return every_n_epochs
+
+
+def epoch_is_due(every_n_epochs: int | None, epoch: int) -> bool:
+    """Whether the 0-based ``epoch`` that just finished is one of every ``every_n_epochs``."""
+    return every_n_epochs is not None and (epoch + 1) % every_n_epochs == 0
+
+
+class ReconstructionGridCallback(L.Callback):
+    """Save a grid of original / masked / reconstruction / pasted views (see :mod:`mae.visualization`).
+
+    Always at the end of training as ``<default_root_dir>/<filename>.png``, and every ``every_n_epochs``
+    epochs as ``<filename>_epoch{E:03d}.png`` (``E`` 0-based, like the checkpoints). The masking noise is drawn
+    once from ``seed``, so every grid of a run hides the same patches and grids compare across epochs. Runs
+    on global rank 0 only; a grid is also sent to every ``WandbLogger``.
+
+    The trainer's datamodule must provide ``mean``, ``std`` and ``sample_images(n)``.
+
+    Args:
+        num_images: images (grid rows).
+        every_n_epochs: interval of the per-epoch grids; ``None`` for the final grid only.
+        seed: seed of the masking noise.
+        filename: file stem of the grids.
+    """
+
+    def __init__(self, num_images: int = 8, every_n_epochs: int | None = None, seed: int = 0,
+                 filename: str = "reconstruction") -> None:
+        if num_images < 1:
+            raise ValueError(f"num_images={num_images} must be at least 1")
+        if not filename or Path(filename).name != filename:
+            raise ValueError(f"filename={filename!r} must be a plain file stem (the grid goes to the run directory)")
+        self.num_images = num_images
+        self.every_n_epochs = check_every_n_epochs(every_n_epochs)
+        self.seed = seed
+        self.filename = filename
+        self.last_path: Path | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if epoch_is_due(self.every_n_epochs, trainer.current_epoch):
+            self.write_grid(trainer, pl_module, f"{self.filename}_epoch{trainer.current_epoch:03d}.png")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write_grid(trainer, pl_module, f"{self.filename}.png")
+
+    def masking_noise(self, num_images: int, num_patches: int) -> torch.Tensor:
+        """The fixed ``(num_images, num_patches)`` noise of this callback's ``seed``, from a private generator."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.rand(num_images, num_patches, generator=generator)
+
+    def write_grid(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> Path | None:
+        """Write one grid named ``name`` into the run directory (rank 0 only) and log it; returns its path."""
+        if not trainer.is_global_zero:
+            return None
+        datamodule = trainer.datamodule
+        model = pl_module.model
+        with preserved_rng(pl_module.device):
+            imgs = datamodule.sample_images(self.num_images)
+            noise = self.masking_noise(imgs.shape[0], model.num_patches)
+            path = save_reconstruction_grid(model, imgs, Path(trainer.default_root_dir) / name,
+                                            datamodule.mean, datamodule.std, noise=noise)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="reconstruction", images=[str(path)], step=trainer.global_step)
+        self.last_path = path
+        return path

@@ -1,0 +1,26 @@
+"""Errors raised by the data modules; every message is a single line the user can act on."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+
+class CorruptDataError(ValueError):
+    """A data file exists but cannot be read; ``str()`` is one line that names the file."""
+
+
+def one_line(text: object) -> str:
+    """Collapse whitespace (newlines included) so a third-party reason fits in a one-line message."""
+    return " ".join(str(text).split())
+
+
+def check_int(name: str, value: int, minimum: int) -> int:
+    """``value`` as an int, or a one-line ``ValueError`` naming it when below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer of at least {minimum}")
+    return int(value)
+
+
+def check_optional_limit(name: str, value: int | None) -> int | None:
+    """A sample cap: ``None`` (use everything) or a positive integer."""
+    return None if value is None else check_int(name, value, 1)

@@ -1,0 +1,213 @@
+"""Image-folder datasets (``<root>/<split>/<class>/<image>``), ImageNet-1K's standard layout among them.
+
+Images are decoded with PIL and transformed with the paper's recipe; the class list comes from the training
+folder and is imposed on the validation folder, so a label means the same class in both splits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+from mae.data.errors import CorruptDataError, check_int, check_optional_limit, one_line
+from mae.data.sampling import LoaderSettings, Splits, current_epoch, first_images, seeded_subset
+from mae.data.transforms import (
+    Transformed,
+    check_crop_scale,
+    check_normalization,
+    eval_transform,
+    interpolation_mode,
+    pretrain_transform,
+)
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageLoader:
+    """Open an image file as ``mode`` ("RGB" or "L"); a file PIL cannot decode raises an error naming it.
+
+    A class rather than a closure so that it pickles into DataLoader worker processes.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, path: str) -> Image.Image:
+        try:
+            with Image.open(path) as img:
+                return img.convert(self.mode)  # convert() decodes the whole file, so truncation shows here
+        except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for unreadable/corrupt files
+            raise CorruptDataError(f"cannot decode image {path}: {one_line(error)}") from error
+
+
+class _FixedClassImageFolder(ImageFolder):
+    """An ImageFolder whose classes are given (the training split's) instead of read from its own folders."""
+
+    def __init__(self, root: str, classes: Sequence[str], loader: ImageLoader, allow_empty: bool) -> None:
+        self._given_classes = list(classes)
+        super().__init__(root, loader=loader, allow_empty=allow_empty)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return self._given_classes, {name: index for index, name in enumerate(self._given_classes)}
+
+
+def class_folders(directory: Path) -> list[str]:
+    """Sorted names of the sub-directories (classes) of ``directory``, as torchvision orders them."""
+    return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Any ImageFolder dataset with training and validation splits, for MAE pre-training and kNN evaluation.
+
+    Defaults are ImageNet-1K's (statistics, 224 px, the paper's crop scale).
+
+    Args:
+        root: folder holding ``train_dir`` and ``val_dir``, each with one sub-folder of images per class.
+        train_dir, val_dir: split folder names under ``root``.
+        img_size: side of the served images.
+        in_chans: 3 (RGB) or 1 (images converted to grayscale).
+        batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings (persistent workers
+            only apply with ``num_workers > 0``).
+        seed: seeds the per-epoch shuffling and the fixed subsets.
+        crop_scale: RandomResizedCrop area range of the pre-training augmentation.
+        hflip: random horizontal flips in the pre-training augmentation.
+        interpolation: resampling of every resize ("bicubic", "bilinear" or "nearest").
+        eval_resize_ratio: evaluation resizes the shorter side to ``img_size / eval_resize_ratio`` and then
+            centre-crops ``img_size`` (224 -> 256 -> 224 at 0.875).
+        mean, std: per-channel normalisation of the [0, 1] pixels.
+        train_samples: pre-train on a fixed seeded subset of this many training images (None: all).
+        knn_train_samples, knn_val_samples: caps of the kNN evaluation's train and val sets (None: all).
+    """
+
+    dataset_name = "image folder dataset"
+    """How error messages call the dataset."""
+    file_pattern = "<image>"
+    """How error messages show the expected image files."""
+
+    def __init__(
+        self,
+        root: str,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        img_size: int = 224,
+        in_chans: int = 3,
+        batch_size: int = 64,
+        num_workers: int = 8,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+        crop_scale: Sequence[float] = (0.2, 1.0),
+        hflip: bool = True,
+        interpolation: str = "bicubic",
+        eval_resize_ratio: float = 0.875,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        train_samples: int | None = None,
+        knn_train_samples: int | None = None,
+        knn_val_samples: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.img_size = check_int("img_size", img_size, 1)
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans={in_chans} must be 1 (grayscale) or 3 (RGB)")
+        self.in_chans = in_chans
+        self.mean, self.std = check_normalization(mean, std, in_chans)
+        self.crop_scale = check_crop_scale(crop_scale)
+        self.hflip = bool(hflip)
+        interpolation_mode(interpolation)  # validate now; the transforms are built in setup()
+        self.interpolation = interpolation
+        if not 0.0 < eval_resize_ratio <= 1.0:
+            raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
+        self.eval_resize_ratio = float(eval_resize_ratio)
+        self.train_samples = check_optional_limit("train_samples", train_samples)
+        self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed,
+                                      knn_train_samples, knn_val_samples)
+        self.batch_size = self.loaders.batch_size
+        self.root = Path(root)
+        self.train_path, self.val_path = self.root / train_dir, self.root / val_dir
+        # Fail before any work, and cheaply: only the class folders are listed here; setup() scans the files.
+        self.classes = self._check_layout()
+        self.num_classes = len(self.classes)
+        self._splits: Splits | None = None
+
+    def _not_found(self, problem: str) -> FileNotFoundError:
+        return FileNotFoundError(
+            f"{self.dataset_name} not found: expected {self.train_path}/<class>/{self.file_pattern} and "
+            f"{self.val_path}/<class>/{self.file_pattern} ({problem}); set data.root=... to the folder holding "
+            f"{self.train_path.name}/ and {self.val_path.name}/"
+        )
+
+    def _check_layout(self) -> list[str]:
+        for path in (self.root, self.train_path, self.val_path):
+            if not path.is_dir():
+                raise self._not_found(f"{path} is missing")
+        classes = class_folders(self.train_path)
+        if not classes:
+            raise self._not_found(f"{self.train_path} has no class folders")
+        unknown = sorted(set(class_folders(self.val_path)) - set(classes))
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            raise ValueError(f"{self.val_path} has {len(unknown)} class folders absent from {self.train_path}: {shown}")
+        return classes
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        loader = ImageLoader("RGB" if self.in_chans == 3 else "L")
+        # Every training class must have images; the validation split may cover a subset of them.
+        train = _FixedClassImageFolder(str(self.train_path), self.classes, loader, allow_empty=False)
+        val = _FixedClassImageFolder(str(self.val_path), self.classes, loader, allow_empty=True)
+        if len(val) == 0:
+            raise self._not_found(f"{self.val_path} has no images")
+        log.info("%s: %d training and %d validation images in %d classes", self.dataset_name, len(train), len(val),
+                 self.num_classes)
+        augment = pretrain_transform(self.img_size, self.crop_scale, self.hflip, self.mean, self.std,
+                                     self.interpolation)
+        evaluate = eval_transform(self.img_size, self.mean, self.std, self.interpolation, self.eval_resize_ratio)
+        self._splits = Splits(
+            pretrain=Transformed(seeded_subset(train, self.train_samples, self.loaders.seed), augment),
+            train_eval=Transformed(train, evaluate),
+            val=Transformed(val, evaluate),
+        )
+
+    @property
+    def splits(self) -> Splits:
+        """The datasets served (built by ``setup()`` on first use)."""
+        if self._splits is None:
+            self.setup()
+        assert self._splits is not None
+        return self._splits
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loaders.pretrain_loader(self.splits, current_epoch(self))
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loaders.eval_loader(self.splits.val)
+
+    def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
+        return self.loaders.knn_loaders(self.splits)
+
+    def sample_images(self, n: int) -> torch.Tensor:
+        """The first ``n`` validation images, eval transform applied, stacked ``(n, C, H, W)``."""
+        return first_images(self.splits.val, n)
+
+
+class ImageNetDataModule(ImageFolderDataModule):
+    """ImageNet-1K in the standard layout: ``<root>/train/<wnid>/*.JPEG`` and ``<root>/val/<wnid>/*.JPEG``.
+
+    The generic module with ImageNet's defaults throughout; only its error messages speak of ImageNet.
+    """
+
+    dataset_name = "ImageNet"
+    file_pattern = "*.JPEG"

@@ -1,0 +1,138 @@
+"""Which samples are served, in what order: epoch-seeded shuffling, fixed subsets and the loaders built on them.
+
+Every random choice here comes from a local ``torch.Generator`` seeded from the configuration, never from the
+global RNG, so data order and subsets are reproducible across processes, resumes and unrelated code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from mae.data.errors import check_int, check_optional_limit
+
+
+def mixed_seed(*values: int) -> int:
+    """A well-mixed 64-bit seed from several non-negative ints (``seed + epoch`` would make (0, 1) == (1, 0))."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0])
+
+
+def seeded_permutation(n: int, seed: int) -> torch.Tensor:
+    """A random permutation of ``range(n)`` that depends on ``seed`` only."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(mixed_seed(seed)))
+
+
+def seeded_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """The first ``limit`` items of a fixed seeded permutation of ``dataset``; all of it when ``limit`` is None
+    or not smaller than the dataset (a cap, so small test datasets work with the production configs)."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if limit is None or limit >= size:
+        return dataset
+    return Subset(dataset, seeded_permutation(size, seed)[:limit].tolist())
+
+
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """Shuffles ``range(num_samples)`` anew each epoch and gives every sample an augmentation seed; order and
+    seeds of epoch ``e`` are a pure function of ``(seed, e)``.
+
+    Yields ``(index, sample_seed)`` pairs, which :class:`~mae.data.transforms.Transformed` understands. Lightning
+    calls :meth:`set_epoch` at every epoch start (also through its distributed wrapper), and the loaders start at
+    the trainer's current epoch, so a run resumed from a checkpoint at an epoch boundary sees exactly the images
+    and crops of an uninterrupted one, whatever the number of workers.
+    """
+
+    def __init__(self, num_samples: int, seed: int, epoch: int = 0) -> None:
+        self.num_samples = check_int("num_samples", num_samples, 0)
+        self.seed = check_int("seed", seed, 0)
+        self.epoch = check_int("epoch", epoch, 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = check_int("epoch", epoch, 0)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        sample_seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator).tolist()
+        return iter(zip(order, sample_seeds))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The datasets a data module serves, built in its ``setup()``."""
+
+    pretrain: Dataset
+    """Training split (possibly a subset) with the pre-training augmentation."""
+    train_eval: Dataset
+    """The whole training split with the eval transform (kNN memory bank)."""
+    val: Dataset
+    """Validation split with the eval transform."""
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a data module turns its :class:`Splits` into loaders; validated on construction."""
+
+    batch_size: int
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+    seed: int
+    knn_train_samples: int | None
+    knn_val_samples: int | None
+
+    def __post_init__(self) -> None:
+        check_int("batch_size", self.batch_size, 1)
+        check_int("num_workers", self.num_workers, 0)
+        check_int("seed", self.seed, 0)
+        check_optional_limit("knn_train_samples", self.knn_train_samples)
+        check_optional_limit("knn_val_samples", self.knn_val_samples)
+
+    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            # DataLoader refuses persistent workers without workers; the flag is meaningless then anyway.
+            persistent_workers=self.persistent_workers and self.num_workers > 0, **kwargs,
+        )
+
+    def pretrain_loader(self, splits: Splits, epoch: int = 0) -> DataLoader:
+        """Augmented training images, reshuffled per epoch by :class:`EpochSeededSampler`, full batches only.
+
+        ``epoch`` is the epoch the loader is first iterated in: Lightning takes the first batch of a resumed run
+        before it calls ``set_epoch``.
+        """
+        size = len(splits.pretrain)  # type: ignore[arg-type]
+        if size < self.batch_size:
+            # With drop_last an epoch would be empty and training would silently do nothing.
+            raise ValueError(f"the pre-training set has {size} images, fewer than batch_size={self.batch_size}")
+        return self._loader(splits.pretrain, sampler=EpochSeededSampler(size, self.seed, epoch), drop_last=True)
+
+    def eval_loader(self, dataset: Dataset) -> DataLoader:
+        """Unaugmented images in dataset order, every image served."""
+        return self._loader(dataset, shuffle=False, drop_last=False)
+
+    def knn_loaders(self, splits: Splits) -> tuple[DataLoader, DataLoader]:
+        """(train, val) loaders for kNN evaluation, each capped by a fixed seeded subset."""
+        train = seeded_subset(splits.train_eval, self.knn_train_samples, self.seed)
+        val = seeded_subset(splits.val, self.knn_val_samples, self.seed)
+        return self.eval_loader(train), self.eval_loader(val)
+
+
+def current_epoch(module: L.LightningDataModule) -> int:
+    """The epoch a data module's trainer is at (0 without a trainer), for :meth:`LoaderSettings.pretrain_loader`."""
+    return module.trainer.current_epoch if module.trainer is not None else 0
+
+
+def first_images(dataset: Dataset, n: int) -> torch.Tensor:
+    """The images of the first ``n`` items of a dataset of ``(image, label)`` pairs, stacked ``(n, C, H, W)``."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if not 1 <= n <= size:
+        raise ValueError(f"n={n} images requested, but the validation set has {size}; ask for 1 to {size}")
+    return torch.stack([dataset[i][0] for i in range(n)])

@@ -1,0 +1,218 @@
+"""Weighted k-nearest-neighbour evaluation of a frozen encoder (InstDisc / DINO protocol).
+
+Features are L2-normalised, so a dot product is the cosine similarity; each query takes its ``k`` most similar
+training samples and every neighbour votes for its class with weight ``exp(similarity / temperature)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.functional.classification import multiclass_accuracy
+
+POOLS = ("cls", "mean")
+DEFAULT_CHUNK_SIZE = 1024
+
+
+def check_pool(pool: str) -> str:
+    """Return ``pool`` if it is a known pooling mode, else raise a one-line ``ValueError``."""
+    if pool not in POOLS:
+        raise ValueError(f"pool={pool!r} is not a feature pooling mode; use one of {', '.join(map(repr, POOLS))}")
+    return pool
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and give every submodule back its own previous mode.
+
+    ``model.train(was_training)`` would not do: it sets one mode for all submodules, which would undo, say,
+    a frozen BatchNorm that the caller had deliberately left in eval mode.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
+def preserved_rng(device: torch.device | str | None = None) -> Iterator[None]:
+    """Restore the global CPU random state (and that of ``device``, if a GPU) when the block ends.
+
+    Evaluation draws random numbers without asking: every ``DataLoader`` iteration takes its base seed from
+    the global generator. Fenced in here, running an evaluation does not change what training draws next.
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    gpus = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        yield
+
+
+def model_device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device of the model's first parameter and dtype of its first floating-point one.
+
+    Inputs are cast to that dtype so that a model held in half precision (e.g. Lightning's ``bf16-true``)
+    can be called outside the trainer's precision plugin.
+    """
+    params = list(model.parameters())
+    if not params:
+        return torch.device("cpu"), torch.float32
+    dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+    return params[0].device, dtype
+
+
+def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
+    """``(N, 1 + L, D)`` encoder tokens to ``(N, D)``: the cls token, or the mean of the patch tokens."""
+    check_pool(pool)
+    return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+
+def extract_features(
+    model: nn.Module,
+    loader: Iterable,
+    pool: str = "cls",
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode every ``(images, labels)`` batch of ``loader`` with ``model.forward_features``.
+
+    Args:
+        model: an MAE (anything with ``forward_features(imgs) -> (N, 1 + L, D)``); left in the training
+            mode it had.
+        loader: yields ``(images, labels)`` batches.
+        pool: ``"cls"`` takes the cls token, ``"mean"`` averages the patch tokens.
+        device: where to run the encoder; the model's own device when omitted. The model is not moved.
+
+    Returns:
+        L2-normalised float32 features ``(N, D)`` and int64 labels ``(N,)``, both on ``device``.
+    """
+    check_pool(pool)
+    model_device, dtype = model_device_and_dtype(model)
+    device = model_device if device is None else torch.device(device)
+    features, labels = [], []
+    with eval_mode(model), torch.no_grad():
+        for batch in loader:
+            imgs, targets = batch[0], batch[1]
+            tokens = model.forward_features(imgs.to(device=device, dtype=dtype, non_blocking=True))
+            # Normalise in float32: half-precision norms of wide features lose the small differences kNN uses.
+            features.append(F.normalize(pool_tokens(tokens, pool).float(), dim=1))
+            labels.append(torch.as_tensor(targets, device=device).long())
+    if not features:
+        raise ValueError("the loader yielded no batches; kNN evaluation needs labelled images")
+    return torch.cat(features), torch.cat(labels)
+
+
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_features: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """Class scores ``(Nq, num_classes)`` of a similarity-weighted kNN vote.
+
+    A neighbour with cosine similarity ``s`` adds ``exp(s / temperature)`` to its class, up to a per-query
+    factor (see below); the predicted class is the highest score.
+
+    Args:
+        train_features: ``(Nt, D)`` L2-normalised bank of training features.
+        train_labels: ``(Nt,)`` integer labels in ``[0, num_classes)``.
+        query_features: ``(Nq, D)`` L2-normalised features to classify.
+        num_classes: number of classes.
+        k: neighbours per query; clamped to ``Nt`` so that small banks still work.
+        temperature: softness of the vote; small values let the nearest neighbour dominate.
+        chunk_size: queries handled at once, bounding the ``chunk_size x Nt`` similarity matrix.
+    """
+    if train_features.ndim != 2 or query_features.ndim != 2 or train_features.shape[1] != query_features.shape[1]:
+        raise ValueError(f"feature shapes {tuple(train_features.shape)} and {tuple(query_features.shape)} "
+                         "are not (N, D) with a common D")
+    if train_labels.shape != (train_features.shape[0],):
+        raise ValueError(f"train_labels has shape {tuple(train_labels.shape)}, expected ({train_features.shape[0]},)")
+    if train_features.shape[0] == 0:
+        raise ValueError("the training feature bank is empty")
+    for name, value in (("num_classes", num_classes), ("k", k), ("chunk_size", chunk_size)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be at least 1")
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be positive")
+    if int(train_labels.min()) < 0 or int(train_labels.max()) >= num_classes:
+        raise ValueError(f"train labels span [{int(train_labels.min())}, {int(train_labels.max())}], "
+                         f"outside [0, {num_classes})")
+
+    k = min(k, train_features.shape[0])
+    bank = train_features.float().t()
+    bank_labels = train_labels.long().to(bank.device)
+    scores = []
+    for queries in query_features.float().to(bank.device).split(chunk_size):
+        similarity, indices = (queries @ bank).topk(k, dim=1)
+        # exp(sim / T) shifted by the query's top similarity: each query's scores shrink by one common factor,
+        # which leaves its ranking unchanged, and a tiny temperature no longer overflows to inf.
+        weights = ((similarity - similarity[:, :1]) / temperature).exp()
+        votes = torch.zeros(queries.shape[0], num_classes, device=bank.device)
+        # Summing weights per class index is the one-hot-times-weights sum of the reference, without the
+        # (chunk, k, num_classes) one-hot tensor.
+        scores.append(votes.scatter_add_(1, bank_labels[indices], weights))
+    if not scores:
+        return torch.zeros(0, num_classes, device=bank.device)
+    return torch.cat(scores)
+
+
+def knn_top1(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_features: torch.Tensor,
+    query_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> float:
+    """Top-1 accuracy in ``[0, 1]`` of :func:`knn_predict` on the labelled queries."""
+    if num_classes < 2:
+        # torchmetrics' multiclass metrics need two classes, and with one the score would be meaningless.
+        raise ValueError(f"num_classes={num_classes}: kNN accuracy needs at least 2 classes")
+    if query_features.shape[0] == 0:
+        raise ValueError("there are no query features to classify")
+    scores = knn_predict(train_features, train_labels, query_features, num_classes, k, temperature, chunk_size)
+    targets = query_labels.long().to(scores.device)
+    return float(multiclass_accuracy(scores, targets, num_classes=num_classes, average="micro"))
+
+
+def evaluate_encoder(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    pool: str = "cls",
+    device: torch.device | str | None = None,
+) -> float:
+    """kNN top-1 on ``val_loader`` with a feature bank from ``train_loader``, both encoded by ``model``."""
+    train_features, train_labels = extract_features(model, train_loader, pool, device)
+    val_features, val_labels = extract_features(model, val_loader, pool, device)
+    return knn_top1(train_features, train_labels, val_features, val_labels, num_classes, k, temperature)
+
+
+def random_init_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` re-initialised by its ``initialize_weights()`` from ``seed``: the random baseline.
+
+    The copy is initialised on the CPU, so the same seed gives the same weights on any device, and inside
+    ``fork_rng``, so the caller's global random stream is left exactly where it was. ``model`` is untouched.
+    """
+    if not callable(getattr(model, "initialize_weights", None)):
+        raise TypeError(f"{type(model).__name__} has no initialize_weights() to draw a random initialisation from")
+    device, _ = model_device_and_dtype(model)
+    baseline = copy.deepcopy(model).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        baseline.initialize_weights()
+    return baseline.to(device)
