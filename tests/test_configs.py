@@ -21,7 +21,8 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("preset", options("model"))
 def test_every_model_preset_builds_its_factory_architecture(config_factory, preset):
-    cfg = config_factory([f"model={preset}", "data.img_size=56" if "patch14" in preset else "data.img_size=32"])
+    patch = int(preset.rsplit("patch", 1)[1])
+    cfg = config_factory([f"model={preset}", f"data.img_size={patch * 4}"])
     with torch.device("meta"):  # no memory, no init cost: only the structure is compared
         model = instantiate(cfg.model)
         factory_model = getattr(__import__("mae.models", fromlist=[preset]), preset)(
@@ -139,7 +140,7 @@ def test_cpu_experiment_is_the_default_recipe(config_factory):
 @pytest.mark.parametrize(("override", "message"), [
     ("schedule.batch_size=0", "schedule.batch_size=0 must be at least 1"),
     ("schedule.epochs=0", "schedule.epochs=0 must be at least 1"),
-    ("schedule.warmup_epochs=10", r"schedule.warmup_epochs=10 must be in \[0, schedule.epochs=4\]"),
+    ("schedule.warmup_epochs=10", r"schedule.warmup_epochs=10 must be in \[0, schedule.epochs=7\]"),
     ("schedule.blr=0", "schedule.blr=0 must be positive"),
     ("schedule.accumulate_grad_batches=0", "schedule.accumulate_grad_batches=0 must be at least 1"),
 ])

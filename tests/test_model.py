@@ -11,6 +11,7 @@ from mae.models import (
     mae_vit_large_patch16,
     mae_vit_small_patch4,
     mae_vit_tiny_patch4,
+    mae_vit_tiny_patch7,
 )
 from mae.models.pos_embed import sincos_2d
 
@@ -67,7 +68,8 @@ def test_encoder_loads_into_timm_vision_transformer_with_equal_features():
 
 @pytest.mark.parametrize(("factory", "patch", "width", "depth", "heads"), [
     (mae_vit_large_patch16, 16, 1024, 24, 16), (mae_vit_huge_patch14, 14, 1280, 32, 16),
-    (mae_vit_tiny_patch4, 4, 192, 6, 3), (mae_vit_small_patch4, 4, 384, 12, 6)])
+    (mae_vit_tiny_patch4, 4, 192, 6, 3), (mae_vit_tiny_patch7, 7, 192, 6, 3),
+    (mae_vit_small_patch4, 4, 384, 12, 6)])
 def test_presets(factory, patch, width, depth, heads):
     model = factory(img_size=patch * 2)  # tiny images keep the big presets cheap to build
     assert model.patch_size == patch and model.cls_token.shape[-1] == width

@@ -6,6 +6,7 @@ from mae.models.factory import (
     mae_vit_large_patch16,
     mae_vit_small_patch4,
     mae_vit_tiny_patch4,
+    mae_vit_tiny_patch7,
 )
 from mae.models.mae import MAEOutput, MaskedAutoencoderViT
 
@@ -17,4 +18,5 @@ __all__ = [
     "mae_vit_large_patch16",
     "mae_vit_small_patch4",
     "mae_vit_tiny_patch4",
+    "mae_vit_tiny_patch7",
 ]
