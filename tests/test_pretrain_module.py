@@ -113,3 +113,31 @@ def test_gradient_clipping_is_applied():
 def test_invalid_hyperparameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MAEPretrainModule(tiny_model(), **kwargs)
+
+
+def test_bf16_mixed_precision_runs_the_model_in_bfloat16():
+    module = MAEPretrainModule(tiny_model(), lr=0.01, warmup_epochs=0, epochs=1)
+    dtypes = []
+    module.model.decoder_pred.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", precision="bf16-mixed", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, limit_train_batches=2)
+    trainer.fit(module, datamodule=SyntheticData(8))
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert module.model.pos_embed.dtype == torch.float32  # master weights stay fp32
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_and_keeps_the_key_layout():
+    module = MAEPretrainModule(tiny_model(), lr=0.01, warmup_epochs=0, epochs=1, compile=True)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, limit_train_batches=3)
+    trainer.fit(module, datamodule=SyntheticData(8))
+    assert module.model._compiled_call_impl is not None  # the Trainer's configure_model compiled it in place
+    eager = tiny_model()
+    eager.load_state_dict(module.model.state_dict(), strict=True)  # no "_orig_mod." prefixes
+    imgs, noise = torch.randn(4, 1, 8, 8), torch.rand(4, 4)
+    with torch.no_grad():
+        compiled_out, eager_out = module.model(imgs, noise=noise), eager(imgs, noise=noise)
+    assert torch.equal(compiled_out.mask, eager_out.mask)
+    assert torch.allclose(compiled_out.pred, eager_out.pred, atol=1e-5)
+    assert compiled_out.loss.item() == pytest.approx(eager_out.loss.item(), rel=1e-5)
