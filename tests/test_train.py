@@ -125,3 +125,21 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert results["effective_batch_size"] == 64
     assert results["optimizer_steps"] == 256 // 64
     assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_corrupt_image_met_during_training_is_a_one_line_error(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for split in ("train", "val"):
+        for wnid in ("n01440764", "n01443537"):
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), (i * 40, 100, 200)).save(root / split / wnid / f"{i}.JPEG")
+    bad = root / "train" / "n01443537" / "3.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = run_train(tmp_path, SMALL + ["data=image_folder", f"data.root={root}", "data.img_size=28",
+                                          "data.num_workers=0", "schedule.batch_size=8"])
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and f"cannot decode image {bad}" in error_lines[0], result.stderr[-2000:]

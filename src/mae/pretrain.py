@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mae.checkpoint import check_resume_checkpoint
 from mae.config import validate_schedule
+from mae.data.errors import CorruptDataError
 from mae.training import MAEPretrainModule
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,12 @@ log = logging.getLogger(__name__)
 
 class SetupError(Exception):
     """Bad input found while building the run; ``str()`` is a one-line message for the user."""
+
+
+def data_error_message(error: CorruptDataError) -> str:
+    """The one line naming the bad file, also when a DataLoader worker re-raised it with its traceback."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1].removeprefix(f"{type(error).__name__}: ") if lines else type(error).__name__
 
 
 @dataclass
@@ -69,7 +76,11 @@ def pretrain(cfg: DictConfig) -> dict:
     if run.trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path)
+    except CorruptDataError as error:
+        # Checkpoints written so far stay; fix or remove the file and resume from last.ckpt.
+        raise SetupError(f"{data_error_message(error)} (checkpoints so far are in {output_dir / 'checkpoints'})") from error
     results_path = output_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if run.trainer.is_global_zero:

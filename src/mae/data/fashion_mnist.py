@@ -14,13 +14,13 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from mae.data.base import PretrainDataModule
 from mae.data.errors import CorruptDataError, check_int, check_optional_limit, one_line
-from mae.data.sampling import LoaderSettings, Splits, current_epoch, first_images, seeded_subset
-from mae.data.transforms import Transformed, check_crop_scale, check_normalization, eval_transform, pretrain_transform
+from mae.data.sampling import LoaderSettings
+from mae.data.transforms import check_crop_scale, check_normalization, eval_transform, pretrain_transform
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class _InMemoryImages(Dataset):
 
 
 # -- the data module -------------------------------------------------------------------------------------------
-class FashionMNISTDataModule(L.LightningDataModule):
+class FashionMNISTDataModule(PretrainDataModule):
     """Fashion-MNIST (60000 train / 10000 test images, 10 classes) for MAE pre-training and kNN evaluation.
 
     Args:
@@ -194,7 +194,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.train_samples = check_optional_limit("train_samples", train_samples)
         self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed,
                                       knn_train_samples, knn_val_samples)
-        self.batch_size = self.loaders.batch_size
         self.root = None if root is None else str(root)
         self.download = bool(download)
         # Fail before any work: a missing dataset is reported now, not after the model is built.
@@ -204,7 +203,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
                 raise FileNotFoundError(not_found_message(searched))
             if self.root is None:
                 raise ValueError("data.download=true needs data.root, the directory to download Fashion-MNIST into")
-        self._splits: Splits | None = None
 
     def prepare_data(self) -> None:
         # Lightning runs this on one process per node: the only place that may download.
@@ -227,29 +225,4 @@ class FashionMNISTDataModule(L.LightningDataModule):
         augment = pretrain_transform(self.img_size, self.crop_scale, self.hflip, self.mean, self.std)
         # Resize ratio 1: at img_size=28 the eval transform only normalises; otherwise a plain bicubic resize.
         evaluate = eval_transform(self.img_size, self.mean, self.std, resize_ratio=1.0)
-        self._splits = Splits(
-            pretrain=Transformed(seeded_subset(train, self.train_samples, self.loaders.seed), augment),
-            train_eval=Transformed(train, evaluate),
-            val=Transformed(val, evaluate),
-        )
-
-    @property
-    def splits(self) -> Splits:
-        """The datasets served (built by ``setup()`` on first use)."""
-        if self._splits is None:
-            self.setup()
-        assert self._splits is not None
-        return self._splits
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loaders.pretrain_loader(self.splits, current_epoch(self))
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loaders.eval_loader(self.splits.val)
-
-    def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
-        return self.loaders.knn_loaders(self.splits)
-
-    def sample_images(self, n: int) -> torch.Tensor:
-        """The first ``n`` validation images, eval transform applied, stacked ``(n, C, H, W)``."""
-        return first_images(self.splits.val, n)
+        self.set_splits(train, val, augment, evaluate)

@@ -11,16 +11,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
+from mae.data.base import PretrainDataModule
 from mae.data.errors import CorruptDataError, check_int, check_optional_limit, one_line
-from mae.data.sampling import LoaderSettings, Splits, current_epoch, first_images, seeded_subset
+from mae.data.sampling import LoaderSettings
 from mae.data.transforms import (
-    Transformed,
     check_crop_scale,
     check_normalization,
     eval_transform,
@@ -67,7 +64,7 @@ def class_folders(directory: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(PretrainDataModule):
     """Any ImageFolder dataset with training and validation splits, for MAE pre-training and kNN evaluation.
 
     Defaults are ImageNet-1K's (statistics, 224 px, the paper's crop scale).
@@ -133,13 +130,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_samples = check_optional_limit("train_samples", train_samples)
         self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed,
                                       knn_train_samples, knn_val_samples)
-        self.batch_size = self.loaders.batch_size
         self.root = Path(root)
         self.train_path, self.val_path = self.root / train_dir, self.root / val_dir
         # Fail before any work, and cheaply: only the class folders are listed here; setup() scans the files.
         self.classes = self._check_layout()
         self.num_classes = len(self.classes)
-        self._splits: Splits | None = None
 
     def _not_found(self, problem: str) -> FileNotFoundError:
         return FileNotFoundError(
@@ -175,32 +170,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         augment = pretrain_transform(self.img_size, self.crop_scale, self.hflip, self.mean, self.std,
                                      self.interpolation)
         evaluate = eval_transform(self.img_size, self.mean, self.std, self.interpolation, self.eval_resize_ratio)
-        self._splits = Splits(
-            pretrain=Transformed(seeded_subset(train, self.train_samples, self.loaders.seed), augment),
-            train_eval=Transformed(train, evaluate),
-            val=Transformed(val, evaluate),
-        )
-
-    @property
-    def splits(self) -> Splits:
-        """The datasets served (built by ``setup()`` on first use)."""
-        if self._splits is None:
-            self.setup()
-        assert self._splits is not None
-        return self._splits
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loaders.pretrain_loader(self.splits, current_epoch(self))
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loaders.eval_loader(self.splits.val)
-
-    def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
-        return self.loaders.knn_loaders(self.splits)
-
-    def sample_images(self, n: int) -> torch.Tensor:
-        """The first ``n`` validation images, eval transform applied, stacked ``(n, C, H, W)``."""
-        return first_images(self.splits.val, n)
+        self.set_splits(train, val, augment, evaluate)
 
 
 class ImageNetDataModule(ImageFolderDataModule):
