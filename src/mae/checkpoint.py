@@ -24,13 +24,18 @@ def load_checkpoint_file(path: str | Path, weights_only: bool = True) -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from error
 
 
-def check_state_dict_shapes(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
-                            source: str) -> None:
-    """Raise on the first key whose shape differs, and on missing or unexpected keys, naming them."""
+def check_shapes(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise on the first key both have whose shapes differ, naming the key and both shapes."""
     for key, tensor in state_dict.items():
         if key in expected and tuple(tensor.shape) != tuple(expected[key].shape):
             raise CheckpointError(f"{source}: {key} has shape {tuple(tensor.shape)}, "
                                   f"this model expects {tuple(expected[key].shape)}")
+
+
+def check_state_dict_shapes(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                            source: str) -> None:
+    """Raise on the first key whose shape differs, and on missing or unexpected keys, naming them."""
+    check_shapes(state_dict, expected, source)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
@@ -46,3 +51,67 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module) -> None:
         raise CheckpointError(f"checkpoint {path} is not a Lightning training checkpoint (no state_dict/loops); "
                               "resume from <run dir>/checkpoints/last.ckpt")
     check_state_dict_shapes(checkpoint["state_dict"], module.state_dict(), f"checkpoint {path}")
+
+
+def model_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
+    """The model weights of any checkpoint this project reads, under reference (timm) names.
+
+    Accepts a reference MAE ``.pth`` dict (weights under ``model``), this project's Lightning checkpoint
+    (under ``state_dict``, prefixed ``model.``) or a plain state_dict such as timm's.
+    """
+    if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], Mapping):
+        return {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
+        return dict(checkpoint["model"])
+    return dict(checkpoint)
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Resize a ``(1, prefix + h*w, D)`` position table to another grid, keeping the prefix (cls) rows.
+
+    The grid rows are resized bicubically (``align_corners=False``), as the reference does for fine-tuning at
+    another resolution; at the original size the table comes back unchanged.
+    """
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old = int(round(grid.shape[1] ** 0.5))
+    if old * old != grid.shape[1]:
+        raise CheckpointError(f"pos_embed has {grid.shape[1]} grid rows, not a square grid")
+    if (old, old) == tuple(grid_size):
+        return pos_embed
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid.float(), size=tuple(grid_size), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def load_encoder_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
+                         grid_size: tuple[int, int]) -> tuple[list[str], list[str]]:
+    """Load the weights ``model`` has names for, resizing ``pos_embed`` to ``grid_size`` when it differs.
+
+    Returns the model's keys the checkpoint lacks and the checkpoint's keys the model lacks, for the caller to
+    report by name; a tensor of another shape is a :class:`CheckpointError` naming the key and both shapes.
+    """
+    state = dict(state_dict)
+    if "pos_embed" in state:
+        state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], grid_size)
+    expected = model.state_dict()
+    decoder_table = state.get("decoder_pos_embed")
+    if decoder_table is not None and "decoder_pos_embed" in expected and decoder_table.shape != expected["decoder_pos_embed"].shape:
+        # A fixed sin-cos table: the model's own one for the new grid is exact, so the file's is dropped.
+        del state["decoder_pos_embed"]
+    check_shapes(state, expected, source)
+    result = model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    return sorted(result.missing_keys), sorted(set(state) - set(expected))
+
+
+def export_timm_encoder(model: torch.nn.Module, path: str | Path) -> Path:
+    """Write the MAE encoder as a timm ``VisionTransformer`` state_dict (``num_classes=0``).
+
+    ``timm.create_model("vit_base_patch16_224", num_classes=0, checkpoint_path=path)`` (the matching preset for
+    other sizes) then gives the same features as ``model.forward_features``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.encoder_state_dict().items()}, path)
+    return path
