@@ -127,15 +127,33 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_corrupt_image_met_during_training_is_a_one_line_error(tmp_path):
+def write_imagenet_folder(root: Path, size: int = 40) -> Path:
+    """A tiny copy of the ImageNet layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, real JPEG files."""
     from PIL import Image
 
-    root = tmp_path / "folder"
     for split in ("train", "val"):
         for wnid in ("n01440764", "n01443537"):
             (root / split / wnid).mkdir(parents=True)
             for i in range(4):
-                Image.new("RGB", (40, 40), (i * 40, 100, 200)).save(root / split / wnid / f"{i}.JPEG")
+                Image.new("RGB", (size + 8 * i, size), (i * 40, 100, 200)).save(root / split / wnid / f"{i}.JPEG")
+    return root
+
+
+def test_paper_vit_base_recipe_runs_a_step_on_imagenet_layout(tmp_path):
+    root = write_imagenet_folder(tmp_path / "imagenet", size=240)
+    result = run_train(tmp_path, ["experiment=mae_vit_base_in1k", f"data.root={root}", "trainer=cpu", "logger=csv",
+                                  "schedule.batch_size=2", "schedule.accumulate_grad_batches=1",
+                                  "data.num_workers=0", "data.persistent_workers=false", "data.pin_memory=false",
+                                  "+trainer.fast_dev_run=1", "callbacks.knn_evaluation=null",
+                                  "callbacks.progress_bar.refresh_rate=0"], name="vitb")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "vitb" / "results.json").read_text())
+    assert results["optimizer_steps"] == 1 and results["peak_lr"] == pytest.approx(1.5e-4 * 2 / 256)
+    assert (tmp_path / "vitb" / "reconstruction.png").is_file()
+
+
+def test_corrupt_image_met_during_training_is_a_one_line_error(tmp_path):
+    root = write_imagenet_folder(tmp_path / "folder")
     bad = root / "train" / "n01443537" / "3.JPEG"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     result = run_train(tmp_path, SMALL + ["data=image_folder", f"data.root={root}", "data.img_size=28",
