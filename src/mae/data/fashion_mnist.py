@@ -18,9 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mae.data.base import PretrainDataModule
-from mae.data.errors import CorruptDataError, check_int, check_optional_limit, one_line
-from mae.data.sampling import LoaderSettings
-from mae.data.transforms import check_crop_scale, check_normalization, eval_transform, pretrain_transform
+from mae.data.errors import CorruptDataError, one_line
+from mae.data.transforms import eval_transform, pretrain_transform
 
 log = logging.getLogger(__name__)
 
@@ -183,17 +182,8 @@ class FashionMNISTDataModule(PretrainDataModule):
         knn_train_samples: int | None = 10000,
         knn_val_samples: int | None = None,
     ) -> None:
-        super().__init__()
-        self.img_size = check_int("img_size", img_size, 1)
-        if in_chans not in (1, 3):
-            raise ValueError(f"in_chans={in_chans} must be 1 or 3 for Fashion-MNIST")
-        self.in_chans = in_chans
-        self.mean, self.std = check_normalization(mean, std, in_chans)
-        self.crop_scale = check_crop_scale(crop_scale)
-        self.hflip = bool(hflip)
-        self.train_samples = check_optional_limit("train_samples", train_samples)
-        self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed,
-                                      knn_train_samples, knn_val_samples)
+        super().__init__(img_size, in_chans, batch_size, num_workers, pin_memory, persistent_workers, seed, crop_scale,
+                         hflip, mean, std, train_samples, knn_train_samples, knn_val_samples)
         self.root = None if root is None else str(root)
         self.download = bool(download)
         # Fail before any work: a missing dataset is reported now, not after the model is built.

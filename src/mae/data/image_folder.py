@@ -15,11 +15,8 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from mae.data.base import PretrainDataModule
-from mae.data.errors import CorruptDataError, check_int, check_optional_limit, one_line
-from mae.data.sampling import LoaderSettings
+from mae.data.errors import CorruptDataError, one_line
 from mae.data.transforms import (
-    check_crop_scale,
-    check_normalization,
     eval_transform,
     interpolation_mode,
     pretrain_transform,
@@ -114,22 +111,13 @@ class ImageFolderDataModule(PretrainDataModule):
         knn_train_samples: int | None = None,
         knn_val_samples: int | None = None,
     ) -> None:
-        super().__init__()
-        self.img_size = check_int("img_size", img_size, 1)
-        if in_chans not in (1, 3):
-            raise ValueError(f"in_chans={in_chans} must be 1 (grayscale) or 3 (RGB)")
-        self.in_chans = in_chans
-        self.mean, self.std = check_normalization(mean, std, in_chans)
-        self.crop_scale = check_crop_scale(crop_scale)
-        self.hflip = bool(hflip)
+        super().__init__(img_size, in_chans, batch_size, num_workers, pin_memory, persistent_workers, seed, crop_scale,
+                         hflip, mean, std, train_samples, knn_train_samples, knn_val_samples)
         interpolation_mode(interpolation)  # validate now; the transforms are built in setup()
         self.interpolation = interpolation
         if not 0.0 < eval_resize_ratio <= 1.0:
             raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
         self.eval_resize_ratio = float(eval_resize_ratio)
-        self.train_samples = check_optional_limit("train_samples", train_samples)
-        self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed,
-                                      knn_train_samples, knn_val_samples)
         self.root = Path(root)
         self.train_path, self.val_path = self.root / train_dir, self.root / val_dir
         # Fail before any work, and cheaply: only the class folders are listed here; setup() scans the files.
