@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-import lightning as L
 import torch
 from torch import nn
 
-from mae.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_lr
+from mae.training.optim import param_groups_weight_decay
+from mae.training.scheduled import ScheduledModule
 
 
 def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
@@ -16,7 +16,7 @@ def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
     return hash((seed, epoch, batch_idx, rank)) & (2**63 - 1)
 
 
-class MAEPretrainModule(L.LightningModule):
+class MAEPretrainModule(ScheduledModule):
     """Pre-trains an injected MAE ``nn.Module`` with the reference recipe.
 
     Args:
@@ -47,13 +47,7 @@ class MAEPretrainModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("blr", blr), ("min_lr", min_lr), ("weight_decay", weight_decay), ("warmup_epochs", warmup_epochs)):
-            if value < 0:
-                raise ValueError(f"{name}={value} must be non-negative")
-        if epochs < 1 or warmup_epochs > epochs:
-            raise ValueError(f"epochs={epochs} must be at least 1 and not below warmup_epochs={warmup_epochs}")
-        if lr is not None and lr <= 0:
-            raise ValueError(f"lr={lr} must be positive (or null to derive it from blr)")
+        self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
         self.model = model
         self.save_hyperparameters(ignore=["model"])
         self._step_started = 0.0
@@ -64,30 +58,9 @@ class MAEPretrainModule(L.LightningModule):
             self.model.compile()
             self._compiled = True
 
-    # -- schedule ----------------------------------------------------------------------------------
-    @property
-    def effective_batch_size(self) -> int:
-        batch = self.trainer.datamodule.batch_size
-        return batch * self.trainer.accumulate_grad_batches * self.trainer.world_size
-
-    @property
-    def peak_lr(self) -> float:
-        if self.hparams.lr is not None:
-            return self.hparams.lr
-        return scaled_lr(self.hparams.blr, self.effective_batch_size)
-
-    def lr_at_step(self, step: int) -> float:
-        """Learning rate of optimiser step ``step`` (0-based), the reference's per-iteration schedule."""
-        steps_per_epoch = self.trainer.estimated_stepping_batches / self.trainer.max_epochs
-        return warmup_cosine_lr(step / steps_per_epoch, self.peak_lr, self.hparams.min_lr,
-                                self.hparams.warmup_epochs, self.hparams.epochs)
-
     def configure_optimizers(self):
-        peak = self.peak_lr
         groups = param_groups_weight_decay(self.model, self.hparams.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=peak, betas=tuple(self.hparams.betas))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_at_step(step) / peak)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.with_schedule(torch.optim.AdamW(groups, lr=self.peak_lr, betas=tuple(self.hparams.betas)))
 
     # -- steps -------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx: int) -> None:

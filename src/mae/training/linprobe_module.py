@@ -1,0 +1,83 @@
+"""Linear probing: a frozen encoder, and a BatchNorm (no affine) + Linear head trained with LARS."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.optim import Lars
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from mae.training.scheduled import ScheduledModule
+
+
+def linear_probe_head(width: int, num_classes: int) -> nn.Sequential:
+    """The reference probe: ``BatchNorm1d(affine=False, eps=1e-6)`` then a Linear initialised trunc-normal(.01)."""
+    linear = nn.Linear(width, num_classes)
+    nn.init.trunc_normal_(linear.weight, std=0.01)
+    nn.init.zeros_(linear.bias)
+    return nn.Sequential(nn.BatchNorm1d(width, affine=False, eps=1e-6), linear)
+
+
+def lars_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """LARS groups as in the reference: weight decay and trust-ratio adaptation on weights (ndim > 1) only."""
+    weights = [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
+    others = [p for p in module.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": weights, "weight_decay": weight_decay, "always_adapt": True},
+            {"params": others, "weight_decay": 0.0, "always_adapt": False}]
+
+
+class LinearProbeModule(ScheduledModule):
+    """Trains only a linear head on the frozen encoder's normalised cls token.
+
+    Args:
+        encoder: a module whose ``forward_features(imgs)`` returns normalised tokens ``(N, 1 + L, D)``, cls
+            first (the MAE model, or a timm ViT).
+        num_classes: classes of the downstream task.
+        blr, lr, min_lr, warmup_epochs, epochs: the schedule (see :class:`ScheduledModule`).
+        weight_decay: LARS weight decay (the reference probes with 0).
+        momentum, trust_coefficient: LARS settings of the reference (0.9, 0.001).
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, blr: float = 0.1, lr: float | None = None,
+                 min_lr: float = 0.0, weight_decay: float = 0.0, warmup_epochs: float = 10, epochs: int = 90,
+                 momentum: float = 0.9, trust_coefficient: float = 0.001) -> None:
+        super().__init__()
+        self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes} must be at least 2")
+        self.save_hyperparameters(ignore=["encoder"])
+        self.encoder = encoder.requires_grad_(False)
+        width = encoder.cls_token.shape[-1]
+        self.head = linear_probe_head(width, num_classes)
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1)
+        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
+
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.encoder.forward_features(imgs)[:, 0]
+        return self.head(features)
+
+    def on_train_epoch_start(self) -> None:
+        self.encoder.eval()  # frozen: nothing in it may change, normalisation statistics included
+
+    def configure_optimizers(self):
+        optimizer = Lars(lars_param_groups(self.head, self.hparams.weight_decay), lr=self.peak_lr,
+                         momentum=self.hparams.momentum, trust_coeff=self.hparams.trust_coefficient)
+        return self.with_schedule(optimizer)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        imgs, labels = batch
+        loss = F.cross_entropy(self(imgs), labels)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        imgs, labels = batch
+        logits = self(imgs)
+        self.top1(logits, labels)
+        self.top5(logits, labels)
+        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, batch_size=imgs.shape[0], sync_dist=True)
+        self.log("val/top1", self.top1, on_epoch=True, prog_bar=True)
+        self.log("val/top5", self.top5, on_epoch=True)

@@ -1,0 +1,54 @@
+"""The reference's lr rules as a LightningModule base: linear scaling by the effective batch, per-step
+warmup then half-cycle cosine, measured in epochs of the configured schedule."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from mae.training.optim import scaled_lr, warmup_cosine_lr
+
+
+class ScheduledModule(L.LightningModule):
+    """Base of the training modules; subclasses call :meth:`check_schedule` and :meth:`with_schedule`.
+
+    Expects hyperparameters ``blr``, ``lr``, ``min_lr``, ``warmup_epochs`` and ``epochs`` (saved with
+    ``save_hyperparameters``). ``epochs`` is independent of the trainer's ``max_epochs`` so that a run can stop
+    early and be resumed on the same schedule.
+    """
+
+    @staticmethod
+    def check_schedule(blr: float, lr: float | None, min_lr: float, weight_decay: float, warmup_epochs: float,
+                       epochs: int) -> None:
+        for name, value in (("blr", blr), ("min_lr", min_lr), ("weight_decay", weight_decay),
+                            ("warmup_epochs", warmup_epochs)):
+            if value < 0:
+                raise ValueError(f"{name}={value} must be non-negative")
+        if epochs < 1 or warmup_epochs > epochs:
+            raise ValueError(f"epochs={epochs} must be at least 1 and not below warmup_epochs={warmup_epochs}")
+        if lr is not None and lr <= 0:
+            raise ValueError(f"lr={lr} must be positive (or null to derive it from blr)")
+
+    @property
+    def effective_batch_size(self) -> int:
+        batch = self.trainer.datamodule.batch_size
+        return batch * self.trainer.accumulate_grad_batches * self.trainer.world_size
+
+    @property
+    def peak_lr(self) -> float:
+        if self.hparams.lr is not None:
+            return self.hparams.lr
+        return scaled_lr(self.hparams.blr, self.effective_batch_size)
+
+    def lr_at_step(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based), the reference's per-iteration schedule."""
+        steps_per_epoch = self.trainer.estimated_stepping_batches / self.trainer.max_epochs
+        return warmup_cosine_lr(step / steps_per_epoch, self.peak_lr, self.hparams.min_lr,
+                                self.hparams.warmup_epochs, self.hparams.epochs)
+
+    def with_schedule(self, optimizer: torch.optim.Optimizer) -> dict:
+        """``configure_optimizers``' answer: ``optimizer`` (built at ``peak_lr``, times any per-group scale) with
+        the per-step schedule."""
+        peak = self.peak_lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_at_step(step) / peak)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
