@@ -1,0 +1,78 @@
+"""End-to-end fine-tuning with the reference recipe: layer-wise lr decay, mixup/cutmix, label smoothing."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from mae.training.scheduled import ScheduledModule
+
+
+class FinetuneModule(ScheduledModule):
+    """Fine-tunes a timm ``VisionTransformer`` classifier (see :func:`mae.models.classifier.vit_classifier_from_mae`).
+
+    Args:
+        model: the classifier (drop path is set when it is built).
+        num_classes: classes of the task.
+        blr, lr, min_lr, warmup_epochs, epochs: the schedule (see :class:`ScheduledModule`).
+        weight_decay: AdamW decay, none on 1-D parameters, cls token and position embeddings.
+        layer_decay: lr scale ``layer_decay ** (depth + 1 - layer)`` (0.65 for ViT-B, 0.75 for L/H).
+        mixup, cutmix, label_smoothing: timm ``Mixup`` alphas and smoothing (0.8, 1.0, 0.1 in the paper);
+            with mixup and cutmix both 0 the loss is label-smoothed cross-entropy on hard labels.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, blr: float = 5e-4, lr: float | None = None,
+                 min_lr: float = 1e-6, weight_decay: float = 0.05, layer_decay: float = 0.65,
+                 warmup_epochs: float = 5, epochs: int = 100, mixup: float = 0.8, cutmix: float = 1.0,
+                 label_smoothing: float = 0.1) -> None:
+        super().__init__()
+        self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
+        if not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay={layer_decay} must be in (0, 1]")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.mixup = (Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
+                            num_classes=num_classes) if mixup > 0 or cutmix > 0 else None)
+        self.train_loss = SoftTargetCrossEntropy() if self.mixup else LabelSmoothingCrossEntropy(label_smoothing)
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1)
+        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
+
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        return self.model(imgs)
+
+    def configure_optimizers(self):
+        groups = param_groups_layer_decay(self.model, weight_decay=self.hparams.weight_decay,
+                                          no_weight_decay_list=self.model.no_weight_decay(),
+                                          layer_decay=self.hparams.layer_decay)
+        peak = self.peak_lr
+        for group in groups:
+            group["lr"] = peak * group.pop("lr_scale", 1.0)  # the schedule then scales every group alike
+        return self.with_schedule(torch.optim.AdamW(groups, lr=peak))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        imgs, labels = batch
+        if self.mixup is not None and imgs.shape[0] % 2 == 0:  # timm's Mixup pairs images, so batches are even
+            imgs, targets = self.mixup(imgs, labels)
+            loss = self.train_loss(self(imgs), targets)
+        else:
+            loss = F.cross_entropy(self(imgs), labels, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
+        self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups), on_step=True,
+                 on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        imgs, labels = batch
+        logits = self(imgs)
+        self.top1(logits, labels)
+        self.top5(logits, labels)
+        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, batch_size=imgs.shape[0], sync_dist=True)
+        self.log("val/top1", self.top1, on_epoch=True, prog_bar=True)
+        self.log("val/top5", self.top5, on_epoch=True)
