@@ -93,6 +93,7 @@ def fit(tmp_path, callbacks, max_epochs: int = 1, logger=False) -> tuple[L.Train
     trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=logger, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                         callbacks=callbacks)
+    torch.manual_seed(0)  # the same tiny model whatever ran before (the kNN bound below depends on it)
     module = TinyModule()
     trainer.fit(module, datamodule=FakeDataModule())
     return trainer, module
