@@ -5,15 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
-from mae.training.scheduled import ScheduledModule
+from mae.training.classification import ClassificationModule
 
 
-class FinetuneModule(ScheduledModule):
+class FinetuneModule(ClassificationModule):
     """Fine-tunes a timm ``VisionTransformer`` classifier (see :func:`mae.models.classifier.vit_classifier_from_mae`).
 
     Args:
@@ -40,9 +39,8 @@ class FinetuneModule(ScheduledModule):
         self.model = model
         self.mixup = (Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
                             num_classes=num_classes) if mixup > 0 or cutmix > 0 else None)
-        self.train_loss = SoftTargetCrossEntropy() if self.mixup else LabelSmoothingCrossEntropy(label_smoothing)
-        self.top1 = MulticlassAccuracy(num_classes, top_k=1)
-        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
+        self.soft_target_loss = SoftTargetCrossEntropy()  # mixed targets already carry the smoothing
+        self.add_metrics(num_classes)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.model(imgs)
@@ -60,19 +58,10 @@ class FinetuneModule(ScheduledModule):
         imgs, labels = batch
         if self.mixup is not None and imgs.shape[0] % 2 == 0:  # timm's Mixup pairs images, so batches are even
             imgs, targets = self.mixup(imgs, labels)
-            loss = self.train_loss(self(imgs), targets)
+            loss = self.soft_target_loss(self(imgs), targets)
         else:
             loss = F.cross_entropy(self(imgs), labels, label_smoothing=self.hparams.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
         self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups), on_step=True,
                  on_epoch=False)
         return loss
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        imgs, labels = batch
-        logits = self(imgs)
-        self.top1(logits, labels)
-        self.top5(logits, labels)
-        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, batch_size=imgs.shape[0], sync_dist=True)
-        self.log("val/top1", self.top1, on_epoch=True, prog_bar=True)
-        self.log("val/top5", self.top5, on_epoch=True)

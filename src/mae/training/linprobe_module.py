@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from timm.optim import Lars
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
-from mae.training.scheduled import ScheduledModule
+from mae.training.classification import ClassificationModule
 
 
 def linear_probe_head(width: int, num_classes: int) -> nn.Sequential:
@@ -27,7 +26,7 @@ def lars_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
             {"params": others, "weight_decay": 0.0, "always_adapt": False}]
 
 
-class LinearProbeModule(ScheduledModule):
+class LinearProbeModule(ClassificationModule):
     """Trains only a linear head on the frozen encoder's normalised cls token.
 
     Args:
@@ -50,8 +49,7 @@ class LinearProbeModule(ScheduledModule):
         self.encoder = encoder.requires_grad_(False)
         width = encoder.cls_token.shape[-1]
         self.head = linear_probe_head(width, num_classes)
-        self.top1 = MulticlassAccuracy(num_classes, top_k=1)
-        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
+        self.add_metrics(num_classes)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -72,12 +70,3 @@ class LinearProbeModule(ScheduledModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        imgs, labels = batch
-        logits = self(imgs)
-        self.top1(logits, labels)
-        self.top5(logits, labels)
-        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, batch_size=imgs.shape[0], sync_dist=True)
-        self.log("val/top1", self.top1, on_epoch=True, prog_bar=True)
-        self.log("val/top5", self.top5, on_epoch=True)

@@ -1,0 +1,25 @@
+"""What the downstream modules share: top-1/top-5 metrics and the validation step."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from mae.training.scheduled import ScheduledModule
+
+
+class ClassificationModule(ScheduledModule):
+    """A scheduled module whose ``forward(imgs)`` returns class logits; validated with loss, top-1 and top-5."""
+
+    def add_metrics(self, num_classes: int) -> None:
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1)
+        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        imgs, labels = batch
+        logits = self(imgs)
+        self.top1(logits, labels)
+        self.top5(logits, labels)
+        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, batch_size=imgs.shape[0], sync_dist=True)
+        self.log("val/top1", self.top1, on_epoch=True, prog_bar=True)
+        self.log("val/top5", self.top5, on_epoch=True)
