@@ -222,7 +222,7 @@ def test_train_samples_is_a_fixed_seeded_subset(data_fmnist_root):
     def subset(seed: int) -> list[int]:
         dm = module(root, seed=seed, train_samples=8)
         dm.setup()
-        return dm.splits.pretrain.dataset.indices
+        return dm.splits.train.dataset.indices
 
     first = subset(0)
     assert len(first) == 8 and subset(0) == first
@@ -236,17 +236,17 @@ def test_augmentation_keeps_the_shape_and_changes_the_image(data_fmnist_root):
     dm = module(root, crop_scale=(0.2, 0.5))
     dm.setup()
     torch.manual_seed(0)
-    augmented = [dm.splits.pretrain[3][0] for _ in range(2)]
+    augmented = [dm.splits.train[3][0] for _ in range(2)]
     original = dm.splits.train_eval[3][0]
     assert augmented[0].shape == original.shape == (1, 28, 28)
     assert not torch.allclose(augmented[0], original) and not torch.allclose(augmented[0], augmented[1])
     torch.manual_seed(0)
-    assert torch.equal(dm.splits.pretrain[3][0], augmented[0])  # without a sample seed: the global RNG
+    assert torch.equal(dm.splits.train[3][0], augmented[0])  # without a sample seed: the global RNG
     # With the sampler's (index, seed) keys the crop depends on the seed only, not on the global RNG.
-    seeded = dm.splits.pretrain[(3, 123)][0]
+    seeded = dm.splits.train[(3, 123)][0]
     torch.manual_seed(99)
-    assert torch.equal(dm.splits.pretrain[(3, 123)][0], seeded)
-    assert not torch.equal(dm.splits.pretrain[(3, 124)][0], seeded)
+    assert torch.equal(dm.splits.train[(3, 123)][0], seeded)
+    assert not torch.equal(dm.splits.train[(3, 124)][0], seeded)
 
 
 def test_other_image_sizes_and_three_channels(data_fmnist_root):

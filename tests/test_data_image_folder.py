@@ -62,7 +62,7 @@ def test_classes_come_from_the_training_folders(data_imagenet_root):
     dm.setup()
     labels = [label for _, label in dm.splits.val.dataset.samples]
     assert labels == [0, 0, 1, 1, 2, 2]
-    assert len(dm.splits.pretrain) == 12 and len(dm.splits.train_eval) == 12
+    assert len(dm.splits.train) == 12 and len(dm.splits.train_eval) == 12
 
 
 def test_validation_may_cover_fewer_classes_with_the_same_labels(data_imagenet_root):
@@ -149,12 +149,12 @@ def test_single_channel_mode(data_imagenet_root):
 def test_train_samples_and_knn_caps(data_imagenet_root):
     dm = module(data_imagenet_root, train_samples=8, knn_train_samples=5, knn_val_samples=3)
     dm.setup()
-    assert len(dm.splits.pretrain) == 8
+    assert len(dm.splits.train) == 8
     train, val = dm.knn_dataloaders()
     assert len(train.dataset) == 5 and len(val.dataset) == 3
     again = module(data_imagenet_root, train_samples=8)
     again.setup()
-    assert again.splits.pretrain.dataset.indices == dm.splits.pretrain.dataset.indices
+    assert again.splits.train.dataset.indices == dm.splits.train.dataset.indices
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

@@ -108,9 +108,9 @@ class _Indices(Dataset):
         return torch.tensor([float(index)]), index
 
 
-def test_pretrain_loader_shuffles_by_epoch_and_drops_the_last_partial_batch():
-    splits = Splits(pretrain=_Indices(10), train_eval=_Indices(10), val=_Indices(6))
-    loader = settings(batch_size=4, seed=5).pretrain_loader(splits)
+def test_train_loader_shuffles_by_epoch_and_drops_the_last_partial_batch():
+    splits = Splits(train=_Indices(10), train_eval=_Indices(10), val=_Indices(6))
+    loader = settings(batch_size=4, seed=5).train_loader(splits)
     assert isinstance(loader.sampler, EpochSeededSampler) and loader.drop_last
     assert len(loader) == 2
     loader.sampler.set_epoch(1)
@@ -119,14 +119,14 @@ def test_pretrain_loader_shuffles_by_epoch_and_drops_the_last_partial_batch():
     assert not loader.persistent_workers  # requested, but meaningless (and refused) without workers
 
 
-def test_pretrain_loader_refuses_a_dataset_smaller_than_a_batch():
-    splits = Splits(pretrain=_Indices(3), train_eval=_Indices(3), val=_Indices(3))
+def test_train_loader_refuses_a_dataset_smaller_than_a_batch():
+    splits = Splits(train=_Indices(3), train_eval=_Indices(3), val=_Indices(3))
     with pytest.raises(ValueError, match="3 images, fewer than batch_size=4"):
-        settings(batch_size=4).pretrain_loader(splits)
+        settings(batch_size=4).train_loader(splits)
 
 
 def test_eval_and_knn_loaders_are_ordered_and_capped():
-    splits = Splits(pretrain=_Indices(20), train_eval=_Indices(20), val=_Indices(9))
+    splits = Splits(train=_Indices(20), train_eval=_Indices(20), val=_Indices(9))
     s = settings(batch_size=4, num_workers=1, knn_train_samples=7, knn_val_samples=None)
     val = s.eval_loader(splits.val)
     assert torch.cat([labels for _, labels in val]).tolist() == list(range(9))  # every image, in order
@@ -172,7 +172,7 @@ class _RecordOrder(L.LightningModule):
 
 
 def test_lightning_sets_the_epoch_of_the_sampler():
-    loader = settings(batch_size=2, seed=3).pretrain_loader(Splits(_Indices(6), _Indices(6), _Indices(6)))
+    loader = settings(batch_size=2, seed=3).train_loader(Splits(_Indices(6), _Indices(6), _Indices(6)))
     module = _RecordOrder()
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)

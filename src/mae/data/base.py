@@ -1,4 +1,4 @@
-"""What every pre-training data module serves, once its ``setup()`` has built the splits."""
+"""What every image data module serves (pre-training, kNN, fine-tuning, linear probing) once ``setup()`` ran."""
 
 from __future__ import annotations
 
@@ -10,14 +10,23 @@ from torch.utils.data import DataLoader, Dataset
 
 from mae.data.errors import check_int, check_optional_limit
 from mae.data.sampling import LoaderSettings, Splits, current_epoch, first_images, seeded_subset
-from mae.data.transforms import Transformed, check_crop_scale, check_normalization
+from mae.data.transforms import (
+    Transformed,
+    check_crop_scale,
+    check_normalization,
+    eval_transform,
+    interpolation_mode,
+    train_transform,
+)
 
 
-class PretrainDataModule(L.LightningDataModule):
+class ImageDataModule(L.LightningDataModule):
     """The interface the training code relies on; subclasses find, check and load a dataset.
 
     This constructor validates the settings every dataset shares (one-line ``ValueError`` naming value and rule);
-    a subclass also sets ``num_classes`` and calls :meth:`set_splits` from ``setup()``.
+    a subclass also sets ``num_classes`` and, from ``setup()``, calls :meth:`set_splits` with the transforms of
+    :meth:`transforms`. ``rand_augment`` (a timm policy string) and ``random_erasing`` (a probability) switch the
+    training augmentation to the reference's fine-tuning pipeline; otherwise it is the paper's crop + flip.
     """
 
     _splits: Splits | None = None
@@ -25,7 +34,8 @@ class PretrainDataModule(L.LightningDataModule):
     def __init__(self, img_size: int, in_chans: int, batch_size: int, num_workers: int, pin_memory: bool,
                  persistent_workers: bool, seed: int, crop_scale: Sequence[float], hflip: bool,
                  mean: Sequence[float], std: Sequence[float], train_samples: int | None,
-                 knn_train_samples: int | None, knn_val_samples: int | None) -> None:
+                 knn_train_samples: int | None, knn_val_samples: int | None, interpolation: str = "bicubic",
+                 rand_augment: str | None = None, random_erasing: float = 0.0) -> None:
         super().__init__()
         self.img_size = check_int("img_size", img_size, 1)
         if in_chans not in (1, 3):
@@ -34,6 +44,11 @@ class PretrainDataModule(L.LightningDataModule):
         self.mean, self.std = check_normalization(mean, std, in_chans)
         self.crop_scale = check_crop_scale(crop_scale)
         self.hflip = bool(hflip)
+        interpolation_mode(interpolation)
+        self.interpolation = interpolation
+        self.rand_augment = rand_augment
+        self.random_erasing = float(random_erasing)
+        self.transforms()  # builds nothing lasting: validates the augmentation settings before any work
         self.train_samples = check_optional_limit("train_samples", train_samples)
         self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed,
                                       knn_train_samples, knn_val_samples)
@@ -42,10 +57,17 @@ class PretrainDataModule(L.LightningDataModule):
     def batch_size(self) -> int:
         return self.loaders.batch_size
 
+    def transforms(self, eval_resize_ratio: float = 0.875):
+        """(training augmentation, evaluation transform) from this module's settings; see
+        :func:`~mae.data.transforms.train_transform` and :func:`~mae.data.transforms.eval_transform`."""
+        augment = train_transform(self.img_size, self.crop_scale, self.hflip, self.mean, self.std, self.interpolation,
+                                  self.rand_augment, self.random_erasing)
+        return augment, eval_transform(self.img_size, self.mean, self.std, self.interpolation, eval_resize_ratio)
+
     def set_splits(self, train: Dataset, val: Dataset, augment, evaluate) -> None:
         """Serve ``train`` augmented (a seeded subset when ``train_samples`` is set) and both splits unaugmented."""
         self._splits = Splits(
-            pretrain=Transformed(seeded_subset(train, self.train_samples, self.loaders.seed), augment),
+            train=Transformed(seeded_subset(train, self.train_samples, self.loaders.seed), augment),
             train_eval=Transformed(train, evaluate),
             val=Transformed(val, evaluate),
         )
@@ -59,10 +81,14 @@ class PretrainDataModule(L.LightningDataModule):
         return self._splits
 
     def train_dataloader(self) -> DataLoader:
-        return self.loaders.pretrain_loader(self.splits, current_epoch(self))
+        return self.loaders.train_loader(self.splits, current_epoch(self))
 
     def val_dataloader(self) -> DataLoader:
         return self.loaders.eval_loader(self.splits.val)
+
+    def eval_train_dataloader(self) -> DataLoader:
+        """The whole training split, unaugmented, in order (feature extraction, evaluation on train)."""
+        return self.loaders.eval_loader(self.splits.train_eval)
 
     def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
         return self.loaders.knn_loaders(self.splits)

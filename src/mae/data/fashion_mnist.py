@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from mae.data.base import PretrainDataModule
+from mae.data.base import ImageDataModule
 from mae.data.errors import CorruptDataError, one_line
-from mae.data.transforms import eval_transform, pretrain_transform
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ class _InMemoryImages(Dataset):
 
 
 # -- the data module -------------------------------------------------------------------------------------------
-class FashionMNISTDataModule(PretrainDataModule):
+class FashionMNISTDataModule(ImageDataModule):
     """Fashion-MNIST (60000 train / 10000 test images, 10 classes) for MAE pre-training and kNN evaluation.
 
     Args:
@@ -158,6 +157,8 @@ class FashionMNISTDataModule(PretrainDataModule):
         mean, std: per-channel normalisation of the [0, 1] pixels.
         train_samples: pre-train on a fixed seeded subset of this many training images (None: all).
         knn_train_samples, knn_val_samples: caps of the kNN evaluation's train and val sets (None: all).
+        rand_augment, random_erasing: fine-tuning augmentation (timm RandAugment policy, erasing probability);
+            None and 0 give the paper's crop + flip.
     """
 
     num_classes = NUM_CLASSES
@@ -181,9 +182,12 @@ class FashionMNISTDataModule(PretrainDataModule):
         train_samples: int | None = None,
         knn_train_samples: int | None = 10000,
         knn_val_samples: int | None = None,
+        rand_augment: str | None = None,
+        random_erasing: float = 0.0,
     ) -> None:
         super().__init__(img_size, in_chans, batch_size, num_workers, pin_memory, persistent_workers, seed, crop_scale,
-                         hflip, mean, std, train_samples, knn_train_samples, knn_val_samples)
+                         hflip, mean, std, train_samples, knn_train_samples, knn_val_samples, "bicubic",
+                         rand_augment, random_erasing)
         self.root = None if root is None else str(root)
         self.download = bool(download)
         # Fail before any work: a missing dataset is reported now, not after the model is built.
@@ -212,7 +216,5 @@ class FashionMNISTDataModule(PretrainDataModule):
         log.info("Fashion-MNIST: reading %s", self._files["train_images"].parent)
         train = _InMemoryImages(*load_split(self._files["train_images"], self._files["train_labels"]), self.in_chans)
         val = _InMemoryImages(*load_split(self._files["val_images"], self._files["val_labels"]), self.in_chans)
-        augment = pretrain_transform(self.img_size, self.crop_scale, self.hflip, self.mean, self.std)
         # Resize ratio 1: at img_size=28 the eval transform only normalises; otherwise a plain bicubic resize.
-        evaluate = eval_transform(self.img_size, self.mean, self.std, resize_ratio=1.0)
-        self.set_splits(train, val, augment, evaluate)
+        self.set_splits(train, val, *self.transforms(eval_resize_ratio=1.0))

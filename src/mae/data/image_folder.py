@@ -14,13 +14,8 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from mae.data.base import PretrainDataModule
+from mae.data.base import ImageDataModule
 from mae.data.errors import CorruptDataError, one_line
-from mae.data.transforms import (
-    eval_transform,
-    interpolation_mode,
-    pretrain_transform,
-)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +56,7 @@ def class_folders(directory: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
 
 
-class ImageFolderDataModule(PretrainDataModule):
+class ImageFolderDataModule(ImageDataModule):
     """Any ImageFolder dataset with training and validation splits, for MAE pre-training and kNN evaluation.
 
     Defaults are ImageNet-1K's (statistics, 224 px, the paper's crop scale).
@@ -77,6 +72,8 @@ class ImageFolderDataModule(PretrainDataModule):
         crop_scale: RandomResizedCrop area range of the pre-training augmentation.
         hflip: random horizontal flips in the pre-training augmentation.
         interpolation: resampling of every resize ("bicubic", "bilinear" or "nearest").
+        rand_augment, random_erasing: fine-tuning augmentation (timm RandAugment policy, erasing probability);
+            None and 0 give the paper's crop + flip.
         eval_resize_ratio: evaluation resizes the shorter side to ``img_size / eval_resize_ratio`` and then
             centre-crops ``img_size`` (224 -> 256 -> 224 at 0.875).
         mean, std: per-channel normalisation of the [0, 1] pixels.
@@ -110,11 +107,12 @@ class ImageFolderDataModule(PretrainDataModule):
         train_samples: int | None = None,
         knn_train_samples: int | None = None,
         knn_val_samples: int | None = None,
+        rand_augment: str | None = None,
+        random_erasing: float = 0.0,
     ) -> None:
         super().__init__(img_size, in_chans, batch_size, num_workers, pin_memory, persistent_workers, seed, crop_scale,
-                         hflip, mean, std, train_samples, knn_train_samples, knn_val_samples)
-        interpolation_mode(interpolation)  # validate now; the transforms are built in setup()
-        self.interpolation = interpolation
+                         hflip, mean, std, train_samples, knn_train_samples, knn_val_samples, interpolation,
+                         rand_augment, random_erasing)
         if not 0.0 < eval_resize_ratio <= 1.0:
             raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
         self.eval_resize_ratio = float(eval_resize_ratio)
@@ -155,10 +153,7 @@ class ImageFolderDataModule(PretrainDataModule):
             raise self._not_found(f"{self.val_path} has no images")
         log.info("%s: %d training and %d validation images in %d classes", self.dataset_name, len(train), len(val),
                  self.num_classes)
-        augment = pretrain_transform(self.img_size, self.crop_scale, self.hflip, self.mean, self.std,
-                                     self.interpolation)
-        evaluate = eval_transform(self.img_size, self.mean, self.std, self.interpolation, self.eval_resize_ratio)
-        self.set_splits(train, val, augment, evaluate)
+        self.set_splits(train, val, *self.transforms(self.eval_resize_ratio))
 
 
 class ImageNetDataModule(ImageFolderDataModule):

@@ -68,8 +68,8 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
 class Splits:
     """The datasets a data module serves, built in its ``setup()``."""
 
-    pretrain: Dataset
-    """Training split (possibly a subset) with the pre-training augmentation."""
+    train: Dataset
+    """Training split (possibly a subset) with the training augmentation."""
     train_eval: Dataset
     """The whole training split with the eval transform (kNN memory bank)."""
     val: Dataset
@@ -102,17 +102,17 @@ class LoaderSettings:
             persistent_workers=self.persistent_workers and self.num_workers > 0, **kwargs,
         )
 
-    def pretrain_loader(self, splits: Splits, epoch: int = 0) -> DataLoader:
+    def train_loader(self, splits: Splits, epoch: int = 0) -> DataLoader:
         """Augmented training images, reshuffled per epoch by :class:`EpochSeededSampler`, full batches only.
 
         ``epoch`` is the epoch the loader is first iterated in: Lightning takes the first batch of a resumed run
         before it calls ``set_epoch``.
         """
-        size = len(splits.pretrain)  # type: ignore[arg-type]
+        size = len(splits.train)  # type: ignore[arg-type]
         if size < self.batch_size:
             # With drop_last an epoch would be empty and training would silently do nothing.
-            raise ValueError(f"the pre-training set has {size} images, fewer than batch_size={self.batch_size}")
-        return self._loader(splits.pretrain, sampler=EpochSeededSampler(size, self.seed, epoch), drop_last=True)
+            raise ValueError(f"the training set has {size} images, fewer than batch_size={self.batch_size}")
+        return self._loader(splits.train, sampler=EpochSeededSampler(size, self.seed, epoch), drop_last=True)
 
     def eval_loader(self, dataset: Dataset) -> DataLoader:
         """Unaugmented images in dataset order, every image served."""
@@ -126,7 +126,7 @@ class LoaderSettings:
 
 
 def current_epoch(module: L.LightningDataModule) -> int:
-    """The epoch a data module's trainer is at (0 without a trainer), for :meth:`LoaderSettings.pretrain_loader`."""
+    """The epoch a data module's trainer is at (0 without a trainer), for :meth:`LoaderSettings.train_loader`."""
     return module.trainer.current_epoch if module.trainer is not None else 0
 
 

@@ -1,6 +1,7 @@
 """Image transforms of the MAE recipe, for PIL images (ImageFolder) and uint8 tensors (in-memory datasets).
 
-Pre-training (the paper's): RandomResizedCrop(scale, bicubic) + horizontal flip + normalise.
+Pre-training and linear probing (the paper's): RandomResizedCrop(scale, bicubic) + horizontal flip + normalise.
+Fine-tuning (the reference's): timm's ``create_transform`` with RandAugment and random erasing.
 Evaluation (the reference's): resize the shorter side to ``img_size / resize_ratio`` + centre crop + normalise.
 
 Both are small callables over torchvision's functional ops rather than ``v2.Compose`` pipelines: on a 28x28
@@ -12,6 +13,7 @@ torchvision's, which matches PIL (the reference's backend) to within one grey le
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -184,3 +186,56 @@ class Transformed(Dataset):
         img, label = self.dataset[index]
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         return self.transform(img, generator), label
+
+
+class FinetuneTransform:
+    """The reference fine-tuning augmentation: timm's ``create_transform`` (RandomResizedCrop, flip, RandAugment,
+    normalise, random erasing).
+
+    timm's pipeline draws from Python's ``random`` and the global torch RNG. Given a ``generator`` (the loaders
+    pass one seeded per sample and epoch), both are seeded from it for this one call and restored afterwards,
+    so the augmentation repeats exactly after a resume and leaves the caller's RNG streams untouched.
+    """
+
+    def __init__(self, img_size: int, crop_scale: Sequence[float], hflip: bool, mean: Sequence[float],
+                 std: Sequence[float], interpolation: str = "bicubic", rand_augment: str | None = None,
+                 random_erasing: float = 0.0) -> None:
+        from timm.data import create_transform
+
+        interpolation_mode(interpolation)
+        if not 0.0 <= random_erasing <= 1.0:
+            raise ValueError(f"random_erasing={random_erasing} must be a probability in [0, 1]")
+        try:
+            self.pipeline = create_transform(
+                img_size, is_training=True, scale=check_crop_scale(crop_scale), hflip=0.5 if hflip else 0.0,
+                auto_augment=rand_augment, interpolation=interpolation, re_prob=random_erasing, re_mode="pixel",
+                re_count=1, mean=tuple(mean), std=tuple(std),
+            )
+        except (AssertionError, KeyError, ValueError) as error:  # timm's reactions to a malformed policy string
+            raise ValueError(f"rand_augment={rand_augment!r} is not a timm RandAugment policy such as "
+                             f"'rand-m9-mstd0.5-inc1' ({error})") from error
+
+    def __call__(self, img: ImageLike, generator: torch.Generator | None = None) -> torch.Tensor:
+        if isinstance(img, torch.Tensor):
+            img = F.to_pil_image(img)  # timm's RandAugment operates on PIL images
+        if generator is None:
+            return self.pipeline(img)
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
+        python_state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                random.seed(seed)
+                torch.manual_seed(seed)
+                return self.pipeline(img)
+        finally:
+            random.setstate(python_state)
+
+
+def train_transform(img_size: int, crop_scale: Sequence[float], hflip: bool, mean: Sequence[float],
+                    std: Sequence[float], interpolation: str = "bicubic", rand_augment: str | None = None,
+                    random_erasing: float = 0.0) -> PretrainTransform | FinetuneTransform:
+    """The training augmentation: the paper's crop + flip, or timm's pipeline when RandAugment or random erasing
+    is asked for (fine-tuning)."""
+    if rand_augment is None and random_erasing == 0.0:
+        return PretrainTransform(img_size, crop_scale, hflip, mean, std, interpolation)
+    return FinetuneTransform(img_size, crop_scale, hflip, mean, std, interpolation, rand_augment, random_erasing)
