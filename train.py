@@ -1,23 +1,19 @@
-"""MAE pre-training: `python train.py [hydra overrides]` (see conf/train.yaml and the README)."""
-
-import sys
+"""Training jobs: `python train.py [task=pretrain|finetune|linprobe] [hydra overrides]` (see conf/ and the README)."""
 
 import hydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mae.config import register_resolvers
-from mae.pretrain import SetupError, pretrain
+from mae.runs import run_job
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
-        pretrain(cfg)
-    except SetupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    # The task group names the job: pre-training, or fine-tuning / linear probing.
+    run_job(instantiate(cfg.job), cfg)
 
 
 if __name__ == "__main__":

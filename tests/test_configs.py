@@ -61,12 +61,67 @@ def test_every_data_option_composes_with_matching_model_input(config_factory, op
     assert cfg.data._target_.startswith("mae.data.")
 
 
+def task_of(schedule: str) -> str:
+    return next((task for task in ("finetune", "linprobe") if task in schedule), "pretrain")
+
+
 @pytest.mark.parametrize("option", options("schedule"))
 def test_every_schedule_is_valid(config_factory, option):
-    cfg = config_factory([f"schedule={option}"])
+    task = task_of(option)
+    cfg = config_factory([f"task={task}", f"schedule={option}"])
     validate_schedule(cfg.schedule)
     assert cfg.trainer.max_epochs == cfg.schedule.epochs
-    assert tuple(cfg.schedule.betas) == (0.9, 0.95) and cfg.schedule.weight_decay == 0.05
+    if task == "pretrain":
+        assert tuple(cfg.schedule.betas) == (0.9, 0.95) and cfg.schedule.weight_decay == 0.05
+    else:  # every recipe number reaches the module and the data
+        assert cfg.module.blr == cfg.schedule.blr and cfg.module.epochs == cfg.schedule.epochs
+        assert tuple(cfg.data.crop_scale) == tuple(cfg.schedule.crop_scale)
+        assert cfg.trainer.limit_val_batches == 1.0
+
+
+def test_tasks_name_their_job_and_default_to_the_latest_pretraining(config_factory, tmp_path):
+    assert config_factory([]).job._target_ == "mae.pretrain.pretrain"
+    for task in ("finetune", "linprobe"):
+        cfg = config_factory([f"task={task}"])
+        assert cfg.job._target_ == "mae.downstream.downstream" and cfg.task_name == task
+        assert cfg.pretrained == f"{cfg.paths.log_dir}/pretrain/latest/checkpoints/last.ckpt"
+        assert "knn_evaluation" not in cfg.callbacks and cfg.callbacks.model_checkpoint.save_last
+
+
+def test_finetune_task_sets_the_reference_augmentation(config_factory):
+    cfg = config_factory(["task=finetune"])
+    assert cfg.data.rand_augment == "rand-m9-mstd0.5-inc1" and cfg.data.random_erasing == 0.25
+    assert (cfg.module.mixup, cfg.module.cutmix, cfg.module.label_smoothing) == (0.8, 1.0, 0.1)
+    assert cfg.module.global_pool == "avg"
+    # Pre-training keeps the paper's plain crop + flip.
+    plain = config_factory([])
+    assert plain.data.rand_augment is None and plain.data.random_erasing == 0.0
+
+
+@pytest.mark.parametrize(("experiment", "preset", "blr", "layer_decay", "drop_path", "epochs"), [
+    ("mae_vit_base_in1k_finetune", "mae_vit_base_patch16", 5e-4, 0.65, 0.1, 100),
+    ("mae_vit_large_in1k_finetune", "mae_vit_large_patch16", 1e-3, 0.75, 0.2, 50),
+    ("mae_vit_huge_in1k_finetune", "mae_vit_huge_patch14", 1e-3, 0.75, 0.3, 50),
+])
+def test_paper_finetune_recipes(config_factory, experiment, preset, blr, layer_decay, drop_path, epochs):
+    cfg = config_factory([f"experiment={experiment}", "pretrained=/weights/mae_pretrain.pth"])
+    assert cfg.task_name.startswith("finetune") and cfg.model._target_ == f"mae.models.{preset}"
+    effective = cfg.schedule.batch_size * cfg.schedule.accumulate_grad_batches * cfg.trainer.devices * cfg.trainer.num_nodes
+    assert effective == 1024
+    module = cfg.module
+    assert (module.blr, module.layer_decay, module.drop_path_rate, module.epochs) == (blr, layer_decay, drop_path, epochs)
+    assert (module.warmup_epochs, module.min_lr, module.weight_decay) == (5, 1e-6, 0.05)
+    assert tuple(cfg.data.crop_scale) == (0.08, 1.0) and cfg.data.random_erasing == 0.25
+
+
+def test_paper_linprobe_recipe(config_factory):
+    cfg = config_factory(["experiment=mae_vit_base_in1k_linprobe", "pretrained=/weights/mae_pretrain.pth"])
+    effective = cfg.schedule.batch_size * cfg.schedule.accumulate_grad_batches * cfg.trainer.devices * cfg.trainer.num_nodes
+    assert effective == 16384
+    module = cfg.module
+    assert (module.blr, module.weight_decay, module.epochs, module.warmup_epochs) == (0.1, 0.0, 90, 10)
+    assert (module.momentum, module.trust_coefficient) == (0.9, 0.001)
+    assert cfg.data.rand_augment is None and cfg.data.random_erasing == 0.0
 
 
 def test_cpu_trainer_instantiates(config_factory):

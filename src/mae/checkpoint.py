@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -111,7 +114,49 @@ def export_timm_encoder(model: torch.nn.Module, path: str | Path) -> Path:
     ``timm.create_model("vit_base_patch16_224", num_classes=0, checkpoint_path=path)`` (the matching preset for
     other sizes) then gives the same features as ``model.forward_features``.
     """
+    return _save_tensors(model.encoder_state_dict(), path)
+
+
+def _listed(keys: list[str], limit: int = 8) -> str:
+    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_pretrained(model: torch.nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Initialise the encoder of an MAE ``model`` from any checkpoint this project reads, in place.
+
+    Accepted: this project's Lightning checkpoint (pre-training, fine-tuning or linear probing), a reference MAE
+    ``.pth`` (encoder-only, full with decoder, or a fine-tuned classifier), or a timm ViT state_dict. Position
+    embeddings are resized to the model's grid. Encoder weights the file lacks, and keys the encoder has no use
+    for, are logged by name and returned; a checkpoint none of whose weights fit is a :class:`CheckpointError`.
+    """
+    checkpoint = load_checkpoint_file(path, weights_only=False)
+    state = model_state_dict(checkpoint)
+    # A linear-probe or fine-tuning checkpoint of this project holds the encoder under its module's prefix.
+    for prefix in ("encoder.", "model."):
+        if any(key.startswith(prefix + "blocks.") for key in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    missing, unexpected = load_encoder_weights(model, state, f"checkpoint {path}", model.grid_size)
+    encoder_keys = set(model.encoder_state_dict())
+    missing_encoder = sorted(key for key in missing if key in encoder_keys)
+    if len(missing_encoder) == len(encoder_keys):
+        raise CheckpointError(f"checkpoint {path} holds none of the encoder's weights (it has keys "
+                              f"{_listed(sorted(state))}); expected e.g. patch_embed.proj.weight, blocks.0.*")
+    if missing_encoder:
+        log.warning("checkpoint %s lacks encoder weights %s; they keep their initialisation", path,
+                    _listed(missing_encoder))
+    if unexpected:
+        log.info("checkpoint %s: keys the encoder does not use: %s", path, _listed(unexpected))
+    return {"missing": missing_encoder, "unexpected": unexpected}
+
+
+def export_timm_state_dict(model: torch.nn.Module, path: str | Path) -> Path:
+    """Write a timm model's state_dict (e.g. a fine-tuned classifier, head included) for ``timm.create_model(...,
+    checkpoint_path=path)``."""
+    return _save_tensors(model.state_dict(), path)
+
+
+def _save_tensors(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu().contiguous() for k, v in model.encoder_state_dict().items()}, path)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, path)
     return path

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from mae.callbacks.reconstruction import check_every_n_epochs, epoch_is_due
@@ -19,28 +16,7 @@ from mae.evaluation.knn import (
     preserved_rng,
     random_init_copy,
 )
-
-
-def merge_json(path: Path, values: dict[str, Any]) -> dict[str, Any]:
-    """Update the JSON object in ``path`` with ``values`` (other keys kept) and return the merged object.
-
-    Written to a temporary file and renamed, so an interrupted write never leaves a truncated results file.
-    """
-    merged: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            merged = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            rank_zero_warn(f"{path} is not valid JSON ({error}); writing a new one")
-        if not isinstance(merged, dict):
-            rank_zero_warn(f"{path} does not hold a JSON object; writing a new one")
-            merged = {}
-    merged.update(values)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    os.replace(tmp, path)
-    return merged
+from mae.results_file import merge_json
 
 
 class KNNEvaluationCallback(L.Callback):

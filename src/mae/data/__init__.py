@@ -1,6 +1,6 @@
-"""Data modules serving images for MAE pre-training and labelled images for kNN evaluation.
+"""Data modules serving images for MAE pre-training, kNN evaluation, fine-tuning and linear probing.
 
-Both modules share one interface: ``img_size``, ``in_chans``, ``mean``, ``std``, ``batch_size``,
+Every module is an :class:`ImageDataModule` with one interface: ``img_size``, ``in_chans``, ``mean``, ``std``, ``batch_size``,
 ``num_classes``, ``train_dataloader()``, ``val_dataloader()``, ``knn_dataloaders()`` and ``sample_images(n)``.
 """
 
@@ -9,15 +9,33 @@ from mae.data.errors import CorruptDataError
 from mae.data.fashion_mnist import FashionMNISTDataModule, read_idx
 from mae.data.image_folder import ImageFolderDataModule, ImageNetDataModule
 from mae.data.sampling import EpochSeededSampler
+from mae.data.transfer import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    Flowers102DataModule,
+    Food101DataModule,
+    INaturalistDataModule,
+    OxfordPetsDataModule,
+    Places365DataModule,
+    TransferDataModule,
+)
 from mae.data.transforms import eval_transform, pretrain_transform, train_transform
 
 __all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
     "CorruptDataError",
     "EpochSeededSampler",
     "FashionMNISTDataModule",
+    "Flowers102DataModule",
+    "Food101DataModule",
     "ImageFolderDataModule",
     "ImageDataModule",
     "ImageNetDataModule",
+    "INaturalistDataModule",
+    "OxfordPetsDataModule",
+    "Places365DataModule",
+    "TransferDataModule",
     "eval_transform",
     "pretrain_transform",
     "train_transform",

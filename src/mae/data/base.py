@@ -30,6 +30,8 @@ class ImageDataModule(L.LightningDataModule):
     """
 
     _splits: Splits | None = None
+    eval_split = "val"
+    """Which of the dataset's official splits the evaluation split is (results files say it)."""
 
     def __init__(self, img_size: int, in_chans: int, batch_size: int, num_workers: int, pin_memory: bool,
                  persistent_workers: bool, seed: int, crop_scale: Sequence[float], hflip: bool,

@@ -163,6 +163,7 @@ class FashionMNISTDataModule(ImageDataModule):
 
     num_classes = NUM_CLASSES
     classes = CLASSES
+    eval_split = "test"  # the 10000 t10k images: Fashion-MNIST has no separate validation split
 
     def __init__(
         self,

@@ -17,8 +17,9 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
@@ -192,9 +193,9 @@ class FinetuneTransform:
     """The reference fine-tuning augmentation: timm's ``create_transform`` (RandomResizedCrop, flip, RandAugment,
     normalise, random erasing).
 
-    timm's pipeline draws from Python's ``random`` and the global torch RNG. Given a ``generator`` (the loaders
-    pass one seeded per sample and epoch), both are seeded from it for this one call and restored afterwards,
-    so the augmentation repeats exactly after a resume and leaves the caller's RNG streams untouched.
+    timm's pipeline draws from Python's ``random``, NumPy's and the global torch RNG. Given a ``generator`` (the
+    loaders pass one seeded per sample and epoch), all three are seeded from it for this one call and restored
+    afterwards, so the augmentation repeats exactly after a resume and leaves the caller's RNG streams untouched.
     """
 
     def __init__(self, img_size: int, crop_scale: Sequence[float], hflip: bool, mean: Sequence[float],
@@ -214,6 +215,7 @@ class FinetuneTransform:
         except (AssertionError, KeyError, ValueError) as error:  # timm's reactions to a malformed policy string
             raise ValueError(f"rand_augment={rand_augment!r} is not a timm RandAugment policy such as "
                              f"'rand-m9-mstd0.5-inc1' ({error})") from error
+        _allow_zero_bit_posterize(self.pipeline)
 
     def __call__(self, img: ImageLike, generator: torch.Generator | None = None) -> torch.Tensor:
         if isinstance(img, torch.Tensor):
@@ -221,14 +223,33 @@ class FinetuneTransform:
         if generator is None:
             return self.pipeline(img)
         seed = int(torch.randint(0, 2**62, (), generator=generator))
-        python_state = random.getstate()
+        python_state, numpy_state = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):
                 random.seed(seed)
+                np.random.seed(seed % 2**32)
                 torch.manual_seed(seed)
                 return self.pipeline(img)
         finally:
             random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize, with 0 bits kept giving a black image as Pillow did before version 13 (which refuses 0)."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _allow_zero_bit_posterize(pipeline: Any) -> None:
+    """RandAugment's "PosterizeIncreasing" at magnitude 10 (reached by m9 with mstd 0.5) asks for 0 bits."""
+    for transform in getattr(pipeline, "transforms", []):
+        for op in getattr(transform, "ops", []):
+            if "Posterize" in getattr(op, "name", ""):
+                op.aug_fn = _posterize
 
 
 def train_transform(img_size: int, crop_scale: Sequence[float], hflip: bool, mean: Sequence[float],

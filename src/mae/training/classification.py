@@ -1,8 +1,9 @@
-"""What the downstream modules share: top-1/top-5 metrics and the validation step."""
+"""What the downstream modules share: top-1/top-5 metrics, the validation step and the number of images seen."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
+from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mae.training.scheduled import ScheduledModule
@@ -12,14 +13,17 @@ class ClassificationModule(ScheduledModule):
     """A scheduled module whose ``forward(imgs)`` returns class logits; validated with loss, top-1 and top-5."""
 
     def add_metrics(self, num_classes: int) -> None:
-        self.top1 = MulticlassAccuracy(num_classes, top_k=1)
-        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.images_seen = SumMetric()  # what an evaluation covered, summed over devices
 
     def validation_step(self, batch, batch_idx: int) -> None:
         imgs, labels = batch
         logits = self(imgs)
         self.top1(logits, labels)
         self.top5(logits, labels)
+        self.images_seen(labels.numel())
         self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, batch_size=imgs.shape[0], sync_dist=True)
         self.log("val/top1", self.top1, on_epoch=True, prog_bar=True)
         self.log("val/top5", self.top5, on_epoch=True)
+        self.log("val/num_images", self.images_seen, on_epoch=True)

@@ -9,6 +9,8 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
+from mae.models.classifier import vit_classifier_from_mae
+from mae.models.mae import MaskedAutoencoderViT
 from mae.training.classification import ClassificationModule
 
 
@@ -23,12 +25,13 @@ class FinetuneModule(ClassificationModule):
         layer_decay: lr scale ``layer_decay ** (depth + 1 - layer)`` (0.65 for ViT-B, 0.75 for L/H).
         mixup, cutmix, label_smoothing: timm ``Mixup`` alphas and smoothing (0.8, 1.0, 0.1 in the paper);
             with mixup and cutmix both 0 the loss is label-smoothed cross-entropy on hard labels.
+        seed: base seed of each batch's random draws (mixup, drop path), so a resumed run repeats exactly.
     """
 
     def __init__(self, model: nn.Module, num_classes: int, blr: float = 5e-4, lr: float | None = None,
                  min_lr: float = 1e-6, weight_decay: float = 0.05, layer_decay: float = 0.65,
                  warmup_epochs: float = 5, epochs: int = 100, mixup: float = 0.8, cutmix: float = 1.0,
-                 label_smoothing: float = 0.1) -> None:
+                 label_smoothing: float = 0.1, seed: int = 0) -> None:
         super().__init__()
         self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
         if not 0.0 < layer_decay <= 1.0:
@@ -41,6 +44,13 @@ class FinetuneModule(ClassificationModule):
                             num_classes=num_classes) if mixup > 0 or cutmix > 0 else None)
         self.soft_target_loss = SoftTargetCrossEntropy()  # mixed targets already carry the smoothing
         self.add_metrics(num_classes)
+
+    @classmethod
+    def from_encoder(cls, encoder: MaskedAutoencoderViT, num_classes: int, global_pool: str = "avg",
+                     drop_path_rate: float = 0.1, **hparams) -> FinetuneModule:
+        """Fine-tune ``encoder`` as a timm ViT classifier (see :func:`vit_classifier_from_mae`)."""
+        model = vit_classifier_from_mae(encoder, num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)
+        return cls(model, num_classes, **hparams)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.model(imgs)

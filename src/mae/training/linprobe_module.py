@@ -36,11 +36,12 @@ class LinearProbeModule(ClassificationModule):
         blr, lr, min_lr, warmup_epochs, epochs: the schedule (see :class:`ScheduledModule`).
         weight_decay: LARS weight decay (the reference probes with 0).
         momentum, trust_coefficient: LARS settings of the reference (0.9, 0.001).
+        seed: base seed of each batch's random draws, so a resumed run repeats exactly.
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, blr: float = 0.1, lr: float | None = None,
                  min_lr: float = 0.0, weight_decay: float = 0.0, warmup_epochs: float = 10, epochs: int = 90,
-                 momentum: float = 0.9, trust_coefficient: float = 0.001) -> None:
+                 momentum: float = 0.9, trust_coefficient: float = 0.001, seed: int = 0) -> None:
         super().__init__()
         self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
         if num_classes < 2:

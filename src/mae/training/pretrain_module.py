@@ -11,11 +11,6 @@ from mae.training.optim import param_groups_weight_decay
 from mae.training.scheduled import ScheduledModule
 
 
-def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
-    """A distinct 63-bit seed per (seed, epoch, batch, rank)."""
-    return hash((seed, epoch, batch_idx, rank)) & (2**63 - 1)
-
-
 class MAEPretrainModule(ScheduledModule):
     """Pre-trains an injected MAE ``nn.Module`` with the reference recipe.
 
@@ -64,9 +59,7 @@ class MAEPretrainModule(ScheduledModule):
 
     # -- steps -------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # The masks of a batch are a pure function of (seed, epoch, batch, rank), whatever the data loader drew
-        # from the global RNG before: a run resumed from a checkpoint repeats the masks of one that never stopped.
-        torch.manual_seed(batch_seed(self.hparams.seed, self.current_epoch, batch_idx, self.global_rank))
+        super().on_train_batch_start(batch, batch_idx)  # seeds this batch's masks
         self._step_started = time.perf_counter()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -4,15 +4,21 @@ warmup then half-cycle cosine, measured in epochs of the configured schedule."""
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 
 from mae.training.optim import scaled_lr, warmup_cosine_lr
 
 
+def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
+    """A distinct 63-bit seed per (seed, epoch, batch, rank)."""
+    return hash((seed, epoch, batch_idx, rank)) & (2**63 - 1)
+
+
 class ScheduledModule(L.LightningModule):
     """Base of the training modules; subclasses call :meth:`check_schedule` and :meth:`with_schedule`.
 
-    Expects hyperparameters ``blr``, ``lr``, ``min_lr``, ``warmup_epochs`` and ``epochs`` (saved with
+    Expects hyperparameters ``blr``, ``lr``, ``min_lr``, ``warmup_epochs``, ``epochs`` and ``seed`` (saved with
     ``save_hyperparameters``). ``epochs`` is independent of the trainer's ``max_epochs`` so that a run can stop
     early and be resumed on the same schedule.
     """
@@ -52,3 +58,10 @@ class ScheduledModule(L.LightningModule):
         peak = self.peak_lr
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_at_step(step) / peak)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # A batch's random draws (masks, mixup, drop path) are a pure function of (seed, epoch, batch, rank),
+        # whatever the data loader drew before: a resumed run repeats those of a run that never stopped.
+        seed = batch_seed(self.hparams.seed, self.current_epoch, batch_idx, self.global_rank)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)  # timm's Mixup draws from NumPy

@@ -1,0 +1,19 @@
+"""Evaluate a fine-tuned or linear-probe checkpoint: `python eval.py ckpt_path=... [data=...]` (see conf/eval.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from mae.config import register_resolvers
+from mae.evaluate import evaluate
+from mae.runs import run_job
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_job(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

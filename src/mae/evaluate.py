@@ -1,0 +1,78 @@
+"""The evaluation job (eval.py): a fine-tuned or linear-probe checkpoint on a data module's evaluation split.
+
+This project's checkpoints carry the config that rebuilds their module (see
+:class:`~mae.callbacks.run_config.RunConfigInCheckpoint`); other files (a reference fine-tuned ``.pth``, a timm
+classifier state_dict) are read into the composed ``model`` and ``module`` nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mae.callbacks.run_config import RUN_CONFIG_KEY
+from mae.checkpoint import CheckpointError, check_state_dict_shapes, load_checkpoint_file, model_state_dict
+from mae.evaluation.classifier import evaluate_classifier, summary_line
+from mae.runs import (
+    SETUP_ERRORS,
+    build_trainer,
+    instantiate_node,
+    merge_results,
+    one_line_setup_error,
+    write_config,
+)
+
+
+def module_config(checkpoint: Mapping, cfg: DictConfig) -> tuple[DictConfig, DictConfig, dict[str, torch.Tensor]]:
+    """(model node, module node, module state_dict) for a checkpoint: its own config when it carries one."""
+    stored = checkpoint.get(RUN_CONFIG_KEY)
+    if stored is not None:
+        return OmegaConf.create(stored["model"]), OmegaConf.create(stored["module"]), dict(checkpoint["state_dict"])
+    # A classifier state_dict in timm's layout (reference fine-tuned .pth, timm file): the fine-tuning module's.
+    state = {f"model.{key}": value for key, value in model_state_dict(checkpoint).items()}
+    return cfg.model, cfg.module, state
+
+
+def check_input_size(model_cfg: DictConfig, datamodule: L.LightningDataModule, path: str) -> None:
+    trained = (model_cfg.img_size, model_cfg.in_chans)
+    served = (datamodule.img_size, datamodule.in_chans)
+    if trained != served:
+        raise CheckpointError(f"checkpoint {path} takes {trained[0]} px images with {trained[1]} channels, but the "
+                              f"data serves {served[0]} px with {served[1]}; set data.img_size={trained[0]} "
+                              f"data.in_chans={trained[1]}")
+
+
+def restore_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
+    """The classification module of ``cfg.ckpt_path`` with its weights, checked against the data first."""
+    path = str(cfg.ckpt_path)
+    checkpoint = load_checkpoint_file(path, weights_only=False)
+    model_cfg, module_cfg, state = module_config(checkpoint, cfg)
+    check_input_size(model_cfg, datamodule, path)
+    module = instantiate_node(module_cfg, instantiate_node(model_cfg), num_classes=datamodule.num_classes)
+    check_state_dict_shapes(state, module.state_dict(), f"checkpoint {path}")
+    module.load_state_dict(state)
+    return module
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.data``'s evaluation split; print and write ``results.json``."""
+    L.seed_everything(cfg.seed, workers=True)
+    try:
+        if not Path(str(cfg.ckpt_path)).is_file():
+            raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not exist; give a fine-tuning or linear-probe "
+                                  "checkpoint, e.g. outputs/finetune/latest/checkpoints/last.ckpt")
+        datamodule = instantiate_node(cfg.data)
+        module = restore_module(cfg, datamodule)
+        trainer = build_trainer(cfg)
+    except SETUP_ERRORS as error:
+        raise one_line_setup_error(error) from error
+    write_config(cfg, trainer)
+    results = merge_results(cfg, trainer, {"checkpoint": str(cfg.ckpt_path),
+                                           **evaluate_classifier(trainer, module, datamodule)})
+    if trainer.is_global_zero:
+        print(f"eval of {cfg.ckpt_path}: {summary_line(results)}")
+    return results

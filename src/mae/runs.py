@@ -1,0 +1,106 @@
+"""What every job (pre-training, fine-tuning, linear probing, evaluation) does around its own work: instantiate
+config nodes with one-line errors, build the trainer, and write the run directory's files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mae.data.errors import CorruptDataError
+from mae.results_file import merge_json
+
+log = logging.getLogger(__name__)
+
+SETUP_ERRORS = (ValueError, FileNotFoundError, TypeError)
+"""What constructors raise for bad input; turned into :class:`SetupError` before any work starts."""
+
+
+class SetupError(Exception):
+    """Bad input found while building or running a job; ``str()`` is a one-line message for the user."""
+
+
+def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
+    """The entry points' wrapper: bad input ends the program with ``error: <one line>`` and exit code 2."""
+    try:
+        job(cfg)
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line_setup_error(error: Exception) -> SetupError:
+    return SetupError(str(error).strip().replace("\n", " "))
+
+
+def data_error_message(error: CorruptDataError) -> str:
+    """The one line naming the bad file, also when a DataLoader worker re-raised it with its traceback."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1].removeprefix(f"{type(error).__name__}: ") if lines else type(error).__name__
+
+
+def instantiate_node(node: DictConfig, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return instantiate(node, *args, **kwargs)
+    except InstantiationException as error:
+        # Hydra wraps the constructor's own error in a multi-line message; the cause is what the user needs.
+        raise (error.__cause__ or error) from error
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    """The trainer with the configured callbacks and loggers; a group entry set to null (e.g.
+    ``callbacks.knn_evaluation=null``) switches that piece off."""
+    callbacks = [instantiate_node(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    loggers = [instantiate_node(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    return instantiate_node(cfg.trainer, callbacks=callbacks + list(extra_callbacks or []), logger=loggers or False)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def write_config(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """The resolved config, first thing in the run directory (rank 0 only)."""
+    if trainer.is_global_zero:
+        directory = output_dir(cfg)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def merge_results(cfg: DictConfig, trainer: L.Trainer, results: dict) -> dict:
+    """Merge ``results`` into the run's ``results.json`` (callbacks may have written to it) and return all of it."""
+    path = output_dir(cfg) / "results.json"
+    if trainer.is_global_zero:
+        return merge_json(path, results)
+    return {**(json.loads(path.read_text()) if path.is_file() else {}), **results}
+
+
+def point_latest_at(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Keep ``<log_dir>/<task>/latest`` pointing at the newest finished run (the next task's default input)."""
+    directory = output_dir(cfg)
+    link = Path(cfg.paths.log_dir) / cfg.task_name / "latest"
+    if not trainer.is_global_zero or directory.parent.parent != link.parent:
+        return  # not rank 0, or a run directory outside the usual layout: leave no link
+    tmp = link.with_name(".latest.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(directory.relative_to(link.parent), target_is_directory=True)
+    tmp.replace(link)
+    log.info("Run directory: %s", directory)
+
+
+def fit(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    """``trainer.fit`` (resuming from ``cfg.ckpt_path`` when set) with a corrupt file turned into a one-line error."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except CorruptDataError as error:
+        # Checkpoints written so far stay; fix or remove the file and resume from last.ckpt.
+        raise SetupError(f"{data_error_message(error)} (checkpoints so far are in "
+                         f"{output_dir(cfg) / 'checkpoints'})") from error
