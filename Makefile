@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data pretrain finetune linprobe eval test test-fast clean
+.PHONY: setup data pretrain finetune linprobe eval visualize test test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable) and the Fashion-MNIST package (idempotent)
 setup: $(INSTALLED) data
@@ -45,6 +45,13 @@ linprobe: setup
 CKPT ?= outputs/finetune/latest/checkpoints/last.ckpt
 eval: setup
 	$(BIN)/python eval.py ckpt_path=$(CKPT) $(ARGS)
+
+## visualize: reconstruction grid of a checkpoint with decoder, by default the newest pre-training run's
+## (VIS_CKPT=<file>, VIS_OUT=<png>, extra overrides: ARGS="...")
+VIS_CKPT ?= outputs/pretrain/latest/checkpoints/last.ckpt
+VIS_OUT ?= reconstruction.png
+visualize: setup
+	$(BIN)/python -m mae.visualize ckpt_path=$(VIS_CKPT) out=$(VIS_OUT) $(ARGS)
 
 ## test: the whole suite, slow learning tests included
 test: setup

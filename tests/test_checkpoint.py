@@ -10,9 +10,11 @@ from mae.checkpoint import (
     interpolate_pos_embed,
     load_checkpoint_file,
     load_encoder_weights,
+    load_pretrained,
     model_state_dict,
 )
 from mae.models import MaskedAutoencoderViT, mae_vit_base_patch16
+from mae.models.classifier import vit_classifier_from_mae
 from mae.models.pos_embed import sincos_2d
 
 
@@ -85,3 +87,46 @@ def test_exported_encoder_loads_into_timm_with_equal_features(tmp_path):
     imgs = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(vit.forward_features(imgs), model.forward_features(imgs), atol=1e-5)
+
+
+def encoder_equal(a: MaskedAutoencoderViT, b: MaskedAutoencoderViT, skip: tuple[str, ...] = ()) -> bool:
+    sa, sb = a.encoder_state_dict(), b.encoder_state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa if not k.startswith(skip))
+
+
+def test_pretrained_weights_load_from_every_supported_layout(tmp_path, caplog):
+    source = small()
+    torch.nn.init.normal_(source.blocks[0].attn.qkv.weight)  # distinct from any fresh initialisation
+    timm_vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=2,
+                                 num_heads=4, num_classes=0)
+    timm_vit.load_state_dict(source.encoder_state_dict())
+    classifier = vit_classifier_from_mae(source, num_classes=5)  # the reference's fine-tuned layout: fc_norm, head
+    layouts = {
+        "full.pth": {"model": source.state_dict(), "epoch": 799},
+        "encoder.pth": {"model": source.encoder_state_dict()},
+        "timm.pth": timm_vit.state_dict(),
+        "lightning_pretrain.ckpt": {"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}},
+        "lightning_linprobe.ckpt": {"state_dict": {**{f"encoder.{k}": v for k, v in source.state_dict().items()},
+                                                   "head.1.weight": torch.zeros(5, 32)}},
+        "finetuned.pth": {"model": classifier.state_dict()},
+    }
+    for name, checkpoint in layouts.items():
+        torch.save(checkpoint, tmp_path / name)
+        target = small()
+        with caplog.at_level("WARNING", logger="mae.checkpoint"):
+            caplog.clear()
+            report = load_pretrained(target, tmp_path / name)
+        if name == "finetuned.pth":  # global pooling replaced the final norm by fc_norm: reported by name
+            assert report["missing"] == ["norm.bias", "norm.weight"] and "norm.bias" in caplog.text
+            assert "head.weight" in report["unexpected"] and "fc_norm.weight" in report["unexpected"]
+            assert encoder_equal(target, source, skip=("norm.",))
+        else:
+            assert report["missing"] == [], name
+            assert encoder_equal(target, source), name
+
+
+def test_a_checkpoint_without_encoder_weights_is_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"backbone.conv1.weight": torch.zeros(3)}}, path)
+    with pytest.raises(CheckpointError, match=r"holds none of the encoder's weights \(it has keys backbone.conv1.weight\)"):
+        load_pretrained(small(), path)

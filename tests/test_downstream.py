@@ -177,3 +177,25 @@ def test_export_of_a_classifier_round_trips_through_timm(tmp_path):
     imgs = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(vit.eval()(imgs), classifier.eval()(imgs), atol=1e-5)
+
+
+def test_resumed_finetuning_ends_with_the_weights_of_an_uninterrupted_run(config_factory, pretrained_ckpt):
+    """RandAugment, random erasing, mixup/cutmix and drop path are all seeded per sample or batch."""
+    common = ["task=finetune", f"pretrained={pretrained_ckpt}", "schedule.epochs=2", "schedule.warmup_epochs=1",
+              "data.train_samples=128", "schedule.batch_size=32", "callbacks.progress_bar.refresh_rate=0"] + MODEL
+
+    def last_state(cfg) -> dict[str, torch.Tensor]:
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+    uninterrupted = config_factory(common, name="uninterrupted")
+    downstream(uninterrupted)
+    interrupted = config_factory(common + ["trainer.max_epochs=1"], name="interrupted")
+    downstream(interrupted)
+    ckpt = Path(interrupted.paths.output_dir) / "checkpoints" / "last.ckpt"
+    resumed = config_factory(common + [f"ckpt_path={ckpt}"], name="resumed")
+    downstream(resumed)
+    expected, after_resume = last_state(uninterrupted), last_state(resumed)
+    assert expected.keys() == after_resume.keys()
+    assert all(torch.equal(expected[key], after_resume[key]) for key in expected)
+    assert not torch.equal(last_state(interrupted)["model.head.weight"], expected["model.head.weight"])

@@ -9,7 +9,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mae.data.errors import check_int, check_optional_limit
-from mae.data.sampling import LoaderSettings, Splits, current_epoch, first_images, seeded_subset
+from mae.data.sampling import (
+    LoaderSettings,
+    Splits,
+    current_epoch,
+    first_images,
+    seeded_subset,
+)
 from mae.data.transforms import (
     Transformed,
     check_crop_scale,
@@ -18,6 +24,21 @@ from mae.data.transforms import (
     interpolation_mode,
     train_transform,
 )
+
+
+class InMemoryImages(Dataset):
+    """``(uint8 image (C, H, W), label)`` pairs from tensors; the gray channel is repeated for ``channels=3``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, channels: int) -> None:
+        # Labels as a list: indexing a tensor per item costs more than the rest of an eval item.
+        self.images, self.labels, self.channels = images, labels.tolist(), channels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self.images[index]
+        return (img.expand(self.channels, -1, -1) if self.channels != 1 else img), self.labels[index]
 
 
 class ImageDataModule(L.LightningDataModule):

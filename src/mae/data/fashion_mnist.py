@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
-from mae.data.base import ImageDataModule
+from mae.data.base import ImageDataModule, InMemoryImages
 from mae.data.errors import CorruptDataError, one_line
 
 log = logging.getLogger(__name__)
@@ -124,21 +123,6 @@ def not_found_message(searched: Sequence[Path]) -> str:
     )
 
 
-class _InMemoryImages(Dataset):
-    """``(uint8 image (C, H, W), label)`` pairs from tensors; the gray channel is repeated for ``channels=3``."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, channels: int) -> None:
-        # Labels as a list: indexing a tensor per item costs more than the rest of an eval item.
-        self.images, self.labels, self.channels = images, labels.tolist(), channels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img = self.images[index]
-        return (img.expand(self.channels, -1, -1) if self.channels != 1 else img), self.labels[index]
-
-
 # -- the data module -------------------------------------------------------------------------------------------
 class FashionMNISTDataModule(ImageDataModule):
     """Fashion-MNIST (60000 train / 10000 test images, 10 classes) for MAE pre-training and kNN evaluation.
@@ -215,7 +199,7 @@ class FashionMNISTDataModule(ImageDataModule):
             if self._files is None:
                 raise FileNotFoundError(not_found_message(searched))
         log.info("Fashion-MNIST: reading %s", self._files["train_images"].parent)
-        train = _InMemoryImages(*load_split(self._files["train_images"], self._files["train_labels"]), self.in_chans)
-        val = _InMemoryImages(*load_split(self._files["val_images"], self._files["val_labels"]), self.in_chans)
+        train = InMemoryImages(*load_split(self._files["train_images"], self._files["train_labels"]), self.in_chans)
+        val = InMemoryImages(*load_split(self._files["val_images"], self._files["val_labels"]), self.in_chans)
         # Resize ratio 1: at img_size=28 the eval transform only normalises; otherwise a plain bicubic resize.
         self.set_splits(train, val, *self.transforms(eval_resize_ratio=1.0))

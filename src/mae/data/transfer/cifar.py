@@ -24,7 +24,7 @@ import torch
 from torchvision import datasets
 from torchvision.transforms.v2 import functional as F
 
-from mae.data.fashion_mnist import _InMemoryImages
+from mae.data.base import InMemoryImages
 from mae.data.image_folder import ImageLoader
 from mae.data.transfer.base import TransferDataModule
 from mae.data.transfer.files import corrupt, read_pickle
@@ -88,16 +88,16 @@ class _CIFARDataModule(TransferDataModule):
             raise corrupt(path, f"label {bad[0]} outside 0-{self.num_classes - 1}")
         return data, labels
 
-    def read_split(self, names: tuple[str, ...]) -> _InMemoryImages:
+    def read_split(self, names: tuple[str, ...]) -> InMemoryImages:
         batches = [self.read_batch(self.base / name) for name in names]
         # The row layout is (C, H, W) already: a reshape, no copy beyond the concatenation.
         images = torch.from_numpy(np.concatenate([data for data, _ in batches]).reshape(-1, 3, SIDE, SIDE))
         if self.in_chans == 1:
             images = F.rgb_to_grayscale(images)  # once for the split rather than once per served image
         labels = torch.from_numpy(np.concatenate([labels for _, labels in batches]).astype(np.int64))
-        return _InMemoryImages(images, labels, self.in_chans)
+        return InMemoryImages(images, labels, self.in_chans)
 
-    def read_splits(self, loader: ImageLoader) -> tuple[_InMemoryImages, _InMemoryImages]:
+    def read_splits(self, loader: ImageLoader) -> tuple[InMemoryImages, InMemoryImages]:
         del loader  # no image files: the pixels are in the pickles
         return self.read_split(self.train_files), self.read_split(self.val_files)
 
