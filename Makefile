@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data pretrain finetune linprobe eval visualize test test-fast clean
+.PHONY: setup data pretrain finetune linprobe eval visualize bench test test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable) and the Fashion-MNIST package (idempotent)
 setup: $(INSTALLED) data
@@ -52,6 +52,10 @@ VIS_CKPT ?= outputs/pretrain/latest/checkpoints/last.ckpt
 VIS_OUT ?= reconstruction.png
 visualize: setup
 	$(BIN)/python -m mae.visualize ckpt_path=$(VIS_CKPT) out=$(VIS_OUT) $(ARGS)
+
+## bench: pre-training throughput benchmark -> benchmarks/results.json and results.md (extra flags: ARGS="...")
+bench: $(INSTALLED)
+	$(BIN)/python benchmarks/run.py $(ARGS)
 
 ## test: the whole suite, slow learning tests included
 test: setup

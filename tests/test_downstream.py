@@ -144,6 +144,12 @@ def test_eval_py_refuses_data_with_another_class_count(finetuned_run, tmp_path):
     assert len(errors) == 1 and "head.weight has shape (10, 32), this model expects (3, 32)" in errors[0], result.stderr
 
 
+def test_eval_py_without_a_checkpoint_is_a_one_line_error(tmp_path):
+    result = run_eval(tmp_path, [])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: ckpt_path is required" in result.stderr
+
+
 def test_reference_layout_finetuned_classifier_is_evaluated(config_factory, tmp_path):
     """A fine-tuned classifier saved as the reference does (timm keys with fc_norm and head under ``model``)."""
     torch.manual_seed(0)

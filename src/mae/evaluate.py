@@ -19,6 +19,7 @@ from mae.checkpoint import CheckpointError, check_state_dict_shapes, load_checkp
 from mae.evaluation.classifier import evaluate_classifier, summary_line
 from mae.runs import (
     SETUP_ERRORS,
+    SetupError,
     build_trainer,
     instantiate_node,
     merge_results,
@@ -61,6 +62,9 @@ def restore_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Ligh
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.data``'s evaluation split; print and write ``results.json``."""
     L.seed_everything(cfg.seed, workers=True)
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise SetupError("ckpt_path is required: python eval.py ckpt_path=<fine-tuning or linear-probe checkpoint> "
+                         "[data=...]")
     try:
         if not Path(str(cfg.ckpt_path)).is_file():
             raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not exist; give a fine-tuning or linear-probe "

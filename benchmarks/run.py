@@ -1,0 +1,232 @@
+"""MAE pre-training benchmark (issue 5): matmul peak, full training steps, Table 2's speed-up, data loading.
+
+    python benchmarks/run.py              # the full set (`make bench`); ~10 minutes on the 2-core CPU
+    python benchmarks/run.py --quick      # tiny settings, seconds (what the tests run)
+
+Writes ``results.json`` (a list of rows, see :mod:`mae.benchmarking.report`) and ``results.md`` into ``--out``
+(default: this folder), after every row, so an interrupted run keeps what it measured. The cheap and eager
+rows come first and the ``torch.compile`` rows last; a configuration that fails, or runs past ``--row-timeout``
+(say, a ``torch.compile`` too slow for this machine), is recorded with an ``error``. ``--merge`` keeps the rows
+of an earlier results.json that this run does not measure again (and its peak rows, so that every
+``pct_of_peak`` in the file refers to the peak rows in it), e.g. for ``--kinds step --compile only``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import platform
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from mae.benchmarking import report
+from mae.benchmarking.loader import measure_loaders
+from mae.benchmarking.peak import measure_peak
+from mae.benchmarking.step import COMPILE_SCOPES, DTYPES, build_model, forward_flops_of, measure_step
+
+TINY = ("mae_vit_tiny_patch7", {"in_chans": 1})  # 28 px, 1 channel: the Fashion-MNIST preset
+STEP_ROWS = {  # preset, its model arguments, batch
+    "full": [(*TINY, 256), ("mae_vit_base_patch16", {}, 8), ("mae_vit_large_patch16", {}, 2)],
+    "quick": [(*TINY, 4)],
+}
+SPEEDUP_PRESET = {"full": ("mae_vit_large_patch16", {}), "quick": TINY}
+SPEEDUP_DEPTHS = (8, 1)
+PEAK_SIZES = {"full": (256, 512, 1024, 2048, 3072), "quick": (128, 256)}
+KINDS = ("peak", "step", "speedup", "loader")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings for tests: the tiny preset only (batch 4), 1 repeat, no compile, "
+                             "small peak matmuls and loader run")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per row (default 3; quick 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; quick 1)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
+                        help="folder for results.json and results.md (default: benchmarks/)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", choices=("on", "off", "only"), default=None,
+                        help="torch.compile rows too (default), not at all (default with --quick), or only them")
+    parser.add_argument("--row-timeout", type=float, default=240,
+                        help="seconds after which a step row is abandoned and recorded with an error (0: none); "
+                             "a row that could not finish in time even at the dtype's matmul peak is not started")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of an existing results.json in --out that this run does not redo")
+    parser.add_argument("--compile-scope", choices=COMPILE_SCOPES, default="model",
+                        help="torch.compile the whole model (default) or each transformer block")
+    parser.add_argument("--speedup-batch", type=int, default=4, help="batch of the Table 2 rows")
+    parser.add_argument("--speedup-dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument("--loader-images", type=int, default=None, help="JPEGs written and decoded (default 64; quick 8)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which kinds of rows to run")
+    args = parser.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    args.mode = mode
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.warmup = (1 if args.quick else 2) if args.warmup is None else args.warmup
+    args.loader_images = args.loader_images or (8 if args.quick else 64)
+    args.compile = args.compile or ("off" if args.quick else "on")
+    return args
+
+
+class Results:
+    """Rows so far, rewritten to disk after every addition."""
+
+    ORDER = {kind: index for index, kind in enumerate(KINDS)}
+
+    IDENTITY = {"step": ("preset", "batch", "dtype", "compiled", "device", "compile_scope"),
+                "speedup": ("preset", "decoder_depth"), "loader": ("pipeline",), "peak": ("dtype",)}
+
+    def __init__(self, out: Path, header: str, earlier: list[report.Row] | None = None) -> None:
+        self.rows: list[report.Row] = list(earlier or [])
+        self.out, self.header = out, header
+
+    @classmethod
+    def position(cls, row: report.Row) -> tuple:
+        """Sort key: kind, then step rows by model size, dtype and compiled (stable: run order otherwise)."""
+        if row["kind"] != "step":
+            return (cls.ORDER[row["kind"]],)
+        sizes = {preset: index for index, (preset, _, _) in enumerate(STEP_ROWS["full"])}
+        return (cls.ORDER["step"], sizes.get(row["preset"], len(sizes)), list(DTYPES).index(row["dtype"]),
+                row["compiled"], str(row.get("compile_scope")))
+
+    def key(self, row: report.Row) -> tuple:
+        return (row["kind"], *(row.get(name) for name in self.IDENTITY[row["kind"]]))
+
+    def add(self, row: report.Row) -> None:
+        self.rows = [old for old in self.rows if self.key(old) != self.key(row)] + [row]
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        ordered = sorted(self.rows, key=self.position)
+        report.write_json(ordered, self.out / "results.json")
+        report.write_markdown(ordered, self.out / "results.md", self.header)
+
+
+def environment(args: argparse.Namespace) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    if args.device.startswith("cuda"):
+        device = torch.cuda.get_device_name()
+    else:
+        bf16 = "yes" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+        device = (f"{cpu}, {torch.get_num_threads()} threads, ISA {torch.backends.cpu.get_cpu_capability()}, "
+                  f"bf16 matmul instructions: {bf16}")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"{stamp}; {device}; torch {torch.__version__}; mode {args.mode}, warm-up {args.warmup}, "
+            f"repeats {args.repeats}, compile scope {args.compile_scope}."
+            + (" Rows not measured by this run come from an earlier one (--merge)." if args.merge else ""))
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise ``TimeoutError`` in the main thread once ``seconds`` have passed (0: no limit)."""
+    if seconds <= 0:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"abandoned after the row time limit of {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_peaks(args: argparse.Namespace, results: Results) -> dict[str, float]:
+    earlier = {row["dtype"]: row["gflops_per_s"] for row in results.rows if row["kind"] == "peak"}
+    if args.merge and {"fp32", "bf16"} <= set(earlier):
+        print(f"using the peaks of the earlier results: {earlier}")
+        return earlier
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        result = measure_peak(dtype, torch.device(args.device), PEAK_SIZES[args.mode], repeats=3 if args.quick else 5)
+        peaks[name] = result.gflops_per_s
+        results.add(report.peak_row(name, result.gflops_per_s, device=args.device,
+                                    by_size={str(k): v for k, v in result.by_size.items()}))
+    return peaks
+
+
+def too_slow(args: argparse.Namespace, preset: str, model_kwargs: dict, batch: int, peak: float) -> float:
+    """Seconds the row's steps would take at 100% of ``peak`` when that exceeds the row limit, else 0."""
+    if args.row_timeout <= 0:
+        return 0.0
+    with torch.device("meta"):
+        flops = forward_flops_of(build_model(preset, **model_kwargs))
+    seconds = (args.warmup + args.repeats) * 3 * flops * batch / (peak * 1e9)
+    return seconds if seconds > args.row_timeout else 0.0
+
+
+def run_steps(args: argparse.Namespace, results: Results, peaks: dict[str, float], compiled: bool) -> None:
+    for preset, model_kwargs, batch in STEP_ROWS[args.mode]:
+        for dtype in DTYPES:
+            extra = {"compile_scope": args.compile_scope} if compiled else {}
+            shortest = too_slow(args, preset, model_kwargs, batch, peaks[dtype])
+            if shortest:
+                error = TimeoutError(f"not started: even at the measured {dtype} matmul peak ({peaks[dtype]:.1f} "
+                                     f"GFLOP/s) its {args.warmup + args.repeats} steps would take >= {shortest:.0f} s, "
+                                     f"over the row limit of {args.row_timeout:.0f} s")
+                results.add(report.failed_step_row(preset, batch, dtype, compiled, args.device, error, **extra))
+                continue
+            try:
+                with time_limit(args.row_timeout):
+                    result = measure_step(preset, batch, dtype, compiled, args.device, args.warmup, args.repeats,
+                                          compile_scope=args.compile_scope, **model_kwargs)
+                results.add(report.step_row(preset, batch, dtype, compiled, args.device, result, peaks[dtype], **extra))
+            except Exception as error:  # noqa: BLE001 - a failed configuration is a result, not a crash
+                results.add(report.failed_step_row(preset, batch, dtype, compiled, args.device, error, **extra))
+            finally:
+                if compiled:
+                    torch._dynamo.reset()
+                gc.collect()
+
+
+def run_speedups(args: argparse.Namespace, results: Results) -> None:
+    preset, model_kwargs = SPEEDUP_PRESET[args.mode]
+    for depth in SPEEDUP_DEPTHS:
+        timings = {}
+        for all_tokens in (True, False):
+            timings[all_tokens] = measure_step(preset, args.speedup_batch, args.speedup_dtype, False, args.device,
+                                               max(args.warmup - 1, 1), args.repeats, all_tokens=all_tokens,
+                                               decoder_depth=depth, **model_kwargs)
+        results.add(report.speedup_row(preset, depth, timings[True], timings[False], args.speedup_batch,
+                                       args.speedup_dtype))
+
+
+def run_loaders(args: argparse.Namespace, results: Results) -> None:
+    rows = measure_loaders(args.loader_images, repeats=args.repeats)
+    baseline = next(row["img_per_s_per_worker"] for row in rows if row["pipeline"] == "pil_torchvision")
+    for row in rows:
+        pipeline, rate = row.pop("pipeline"), row.pop("img_per_s_per_worker")
+        results.add(report.loader_row(pipeline, rate, vs_pil_torchvision=rate / baseline, **row))
+
+
+def main(argv: list[str] | None = None) -> list[report.Row]:
+    args = parse_args(argv)
+    existing = args.out / "results.json"
+    earlier = json.loads(existing.read_text()) if args.merge and existing.exists() else []
+    results = Results(args.out, environment(args), earlier)
+    start = time.perf_counter()
+    peaks = run_peaks(args, results) if {"peak", "step"} & set(args.kinds) else {}
+    if "step" in args.kinds and args.compile != "only":
+        run_steps(args, results, peaks, compiled=False)
+    if "speedup" in args.kinds and args.compile != "only":
+        run_speedups(args, results)
+    if "loader" in args.kinds and args.compile != "only":
+        run_loaders(args, results)
+    if "step" in args.kinds and args.compile != "off":
+        run_steps(args, results, peaks, compiled=True)
+    print(f"done in {time.perf_counter() - start:.0f} s: {args.out / 'results.json'}, {args.out / 'results.md'}")
+    return results.rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Images/s per data-loading worker of the pre-training pipeline on real JPEG files.
+
+The benchmark writes ImageNet-sized JPEGs (500x375, smooth random colour fields with a fine-grained texture on
+top, so that they compress to a realistic size) into a temporary folder and then times, on one thread as in a
+DataLoader worker, file -> augmented normalised tensor for:
+
+- ``project``: :class:`mae.data.image_folder.ImageLoader` (PIL decode + RGB) followed by
+  :func:`mae.data.transforms.pretrain_transform` (RandomResizedCrop(224, scale=(0.2, 1), bicubic), flip,
+  normalise), what the project's ImageNet data module runs;
+- ``pil_torchvision``: the plain baseline, PIL + a torchvision transforms v1 ``Compose``;
+- ``decode_jpeg_v2``: a candidate, ``torchvision.io.decode_jpeg`` + transforms v2 on uint8 tensors (bilinear,
+  so not numerically the project's pipeline), measured for comparison only.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mae.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageLoader
+from mae.data.transforms import pretrain_transform
+
+IMG_SIZE = 224
+CROP_SCALE = (0.2, 1.0)
+
+
+def write_jpegs(folder: Path, count: int, width: int = 500, height: int = 375, seed: int = 0,
+                quality: int = 90, noise: float = 16.0) -> list[Path]:
+    """Write ``count`` JPEGs of ``width x height``: bicubic-upsampled random colour fields plus Gaussian noise of
+    std ``noise`` grey levels (at the defaults ~90 KB a file; ImageNet's average is ~110 KB)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        coarse = rng.integers(0, 256, size=(height // 25 + 1, width // 25 + 1, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
+        texture = rng.normal(0, noise, size=(height, width, 3))
+        pixels = np.clip(smooth + texture, 0, 255).astype(np.uint8)
+        path = folder / f"{index:05d}.JPEG"
+        Image.fromarray(pixels).save(path, quality=quality)
+        paths.append(path)
+    return paths
+
+
+def project_pipeline() -> Callable[[str], torch.Tensor]:
+    """The project's: ``ImageLoader("RGB")`` + ``pretrain_transform``."""
+    load = ImageLoader("RGB")
+    transform = pretrain_transform(IMG_SIZE, CROP_SCALE, True, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
+    return lambda path: transform(load(path))
+
+
+def pil_torchvision_pipeline() -> Callable[[str], torch.Tensor]:
+    """The baseline: PIL open + convert, torchvision v1 RandomResizedCrop, flip, ToTensor, Normalize."""
+    from torchvision import transforms as T
+
+    transform = T.Compose([
+        T.RandomResizedCrop(IMG_SIZE, scale=CROP_SCALE, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+    def run(path: str) -> torch.Tensor:
+        with Image.open(path) as img:
+            return transform(img.convert("RGB"))
+
+    return run
+
+
+def decode_jpeg_v2_pipeline() -> Callable[[str], torch.Tensor]:
+    """A candidate: ``torchvision.io.decode_jpeg`` + transforms v2 on uint8 (bilinear), then normalise."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    from torchvision.transforms import v2
+
+    transform = v2.Compose([
+        v2.RandomResizedCrop(IMG_SIZE, scale=CROP_SCALE, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    return lambda path: transform(decode_jpeg(read_file(path), mode=ImageReadMode.RGB))
+
+
+PIPELINES: dict[str, Callable[[], Callable[[str], torch.Tensor]]] = {
+    "project": project_pipeline,
+    "pil_torchvision": pil_torchvision_pipeline,
+    "decode_jpeg_v2": decode_jpeg_v2_pipeline,
+}
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one intra-op thread, as in a DataLoader worker process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def images_per_second(pipeline: Callable[[str], torch.Tensor], paths: Sequence[Path]) -> float:
+    """One pass over ``paths``: images per second."""
+    start = time.perf_counter()
+    for path in paths:
+        pipeline(str(path))
+    return len(paths) / (time.perf_counter() - start)
+
+
+def measure_loaders(num_images: int = 64, repeats: int = 3, names: Sequence[str] = tuple(PIPELINES),
+                    seed: int = 0) -> list[dict[str, Any]]:
+    """Median images/s per worker of each pipeline over ``repeats`` passes, the pipelines interleaved so that
+    a change in machine load hits them all alike. Returns ``{pipeline, img_per_s_per_worker, ...}`` dicts."""
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory(prefix="mae-bench-jpeg-") as folder:
+        paths = write_jpegs(Path(folder), num_images, seed=seed)
+        mean_kb = statistics.mean(path.stat().st_size for path in paths) / 1024
+        pipelines = {name: PIPELINES[name]() for name in names}
+        rates: dict[str, list[float]] = {name: [] for name in names}
+        with one_thread():
+            for pipeline in pipelines.values():  # warm-up: first-call costs, file cache
+                pipeline(str(paths[0]))
+            for _ in range(repeats):
+                for name, pipeline in pipelines.items():
+                    rates[name].append(images_per_second(pipeline, paths))
+    return [
+        {"pipeline": name, "img_per_s_per_worker": statistics.median(values), "images": num_images,
+         "mean_jpeg_kb": round(mean_kb, 1)}
+        for name, values in rates.items()
+    ]
