@@ -47,6 +47,15 @@ def check_state_dict_shapes(state_dict: Mapping[str, torch.Tensor], expected: Ma
                               f"{' ...' if len(unexpected) > 8 else ''}")
 
 
+def check_input_size(trained: tuple[int, int], datamodule, path: str | Path) -> None:
+    """A checkpoint trained on ``(img_size, in_chans)`` images must be fed images the data module serves alike."""
+    served = (datamodule.img_size, datamodule.in_chans)
+    if tuple(trained) != served:
+        raise CheckpointError(f"checkpoint {path} takes {trained[0]} px images with {trained[1]} channels, but "
+                              f"the data serves {served[0]} px with {served[1]}; choose the data group it was "
+                              f"trained on (data=...) or set data.img_size={trained[0]} data.in_chans={trained[1]}")
+
+
 def check_resume_checkpoint(path: str | Path, module: torch.nn.Module) -> None:
     """Make sure a Lightning checkpoint can resume ``module`` before the trainer starts."""
     checkpoint = load_checkpoint_file(path, weights_only=False)

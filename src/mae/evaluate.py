@@ -15,7 +15,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mae.callbacks.run_config import RUN_CONFIG_KEY
-from mae.checkpoint import CheckpointError, check_state_dict_shapes, load_checkpoint_file, model_state_dict
+from mae.checkpoint import (
+    CheckpointError,
+    check_input_size,
+    check_state_dict_shapes,
+    load_checkpoint_file,
+    model_state_dict,
+)
 from mae.evaluation.classifier import evaluate_classifier, summary_line
 from mae.runs import (
     SETUP_ERRORS,
@@ -38,21 +44,12 @@ def module_config(checkpoint: Mapping, cfg: DictConfig) -> tuple[DictConfig, Dic
     return cfg.model, cfg.module, state
 
 
-def check_input_size(model_cfg: DictConfig, datamodule: L.LightningDataModule, path: str) -> None:
-    trained = (model_cfg.img_size, model_cfg.in_chans)
-    served = (datamodule.img_size, datamodule.in_chans)
-    if trained != served:
-        raise CheckpointError(f"checkpoint {path} takes {trained[0]} px images with {trained[1]} channels, but the "
-                              f"data serves {served[0]} px with {served[1]}; set data.img_size={trained[0]} "
-                              f"data.in_chans={trained[1]}")
-
-
 def restore_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
     """The classification module of ``cfg.ckpt_path`` with its weights, checked against the data first."""
     path = str(cfg.ckpt_path)
     checkpoint = load_checkpoint_file(path, weights_only=False)
     model_cfg, module_cfg, state = module_config(checkpoint, cfg)
-    check_input_size(model_cfg, datamodule, path)
+    check_input_size((model_cfg.img_size, model_cfg.in_chans), datamodule, path)
     module = instantiate_node(module_cfg, instantiate_node(model_cfg), num_classes=datamodule.num_classes)
     check_state_dict_shapes(state, module.state_dict(), f"checkpoint {path}")
     module.load_state_dict(state)

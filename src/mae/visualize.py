@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mae.checkpoint import (
     CheckpointError,
+    check_input_size,
     check_state_dict_shapes,
     load_checkpoint_file,
     model_state_dict,
@@ -120,15 +121,6 @@ def check_mask_ratio(mask_ratio: float | None) -> float | None:
     return None if mask_ratio is None else float(mask_ratio)
 
 
-def check_images_fit(model: torch.nn.Module, datamodule: Any, ckpt_path: str | Path) -> None:
-    trained = (model.img_size, model.in_chans)
-    served = (datamodule.img_size, datamodule.in_chans)
-    if trained != served:
-        raise CheckpointError(f"checkpoint {ckpt_path} takes {trained[0]} px images with {trained[1]} channels, but "
-                              f"the data serves {served[0]} px with {served[1]}; choose the data group it was "
-                              f"trained on (data=...) or set data.img_size={trained[0]} data.in_chans={trained[1]}")
-
-
 @dataclass
 class Inspection:
     """A loaded MAE, the images to show and the fixed mask: everything a reconstruction grid needs."""
@@ -165,7 +157,7 @@ def prepare(cfg: DictConfig) -> Inspection:
         mask_ratio = check_mask_ratio(cfg.mask_ratio)
         model, source = load_mae(cfg.ckpt_path, cfg.model, cfg.get("use_run_config", True))
         datamodule = instantiate_node(cfg.data)
-        check_images_fit(model, datamodule, cfg.ckpt_path)
+        check_input_size((model.img_size, model.in_chans), datamodule, cfg.ckpt_path)
         imgs = datamodule.sample_images(int(cfg.num_images))
     except SETUP_ERRORS as error:
         raise one_line_setup_error(error) from error
