@@ -39,7 +39,16 @@ STEP_ROWS = {  # preset, its model arguments, batch
 SPEEDUP_PRESET = {"full": ("mae_vit_large_patch16", {}), "quick": TINY}
 SPEEDUP_DEPTHS = (8, 1)
 PEAK_SIZES = {"full": (256, 512, 1024, 2048, 3072), "quick": (128, 256)}
-KINDS = ("peak", "step", "speedup", "loader")
+FAST_PATHS = {  # name: (what is switched off, what is switched on), as measure_step keyword arguments
+    "fused_adamw": ({"adamw_kwargs": {"fused": False}}, {"adamw_kwargs": {"fused": True}}),
+    "grad_checkpointing": ({"grad_checkpointing": False}, {"grad_checkpointing": True}),
+}
+FAST_PATH_ROWS = {  # name, preset, its model arguments, batch
+    "full": [("fused_adamw", *TINY, 256), ("fused_adamw", "mae_vit_base_patch16", {}, 8),
+             ("grad_checkpointing", "mae_vit_large_patch16", {}, 2)],
+    "quick": [("fused_adamw", *TINY, 4), ("grad_checkpointing", *TINY, 4)],
+}
+KINDS = ("peak", "step", "speedup", "loader", "fast_path")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,7 +90,8 @@ class Results:
     ORDER = {kind: index for index, kind in enumerate(KINDS)}
 
     IDENTITY = {"step": ("preset", "batch", "dtype", "compiled", "device", "compile_scope"),
-                "speedup": ("preset", "decoder_depth"), "loader": ("pipeline",), "peak": ("dtype",)}
+                "speedup": ("preset", "decoder_depth"), "loader": ("pipeline",), "peak": ("dtype",),
+                "fast_path": ("name", "preset", "batch")}
 
     def __init__(self, out: Path, header: str, earlier: list[report.Row] | None = None) -> None:
         self.rows: list[report.Row] = list(earlier or [])
@@ -209,6 +219,16 @@ def run_loaders(args: argparse.Namespace, results: Results) -> None:
         results.add(report.loader_row(pipeline, rate, vs_pil_torchvision=rate / baseline, **row))
 
 
+def run_fast_paths(args: argparse.Namespace, results: Results) -> None:
+    for name, preset, model_kwargs, batch in FAST_PATH_ROWS[args.mode]:
+        timings = []
+        for switch in FAST_PATHS[name]:
+            timings.append(measure_step(preset, batch, "fp32", False, args.device, args.warmup, args.repeats,
+                                        **{**model_kwargs, **switch}))
+            gc.collect()
+        results.add(report.fast_path_row(name, preset, batch, *timings, device=args.device))
+
+
 def main(argv: list[str] | None = None) -> list[report.Row]:
     args = parse_args(argv)
     existing = args.out / "results.json"
@@ -222,6 +242,8 @@ def main(argv: list[str] | None = None) -> list[report.Row]:
         run_speedups(args, results)
     if "loader" in args.kinds and args.compile != "only":
         run_loaders(args, results)
+    if "fast_path" in args.kinds and args.compile != "only":
+        run_fast_paths(args, results)
     if "step" in args.kinds and args.compile != "off":
         run_steps(args, results, peaks, compiled=True)
     print(f"done in {time.perf_counter() - start:.0f} s: {args.out / 'results.json'}, {args.out / 'results.md'}")

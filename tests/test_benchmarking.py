@@ -116,6 +116,7 @@ def test_quick_run_rows_match_the_schema(quick_results):
         assert report.missing_fields(row) == [], row
     kinds = [row["kind"] for row in rows]
     assert kinds.count("peak") == 2 and kinds.count("step") == 2 and kinds.count("speedup") == 2
+    assert {row["name"] for row in rows if row["kind"] == "fast_path"} == {"fused_adamw", "grad_checkpointing"}
     assert {row["pipeline"] for row in rows if row["kind"] == "loader"} >= {"project", "pil_torchvision"}
     assert {row["decoder_depth"] for row in rows if row["kind"] == "speedup"} == {8, 1}
     assert {(row["dtype"], row["compiled"]) for row in rows if row["kind"] == "step"} == {("fp32", False),
@@ -140,5 +141,8 @@ def test_quick_run_rows_are_internally_consistent(quick_results):
         assert row["ratio"] == pytest.approx(row["s_all_tokens"] / row["s_mae"], rel=1e-9) and row["ratio"] > 0
     for row in (row for row in rows if row["kind"] == "loader"):
         assert row["img_per_s_per_worker"] > 0
-    for heading in ("Matmul peak", "Full pre-training step", "Table 2", "Data pipeline"):
+    for row in (row for row in rows if row["kind"] == "fast_path"):
+        assert row["step_speedup"] == pytest.approx(row["s_per_step_without"] / row["s_per_step_with"], rel=1e-9)
+        assert min(row["peak_mem_mb_without"], row["peak_mem_mb_with"], row["s_optimizer_with"]) > 0
+    for heading in ("Matmul peak", "Full pre-training step", "Table 2", "Data pipeline", "Fast paths"):
         assert heading in markdown

@@ -149,3 +149,35 @@ def test_invalid_configuration_is_a_one_line_error(kwargs, message):
 def test_wrong_input_shape_is_reported():
     with pytest.raises(ValueError, match=r"images have shape \(2, 1, 16, 16\), expected \(N, 3, 16, 16\)"):
         tiny()(torch.zeros(2, 1, 16, 16))
+
+
+def counted(forward, calls: list):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    return wrapper
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_recomputes_blocks():
+    torch.manual_seed(0)
+    imgs = torch.randn(2, 3, 16, 16)
+    noise = torch.rand(2, 16)
+    grads, block_calls = {}, {}
+    for enabled in (False, True):
+        torch.manual_seed(1)
+        model = tiny(grad_checkpointing=enabled).train()
+        calls = []
+        for block in [*model.blocks, *model.decoder_blocks]:
+            block.forward = counted(block.forward, calls)  # hooks do not fire when checkpointing recomputes
+        model(imgs, noise=noise).loss.backward()
+        grads[enabled] = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+        block_calls[enabled] = len(calls)
+    assert grads[True].keys() == grads[False].keys()
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert block_calls[True] == 2 * block_calls[False]  # each block ran again in the backward pass
+    model.eval()
+    calls.clear()
+    model(imgs, noise=noise)
+    assert len(calls) == block_calls[False]  # evaluation runs every block once

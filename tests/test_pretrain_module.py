@@ -72,6 +72,34 @@ def test_adamw_settings_and_weight_decay_groups():
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["betas"] == (0.9, 0.95)
     assert sorted(group["weight_decay"] for group in optimizer.param_groups) == [0.0, 0.05]
+    assert optimizer.defaults["fused"] is True
+
+
+def test_fused_adamw_trains_like_the_reference_loop():
+    """The fused kernel is a speed path only: the same update as the for-loop AdamW, up to float rounding.
+
+    Except for the key biases: softmax ignores them, so their gradient is rounding noise (~1e-10) that Adam
+    normalises into full-size steps of either sign, in the reference as here. They are left out."""
+
+    def meaningful_weights(model: MaskedAutoencoderViT) -> torch.Tensor:
+        kept = []
+        for name, param in model.named_parameters():
+            if name.endswith("attn.qkv.bias"):
+                dim = param.shape[0] // 3
+                param = torch.cat([param[:dim], param[2 * dim:]])  # query and value biases
+            kept.append(param.detach().flatten())
+        return torch.cat(kept)
+
+    weights = {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        module = MAEPretrainModule(tiny_model(), lr=0.01, warmup_epochs=0, epochs=1, fused=fused)
+        fit(module, epochs=1, limit_train_batches=3)
+        assert module.optimizers().optimizer.defaults["fused"] is fused
+        weights[fused] = meaningful_weights(module.model)
+    torch.testing.assert_close(weights[True], weights[False], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    assert (weights[True] - meaningful_weights(tiny_model())).abs().max() > 1e-3  # it did train
 
 
 def test_training_lowers_loss_and_keeps_position_embeddings_fixed():

@@ -42,7 +42,7 @@ def build(cfg: DictConfig) -> PretrainRun:
         module = MAEPretrainModule(
             model, blr=schedule.blr, lr=schedule.lr, min_lr=schedule.min_lr, weight_decay=schedule.weight_decay,
             betas=tuple(schedule.betas), warmup_epochs=schedule.warmup_epochs, epochs=schedule.epochs,
-            seed=cfg.seed, compile=cfg.compile,
+            seed=cfg.seed, compile=cfg.compile, fused=cfg.fused_optimizer,
         )
         if cfg.ckpt_path is not None:
             check_resume_checkpoint(cfg.ckpt_path, module)

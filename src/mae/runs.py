@@ -15,6 +15,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mae.callbacks.tracking import LogResolvedConfig
+from mae.callbacks.wandb_run import finish_wandb_run
 from mae.data.errors import CorruptDataError
 from mae.results_file import merge_json
 
@@ -29,12 +31,18 @@ class SetupError(Exception):
 
 
 def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
-    """The entry points' wrapper: bad input ends the program with ``error: <one line>`` and exit code 2."""
+    """The entry points' wrapper: bad input ends the program with ``error: <one line>`` and exit code 2; the job's
+    W&B run, if any, ends with the job (see :func:`finish_wandb_run`), marked failed when the job failed."""
+    exit_code = 1
     try:
         job(cfg)
+        exit_code = 0
     except SetupError as error:
+        exit_code = 2
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        finish_wandb_run(exit_code)
 
 
 def one_line_setup_error(error: Exception) -> SetupError:
@@ -57,10 +65,14 @@ def instantiate_node(node: DictConfig, *args: Any, **kwargs: Any) -> Any:
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
     """The trainer with the configured callbacks and loggers; a group entry set to null (e.g.
-    ``callbacks.knn_evaluation=null``) switches that piece off."""
+    ``callbacks.knn_evaluation=null``) switches that piece off. With any logger, the whole resolved config is
+    logged as the run's hyperparameters (:class:`LogResolvedConfig`)."""
     callbacks = [instantiate_node(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     loggers = [instantiate_node(node) for node in (cfg.get("logger") or {}).values() if node is not None]
-    return instantiate_node(cfg.trainer, callbacks=callbacks + list(extra_callbacks or []), logger=loggers or False)
+    callbacks += list(extra_callbacks or [])
+    if loggers:
+        callbacks.append(LogResolvedConfig(cfg))
+    return instantiate_node(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
 def output_dir(cfg: DictConfig) -> Path:

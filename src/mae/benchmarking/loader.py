@@ -4,12 +4,11 @@ The benchmark writes ImageNet-sized JPEGs (500x375, smooth random colour fields 
 top, so that they compress to a realistic size) into a temporary folder and then times, on one thread as in a
 DataLoader worker, file -> augmented normalised tensor for:
 
-- ``project``: :class:`mae.data.image_folder.ImageLoader` (PIL decode + RGB) followed by
-  :func:`mae.data.transforms.pretrain_transform` (RandomResizedCrop(224, scale=(0.2, 1), bicubic), flip,
-  normalise), what the project's ImageNet data module runs;
-- ``pil_torchvision``: the plain baseline, PIL + a torchvision transforms v1 ``Compose``;
-- ``decode_jpeg_v2``: a candidate, ``torchvision.io.decode_jpeg`` + transforms v2 on uint8 tensors (bilinear,
-  so not numerically the project's pipeline), measured for comparison only.
+- ``project``: :class:`mae.data.decoding.ImageLoader` (torchvision's decoder into a uint8 tensor, the data
+  modules' default) followed by :func:`mae.data.transforms.pretrain_transform` (RandomResizedCrop(224,
+  scale=(0.2, 1), bicubic), flip, normalise), what the project's ImageNet data module runs;
+- ``project_pil``: the same with ``decoder="pil"`` (PIL decode and PIL resampling, the reference's pixels);
+- ``pil_torchvision``: the plain baseline, PIL + a torchvision transforms v1 ``Compose``.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mae.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageLoader
+from mae.data.decoding import ImageLoader
+from mae.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
 from mae.data.transforms import pretrain_transform
 
 IMG_SIZE = 224
@@ -50,9 +50,9 @@ def write_jpegs(folder: Path, count: int, width: int = 500, height: int = 375, s
     return paths
 
 
-def project_pipeline() -> Callable[[str], torch.Tensor]:
-    """The project's: ``ImageLoader("RGB")`` + ``pretrain_transform``."""
-    load = ImageLoader("RGB")
+def project_pipeline(decoder: str = "torchvision") -> Callable[[str], torch.Tensor]:
+    """The project's: ``ImageLoader("RGB", decoder)`` + ``pretrain_transform``."""
+    load = ImageLoader("RGB", decoder)
     transform = pretrain_transform(IMG_SIZE, CROP_SCALE, True, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
     return lambda path: transform(load(path))
 
@@ -75,24 +75,10 @@ def pil_torchvision_pipeline() -> Callable[[str], torch.Tensor]:
     return run
 
 
-def decode_jpeg_v2_pipeline() -> Callable[[str], torch.Tensor]:
-    """A candidate: ``torchvision.io.decode_jpeg`` + transforms v2 on uint8 (bilinear), then normalise."""
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
-    from torchvision.transforms import v2
-
-    transform = v2.Compose([
-        v2.RandomResizedCrop(IMG_SIZE, scale=CROP_SCALE, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-    return lambda path: transform(decode_jpeg(read_file(path), mode=ImageReadMode.RGB))
-
-
 PIPELINES: dict[str, Callable[[], Callable[[str], torch.Tensor]]] = {
     "project": project_pipeline,
+    "project_pil": lambda: project_pipeline("pil"),
     "pil_torchvision": pil_torchvision_pipeline,
-    "decode_jpeg_v2": decode_jpeg_v2_pipeline,
 }
 
 

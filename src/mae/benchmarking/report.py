@@ -6,7 +6,10 @@ Every row is a dict with ``kind`` and that kind's fields (issue 5's schema):
   ``gflops_per_s``, ``pct_of_peak``, ``peak_mem_mb``;
 - ``speedup``: ``preset``, ``decoder_depth``, ``ratio``;
 - ``loader``: ``pipeline``, ``img_per_s_per_worker``;
-- ``peak``: ``dtype``, ``gflops_per_s``.
+- ``peak``: ``dtype``, ``gflops_per_s``;
+- ``fast_path`` (this project's addition): ``name``, ``preset``, ``batch``, ``s_per_step_without``,
+  ``s_per_step_with``, ``step_speedup``, ``peak_mem_mb_without``, ``peak_mem_mb_with``: one fast path switched
+  off and on in the same run (e.g. the fused AdamW kernel, activation checkpointing).
 
 Rows may carry further, informative fields (e.g. ``s_optimizer``); a configuration that failed (say, a
 ``torch.compile`` this machine cannot do) keeps its identifying fields, ``None`` for the measured ones and an
@@ -30,6 +33,8 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "speedup": ("preset", "decoder_depth", "ratio"),
     "loader": ("pipeline", "img_per_s_per_worker"),
     "peak": ("dtype", "gflops_per_s"),
+    "fast_path": ("name", "preset", "batch", "s_per_step_without", "s_per_step_with", "step_speedup",
+                  "peak_mem_mb_without", "peak_mem_mb_with"),
 }
 """The fields every row of a kind has."""
 
@@ -93,6 +98,15 @@ def peak_row(dtype: str, gflops_per_s: float, **extra: Any) -> Row:
     return {"kind": "peak", "dtype": dtype, "gflops_per_s": gflops_per_s, **extra}
 
 
+def fast_path_row(name: str, preset: str, batch: int, without: StepResult, with_: StepResult, **extra: Any) -> Row:
+    """A fast path measured off (``without``) and on (``with_``) on the same step; the optimizer times too."""
+    return {"kind": "fast_path", "name": name, "preset": preset, "batch": batch,
+            "s_per_step_without": without.s_per_step, "s_per_step_with": with_.s_per_step,
+            "step_speedup": without.s_per_step / with_.s_per_step,
+            "s_optimizer_without": without.s_optimizer, "s_optimizer_with": with_.s_optimizer,
+            "peak_mem_mb_without": without.peak_mem_mb, "peak_mem_mb_with": with_.peak_mem_mb, **extra}
+
+
 def missing_fields(row: Row) -> list[str]:
     """Schema fields ``row`` lacks (an unknown ``kind`` lacks everything)."""
     if row.get("kind") not in SCHEMA:
@@ -151,6 +165,15 @@ def markdown(rows: Sequence[Row], title: str = "MAE pre-training benchmark", not
         out += ["Data pipeline, JPEG file to augmented tensor, one worker (one thread):", ""]
         out += _table(["pipeline", "img/s per worker"],
                       [[r["pipeline"], _fmt(r["img_per_s_per_worker"], 1)] for r in by_kind["loader"]])
+        out.append("")
+    if by_kind["fast_path"]:
+        out += ["Fast paths, each measured off and on in this run (fp32 step, median after warm-up):", ""]
+        out += _table(["fast path", "preset", "batch", "s/step off", "s/step on", "step speed-up", "s optimizer off",
+                       "s optimizer on", "peak MiB off", "peak MiB on"],
+                      [[r["name"], r["preset"], str(r["batch"]), _fmt(r["s_per_step_without"], 3),
+                        _fmt(r["s_per_step_with"], 3), _fmt(r["step_speedup"]), _fmt(r.get("s_optimizer_without"), 3),
+                        _fmt(r.get("s_optimizer_with"), 3), _fmt(r["peak_mem_mb_without"], 0),
+                        _fmt(r["peak_mem_mb_with"], 0)] for r in by_kind["fast_path"]])
         out.append("")
     return "\n".join(out)
 

@@ -1,6 +1,8 @@
-"""Lightning callbacks that look at what the MAE has learned: reconstruction grids and kNN accuracy."""
+"""Lightning callbacks that look at what the MAE has learned (reconstruction grids, kNN accuracy) and that send
+the run's resolved config to the experiment loggers."""
 
 from mae.callbacks.knn import KNNEvaluationCallback
 from mae.callbacks.reconstruction import ReconstructionGridCallback
+from mae.callbacks.tracking import LogResolvedConfig
 
-__all__ = ["KNNEvaluationCallback", "ReconstructionGridCallback"]
+__all__ = ["KNNEvaluationCallback", "LogResolvedConfig", "ReconstructionGridCallback"]

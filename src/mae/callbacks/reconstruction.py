@@ -6,8 +6,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import WandbLogger
 
+from mae.callbacks.tracking import log_image_file
 from mae.evaluation.knn import preserved_rng
 from mae.visualization import save_reconstruction_grid
 
@@ -30,7 +30,8 @@ class ReconstructionGridCallback(L.Callback):
     Always at the end of training as ``<default_root_dir>/<filename>.png``, and every ``every_n_epochs``
     epochs as ``<filename>_epoch{E:03d}.png`` (``E`` 0-based, like the checkpoints). The masking noise is drawn
     once from ``seed``, so every grid of a run hides the same patches and grids compare across epochs. Runs
-    on global rank 0 only; a grid is also sent to every ``WandbLogger``.
+    on global rank 0 only; a grid is also logged, under ``reconstruction`` at the current step, to every logger that
+    takes images (W&B, TensorBoard; see :func:`mae.callbacks.tracking.log_image_file`).
 
     The trainer's datamodule must provide ``mean``, ``std`` and ``sample_images(n)``.
 
@@ -76,8 +77,6 @@ class ReconstructionGridCallback(L.Callback):
             noise = self.masking_noise(imgs.shape[0], model.num_patches)
             path = save_reconstruction_grid(model, imgs, Path(trainer.default_root_dir) / name,
                                             datamodule.mean, datamodule.std, noise=noise)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key="reconstruction", images=[str(path)], step=trainer.global_step)
+        log_image_file(trainer.loggers, "reconstruction", path, trainer.global_step)
         self.last_path = path
         return path

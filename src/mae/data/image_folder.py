@@ -1,6 +1,6 @@
 """Image-folder datasets (``<root>/<split>/<class>/<image>``), ImageNet-1K's standard layout among them.
 
-Images are decoded with PIL and transformed with the paper's recipe; the class list comes from the training
+Images are decoded by torchvision into uint8 tensors (or by PIL, ``decoder="pil"``) and transformed with the paper's recipe; the class list comes from the training
 folder and is imposed on the validation folder, so a label means the same class in both splits.
 """
 
@@ -11,33 +11,15 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from mae.data.base import ImageDataModule
-from mae.data.errors import CorruptDataError, one_line
+from mae.data.decoding import ImageLoader
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ImageLoader:
-    """Open an image file as ``mode`` ("RGB" or "L"); a file PIL cannot decode raises an error naming it.
-
-    A class rather than a closure so that it pickles into DataLoader worker processes.
-    """
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def __call__(self, path: str) -> Image.Image:
-        try:
-            with Image.open(path) as img:
-                return img.convert(self.mode)  # convert() decodes the whole file, so truncation shows here
-        except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for unreadable/corrupt files
-            raise CorruptDataError(f"cannot decode image {path}: {one_line(error)}") from error
 
 
 class _FixedClassImageFolder(ImageFolder):
@@ -79,6 +61,8 @@ class ImageFolderDataModule(ImageDataModule):
         mean, std: per-channel normalisation of the [0, 1] pixels.
         train_samples: pre-train on a fixed seeded subset of this many training images (None: all).
         knn_train_samples, knn_val_samples: caps of the kNN evaluation's train and val sets (None: all).
+        decoder: "torchvision" (uint8 tensors, the fast path) or "pil" (the reference's decoding and resampling);
+            see :mod:`mae.data.decoding`.
     """
 
     dataset_name = "image folder dataset"
@@ -109,6 +93,7 @@ class ImageFolderDataModule(ImageDataModule):
         knn_val_samples: int | None = None,
         rand_augment: str | None = None,
         random_erasing: float = 0.0,
+        decoder: str = "torchvision",
     ) -> None:
         super().__init__(img_size, in_chans, batch_size, num_workers, pin_memory, persistent_workers, seed, crop_scale,
                          hflip, mean, std, train_samples, knn_train_samples, knn_val_samples, interpolation,
@@ -116,6 +101,7 @@ class ImageFolderDataModule(ImageDataModule):
         if not 0.0 < eval_resize_ratio <= 1.0:
             raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
         self.eval_resize_ratio = float(eval_resize_ratio)
+        self.image_loader = ImageLoader("RGB" if in_chans == 3 else "L", decoder)
         self.root = Path(root)
         self.train_path, self.val_path = self.root / train_dir, self.root / val_dir
         # Fail before any work, and cheaply: only the class folders are listed here; setup() scans the files.
@@ -145,7 +131,7 @@ class ImageFolderDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
-        loader = ImageLoader("RGB" if self.in_chans == 3 else "L")
+        loader = self.image_loader
         # Every training class must have images; the validation split may cover a subset of them.
         train = _FixedClassImageFolder(str(self.train_path), self.classes, loader, allow_empty=False)
         val = _FixedClassImageFolder(str(self.val_path), self.classes, loader, allow_empty=True)

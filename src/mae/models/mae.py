@@ -14,6 +14,7 @@ import torch
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mae.models.loss import masked_mse_loss, normalize_patches
 from mae.models.masking import patchify, random_masking, unpatchify
@@ -64,6 +65,9 @@ class MaskedAutoencoderViT(nn.Module):
         mask_ratio: default fraction of patches removed, in [0, 1).
         norm_pix_loss: regress per-patch normalised pixels instead of raw ones.
         layer_norm_eps: epsilon of every LayerNorm.
+        grad_checkpointing: in training, keep only each transformer block's input and recompute the block in the
+            backward pass (activation checkpointing): the same gradients for about a third more compute, and
+            activation memory that no longer grows with depth (for ViT-L/H on small GPUs).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class MaskedAutoencoderViT(nn.Module):
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = False,
         layer_norm_eps: float = 1e-6,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         _check_config(img_size, patch_size, embed_dim, num_heads, decoder_embed_dim, decoder_num_heads,
@@ -88,6 +93,7 @@ class MaskedAutoencoderViT(nn.Module):
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
+        self.grad_checkpointing = grad_checkpointing
         norm_layer = partial(nn.LayerNorm, eps=layer_norm_eps)
 
         # Encoder: timm ViT pieces under timm's names.
@@ -159,9 +165,14 @@ class MaskedAutoencoderViT(nn.Module):
     def _run_encoder(self, tokens: torch.Tensor) -> torch.Tensor:
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
         x = torch.cat([cls, tokens], dim=1)
-        for block in self.blocks:
-            x = block(x)
+        x = self._run_blocks(self.blocks, x)
         return self.norm(x)
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for block in blocks:
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+        return x
 
     def forward_encoder(
         self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
@@ -185,8 +196,7 @@ class MaskedAutoencoderViT(nn.Module):
         patches = torch.cat([x[:, 1:], mask_tokens], dim=1)
         patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
         x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
-        for block in self.decoder_blocks:
-            x = block(x)
+        x = self._run_blocks(self.decoder_blocks, x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
     # -- loss --------------------------------------------------------------------------------------

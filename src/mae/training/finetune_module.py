@@ -26,12 +26,13 @@ class FinetuneModule(ClassificationModule):
         mixup, cutmix, label_smoothing: timm ``Mixup`` alphas and smoothing (0.8, 1.0, 0.1 in the paper);
             with mixup and cutmix both 0 the loss is label-smoothed cross-entropy on hard labels.
         seed: base seed of each batch's random draws (mixup, drop path), so a resumed run repeats exactly.
+        fused: AdamW's fused kernel (see :class:`~mae.training.MAEPretrainModule`).
     """
 
     def __init__(self, model: nn.Module, num_classes: int, blr: float = 5e-4, lr: float | None = None,
                  min_lr: float = 1e-6, weight_decay: float = 0.05, layer_decay: float = 0.65,
                  warmup_epochs: float = 5, epochs: int = 100, mixup: float = 0.8, cutmix: float = 1.0,
-                 label_smoothing: float = 0.1, seed: int = 0) -> None:
+                 label_smoothing: float = 0.1, seed: int = 0, fused: bool = True) -> None:
         super().__init__()
         self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
         if not 0.0 < layer_decay <= 1.0:
@@ -62,7 +63,7 @@ class FinetuneModule(ClassificationModule):
         peak = self.peak_lr
         for group in groups:
             group["lr"] = peak * group.pop("lr_scale", 1.0)  # the schedule then scales every group alike
-        return self.with_schedule(torch.optim.AdamW(groups, lr=peak))
+        return self.with_schedule(torch.optim.AdamW(groups, lr=peak, fused=self.hparams.fused))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         imgs, labels = batch

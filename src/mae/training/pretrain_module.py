@@ -26,6 +26,8 @@ class MAEPretrainModule(ScheduledModule):
             stop early and be resumed on the same schedule.
         seed: base seed of the masking noise; each batch reseeds from it, so a resumed run repeats exactly.
         compile: ``torch.compile`` the model before training.
+        fused: AdamW's fused kernel (one pass over all parameters instead of about ten ops per parameter
+            tensor; the same update up to float rounding, 3x faster on the CPU, see ``make bench``).
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class MAEPretrainModule(ScheduledModule):
         epochs: int = 800,
         seed: int = 0,
         compile: bool = False,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
@@ -55,7 +58,9 @@ class MAEPretrainModule(ScheduledModule):
 
     def configure_optimizers(self):
         groups = param_groups_weight_decay(self.model, self.hparams.weight_decay)
-        return self.with_schedule(torch.optim.AdamW(groups, lr=self.peak_lr, betas=tuple(self.hparams.betas)))
+        optimizer = torch.optim.AdamW(groups, lr=self.peak_lr, betas=tuple(self.hparams.betas),
+                                      fused=self.hparams.fused)
+        return self.with_schedule(optimizer)
 
     # -- steps -------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx: int) -> None:

@@ -10,17 +10,19 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from mae.data.base import ImageDataModule
-from mae.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageLoader
+from mae.data.decoding import ImageLoader
+from mae.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 
 class ListedImages(Dataset):
-    """``(PIL image, label)`` pairs from a list of image files and their labels (the splits of list-file datasets).
+    """``(image, label)`` pairs (uint8 tensor or PIL image, as the loader decodes) from a list of image files and their labels (the splits of list-file datasets).
 
     Paths are kept as plain strings: per-item ``Path`` objects would cost memory and time for nothing.
     """
@@ -33,7 +35,7 @@ class ListedImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | Image.Image, int]:
         return self.loader(self.paths[index]), self.labels[index]
 
 
@@ -72,6 +74,8 @@ class TransferDataModule(ImageDataModule):
         knn_train_samples, knn_val_samples: caps of the kNN evaluation's train and val sets (None: all).
         rand_augment, random_erasing: fine-tuning augmentation (timm RandAugment policy, erasing probability);
             None and 0 give the paper's crop + flip.
+        decoder: "torchvision" (uint8 tensors, the fast path) or "pil" (the reference's decoding and resampling);
+            see :mod:`mae.data.decoding`.
     """
 
     dataset_name: str = "dataset"
@@ -105,6 +109,7 @@ class TransferDataModule(ImageDataModule):
         knn_val_samples: int | None = None,
         rand_augment: str | None = None,
         random_erasing: float = 0.0,
+        decoder: str = "torchvision",
     ) -> None:
         super().__init__(img_size, in_chans, batch_size, num_workers, pin_memory, persistent_workers, seed, crop_scale,
                          hflip, mean, std, train_samples, knn_train_samples, knn_val_samples, interpolation,
@@ -112,6 +117,7 @@ class TransferDataModule(ImageDataModule):
         if not 0.0 < eval_resize_ratio <= 1.0:
             raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
         self.eval_resize_ratio = float(eval_resize_ratio)
+        self.image_loader = ImageLoader("RGB" if in_chans == 3 else "L", decoder)
         self.root = Path(root)
         self.download = bool(download)
         if self.download and self.source is not None:
@@ -177,7 +183,7 @@ class TransferDataModule(ImageDataModule):
         if self._splits is not None:
             return
         classes = self.classes  # also reports files still missing
-        train, val = self.read_splits(ImageLoader("RGB" if self.in_chans == 3 else "L"))
+        train, val = self.read_splits(self.image_loader)
         log.info("%s: %d training and %d validation images in %d classes", self.dataset_name, len(train), len(val),
                  len(classes))
         self.set_splits(train, val, *self.transforms(self.eval_resize_ratio))

@@ -25,7 +25,7 @@ from torchvision import datasets
 from torchvision.transforms.v2 import functional as F
 
 from mae.data.base import InMemoryImages
-from mae.data.image_folder import ImageLoader
+from mae.data.decoding import ImageLoader
 from mae.data.transfer.base import TransferDataModule
 from mae.data.transfer.files import corrupt, read_pickle
 

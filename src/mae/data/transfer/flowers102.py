@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from torchvision import datasets
 
-from mae.data.image_folder import ImageLoader
+from mae.data.decoding import ImageLoader
 from mae.data.transfer.base import ListedImages, TransferDataModule
 from mae.data.transfer.files import corrupt, read_mat
 

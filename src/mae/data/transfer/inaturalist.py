@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mae.data.image_folder import ImageLoader
+from mae.data.decoding import ImageLoader
 from mae.data.transfer.base import ListedImages, TransferDataModule
 from mae.data.transfer.files import corrupt, read_json
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torchvision import datasets
 
-from mae.data.image_folder import ImageLoader
+from mae.data.decoding import ImageLoader
 from mae.data.transfer.base import ListedImages, TransferDataModule
 from mae.data.transfer.files import check_labels, labelled_rows, names_by_label
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from torchvision import datasets
 
-from mae.data.image_folder import ImageLoader
+from mae.data.decoding import ImageLoader
 from mae.data.transfer.base import ListedImages, TransferDataModule
 from mae.data.transfer.files import check_labels, labelled_rows, names_by_label
 
