@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data pretrain finetune linprobe eval visualize bench test test-fast clean
+.PHONY: setup data pretrain finetune linprobe eval visualize sweep bench test test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable) and the Fashion-MNIST package (idempotent)
 setup: $(INSTALLED) data
@@ -52,6 +52,13 @@ VIS_CKPT ?= outputs/pretrain/latest/checkpoints/last.ckpt
 VIS_OUT ?= reconstruction.png
 visualize: setup
 	$(BIN)/python -m mae.visualize ckpt_path=$(VIS_CKPT) out=$(VIS_OUT) $(ARGS)
+
+## sweep: an ablation sweep at CPU scale, each point pre-trained then linear-probed, aggregated into
+## outputs/sweeps/<name>/summary.csv, summary.md and PNG plots; finished points are skipped when run again
+## (SWEEP=sweep_mask_ratio|sweep_decoder_depth|sweep_decoder_width|sweep_norm_pix_loss|sweep_optuna, extra overrides: ARGS="...")
+SWEEP ?= sweep_mask_ratio
+sweep: setup
+	$(BIN)/python train.py -m experiment=$(SWEEP) $(ARGS)
 
 ## bench: pre-training throughput benchmark -> benchmarks/results.json and results.md (extra flags: ARGS="...")
 bench: $(INSTALLED)

@@ -30,13 +30,15 @@ class SetupError(Exception):
     """Bad input found while building or running a job; ``str()`` is a one-line message for the user."""
 
 
-def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
+def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """The entry points' wrapper: bad input ends the program with ``error: <one line>`` and exit code 2; the job's
-    W&B run, if any, ends with the job (see :func:`finish_wandb_run`), marked failed when the job failed."""
+    W&B run, if any, ends with the job (see :func:`finish_wandb_run`), marked failed when the job failed. Returns
+    what the job returns (a sweeper such as Optuna reads its objective from it)."""
     exit_code = 1
     try:
-        job(cfg)
+        result = job(cfg)
         exit_code = 0
+        return result
     except SetupError as error:
         exit_code = 2
         print(f"error: {error}", file=sys.stderr)

@@ -1,0 +1,29 @@
+"""Reading what an ablation run recorded: its results.json and the stages that finished."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PRETRAIN = "pretrain"
+"""The first stage of every ablation run."""
+
+RESULTS_FILE = "results.json"
+
+
+def read_results(run_dir: Path) -> dict:
+    """The run's results.json, or ``{}`` when it has none yet (or an unreadable one: the run starts over)."""
+    path = run_dir / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return results if isinstance(results, dict) else {}
+
+
+def stages_done(results: dict) -> list[str]:
+    """The stages that finished, in the order they ran. A plain pre-training run (no ablation bookkeeping) counts as
+    pre-trained once the job wrote its final summary (``optimizer_steps``, merged only after training ended)."""
+    if "stages_done" in results:
+        return list(results["stages_done"])
+    return [PRETRAIN] if "optimizer_steps" in results else []

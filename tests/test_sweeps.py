@@ -1,0 +1,399 @@
+"""Ablation sweeps: the pre-train-then-probe job (stages, skipping, resuming), its downstream configs, the sweep and
+launcher configs, and the summary (CSV, markdown, plots) of a sweep directory, on synthetic and real runs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import mae.sweeps.ablation as ablation
+from mae.pretrain import pretrain
+from mae.runs import SetupError
+from mae.sweeps.callback import SweepSummaryCallback
+from mae.sweeps.downstream_config import compose_stage
+from mae.sweeps.overrides import override_value, overrides_for
+from mae.sweeps.summary import main as summary_main
+from mae.sweeps.summary import write_summary
+
+from conftest import CONF, compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MODEL = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_embed_dim=16",
+         "model.decoder_depth=1", "model.decoder_num_heads=2"]
+# A small model, a 256-image subset and small kNN sets keep each stage to seconds on two cores; the probe's final
+# evaluation covers the whole test split (its per-epoch validation is switched off).
+PROBE = ["schedule.epochs=1", "schedule.warmup_epochs=0", "trainer.check_val_every_n_epoch=100",
+         "callbacks.progress_bar.refresh_rate=0"]
+SMALL = MODEL + ["data.train_samples=256", "data.knn_train_samples=256", "data.knn_val_samples=128",
+                 "schedule.batch_size=32", "schedule.epochs=1", "schedule.warmup_epochs=0",
+                 "trainer.limit_val_batches=2", "callbacks.progress_bar.refresh_rate=0",
+                 "callbacks.reconstruction_grid=null",
+                 "ablation.overrides.linprobe=[" + ",".join(f"'{o}'" for o in PROBE) + "]"]
+STEPS_PER_EPOCH = 256 // 32
+
+
+def compose_with_hydra(overrides: list[str]):
+    """The composed config with its hydra node (sweeper, launcher, callbacks), unresolved."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+# Overrides ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [None, True, False, 3, -2, 0.1, 1e-06, float("inf"), "plain", "/x/it's here",
+                                   "a=b,c", "back\\slash", "ends\\", "quote'\\", [0.286, 1, "s"], {"a": [1, None]}])
+def test_override_values_parse_back_to_the_same_value(value):
+    parsed = OverridesParser.create().parse_override(f"key={override_value(value)}").value()
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_overrides_for_flattens_nodes_and_skips_missing_keys():
+    cfg = OmegaConf.create({"model": {"depth": 2, "name": "vit", "sub": {"x": 0.5}}, "seed": 3, "other": 1})
+    assert overrides_for(cfg, ["model", "seed", "nothing.here"]) == [
+        "model.depth=2", "model.name='vit'", "model.sub.x=0.5", "seed=3"]
+
+
+# Configs --------------------------------------------------------------------------------------------------------
+
+def test_ablation_task_runs_the_sweep_job_in_a_stable_sweep_directory():
+    cfg = compose_with_hydra(["task=ablation"])
+    assert cfg.job._target_ == "mae.sweeps.ablation.pretrain_then_probe" and cfg.task_name == "ablation"
+    assert list(cfg.ablation.downstream) == ["linprobe"] and cfg.ablation.objective == "linprobe_top1"
+    sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
+    assert sweep == {"dir": "${paths.log_dir}/sweeps/${sweep_name}", "subdir": "${hydra.job.override_dirname}"}
+    dirname = cfg.hydra.job.config.override_dirname
+    assert (dirname.kv_sep, dirname.item_sep) == ("_", "+") and "paths.log_dir" in dirname.exclude_keys
+    assert cfg.hydra.callbacks.sweep_summary._target_ == "mae.sweeps.callback.SweepSummaryCallback"
+    # Pre-training recipe and callbacks as for task=pretrain.
+    assert cfg.schedule == compose_with_hydra([]).schedule and "knn_evaluation" in cfg.callbacks
+
+
+@pytest.mark.parametrize(("experiment", "key", "values", "built"), [
+    ("sweep_mask_ratio", "model.mask_ratio", "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", lambda m: m.mask_ratio),
+    ("sweep_decoder_depth", "model.decoder_depth", "1,2,4,8", lambda m: len(m.decoder_blocks)),
+    ("sweep_decoder_width", "model.decoder_embed_dim", "64,128,256,512", lambda m: m.mask_token.shape[-1]),
+    ("sweep_norm_pix_loss", "model.norm_pix_loss", "true,false", lambda m: m.norm_pix_loss),
+])
+def test_sweep_configs_sweep_one_model_knob_at_cpu_scale(experiment, key, values, built):
+    cfg = compose_with_hydra([f"experiment={experiment}"])
+    assert dict(cfg.hydra.sweeper.params) == {key: values}
+    assert cfg.sweep_name == experiment.removeprefix("sweep_") and cfg.task_name == "ablation"
+    assert cfg.model._target_ == "mae.models.mae_vit_tiny_patch7" and cfg.data._target_.endswith("FashionMNISTDataModule")
+    assert (cfg.data.train_samples, cfg.schedule.epochs) == (20000, 2)
+    assert "schedule.epochs=2" in cfg.ablation.overrides.linprobe
+    # Every value of the sweep builds the model it names.
+    for value in values.split(","):
+        model = instantiate(compose_with_hydra([f"experiment={experiment}", f"{key}={value}"]).model)
+        assert built(model) == yaml.safe_load(value)
+
+
+def test_slurm_launcher_config_extends_the_submitit_plugin():
+    cfg = compose_with_hydra(["experiment=sweep_mask_ratio", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.timeout_min, launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (240, 1, 1, "gpu")
+    assert OmegaConf.to_container(launcher, resolve=False)["submitit_folder"] == "${hydra.sweep.dir}/.submitit/%j"
+    HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.cwd} in the submitit folder's path
+    instance = instantiate(launcher)  # builds without a cluster; nothing is submitted
+    assert type(instance).__name__ == "SlurmLauncher" and instance.params["timeout_min"] == 240
+    assert instance.params["submitit_folder"] == f"{Path.cwd()}/outputs/sweeps/mask_ratio/.submitit/%j"
+    plain = compose_with_hydra(["hydra/launcher=submitit_slurm"]).hydra.launcher
+    assert plain._target_ == launcher._target_
+
+
+def test_optuna_sweep_maximises_the_probe_over_mask_ratio_and_decoder_depth():
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+    from optuna.distributions import CategoricalDistribution, UniformDistribution
+
+    cfg = compose_with_hydra(["experiment=sweep_optuna"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper.direction == "maximize" and sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert cfg.job._target_ == "mae.sweeps.ablation.objective" and cfg.ablation.objective == "linprobe_top1"
+    parser = OverridesParser.create()
+    distributions = {key: create_optuna_distribution_from_override(parser.parse_override(f"{key}={value}"))
+                     for key, value in sweeper.params.items()}
+    assert distributions["model.mask_ratio"] == UniformDistribution(0.1, 0.9)
+    assert distributions["model.decoder_depth"] == CategoricalDistribution([1, 2, 4, 8])
+    instance = instantiate(sweeper, sampler={"seed": 0})
+    assert type(instance).__name__ == "OptunaSweeper"
+
+
+def test_objective_returns_the_configured_result(config_factory, monkeypatch):
+    cfg = config_factory(["task=ablation"])
+    monkeypatch.setattr(ablation, "pretrain_then_probe", lambda cfg: {"linprobe_top1": 71.5, "knn_top1_pretrained": 0.7})
+    assert ablation.objective(cfg) == 71.5
+    monkeypatch.setattr(ablation, "pretrain_then_probe", lambda cfg: {"knn_top1_pretrained": 0.7})
+    with pytest.raises(SetupError, match=r"ablation.objective=linprobe_top1 is not among the run's results"):
+        ablation.objective(cfg)
+
+
+# Downstream configs -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("hydra_initialised", [False, True])
+def test_downstream_config_has_the_runs_choices_values_checkpoint_and_own_recipe(config_factory, tmp_path,
+                                                                                hydra_initialised):
+    cfg = config_factory(["task=ablation", "model=mae_vit_tiny_patch4", "model.embed_dim=48", "model.mask_ratio=0.6",
+                          "data.train_samples=100", "schedule.batch_size=64", "seed=7", "sweep_name=probe_test",
+                          "ablation.overrides.linprobe=['schedule.epochs=3']"])
+    run_dir = tmp_path / "run"
+    if hydra_initialised:  # as inside train.py
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            stage = compose_stage(cfg, "linprobe", run_dir)
+    else:  # as after the compose API (tests, notebooks)
+        assert not GlobalHydra.instance().is_initialized()
+        stage = compose_stage(cfg, "linprobe", run_dir)
+    assert stage.task_name == "linprobe" and stage.job._target_ == "mae.downstream.downstream"
+    assert stage.model == cfg.model  # the same encoder, key by key (the group choice, then the overridden values)
+    assert stage.model._target_ == "mae.models.mae_vit_tiny_patch4" and stage.model.embed_dim == 48
+    assert (stage.data.train_samples, stage.seed, stage.sweep_name) == (100, 7, "probe_test")
+    assert stage.pretrained == str(run_dir / "checkpoints" / "last.ckpt")
+    assert stage.paths.output_dir == str(run_dir / "linprobe")
+    assert stage.trainer.default_root_dir == str(run_dir / "linprobe")
+    # The probe's own recipe, not the pre-training's: LARS schedule (its batch), the stage's override on top.
+    assert stage.schedule.blr == 6.4 and stage.schedule.epochs == 3 and stage.trainer.max_epochs == 3
+    assert stage.data.batch_size == 256 and stage.module._target_ == "mae.training.LinearProbeModule"
+
+
+def test_unknown_downstream_stage_is_a_one_line_error(config_factory):
+    cfg = config_factory(["task=ablation", "ablation.downstream=[linprobe,knn]"])
+    with pytest.raises(SetupError, match=r"unknown stage 'knn'; the stages are linprobe, finetune") as error:
+        ablation.pretrain_then_probe(cfg)
+    assert "\n" not in str(error.value)
+
+
+# The job ------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny ablation run that pre-trained and linear-probed: (run directory, returned record)."""
+    run_dir = tmp_path_factory.mktemp("ablation") / "run"
+    cfg = compose_config(["task=ablation", *SMALL], output_dir=run_dir)
+    return run_dir, ablation.pretrain_then_probe(cfg)
+
+
+def forbid_training(monkeypatch) -> None:
+    def refuse(cfg):
+        raise AssertionError("trained although the stage had finished")
+    monkeypatch.setattr(ablation, "pretrain", refuse)
+    monkeypatch.setattr(ablation, "downstream", refuse)
+
+
+def test_job_pretrains_then_probes_into_one_run_directory(finished_run):
+    run_dir, record = finished_run
+    assert json.loads((run_dir / "results.json").read_text()) == record
+    assert record["stages_done"] == ["pretrain", "linprobe"]
+    assert record["optimizer_steps"] == STEPS_PER_EPOCH and 0.0 <= record["knn_top1_pretrained"] <= 1.0
+    assert 0.0 <= record["linprobe_top1"] <= record["linprobe_top5"] <= 100.0
+    assert record["pretrain_seconds"] > 0 and record["linprobe_seconds"] >= record["linprobe_train_seconds"] > 0
+    probe = json.loads((run_dir / "linprobe" / "results.json").read_text())
+    assert probe["top1"] == record["linprobe_top1"] and probe["num_images"] == 10000
+    assert probe["pretrained"] == str(run_dir / "checkpoints" / "last.ckpt")
+    # The pre-training's 256-image subset, one epoch at the probe recipe's own batch of 256.
+    assert probe["optimizer_steps"] == 1 and probe["effective_batch_size"] == 256
+    assert (run_dir / "linprobe" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_finished_job_returns_its_record_without_training(finished_run, monkeypatch):
+    run_dir, record = finished_run
+    files = [run_dir / "results.json", run_dir / "checkpoints" / "last.ckpt", run_dir / "linprobe" / "results.json"]
+    before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in files}
+    forbid_training(monkeypatch)
+    started = time.perf_counter()
+    again = ablation.pretrain_then_probe(compose_config(["task=ablation", *SMALL], output_dir=run_dir))
+    assert again == record and time.perf_counter() - started < 5
+    assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in files} == before
+
+
+def test_job_interrupted_while_probing_redoes_only_the_probe(finished_run, tmp_path, monkeypatch):
+    source, record = finished_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    interrupted = {key: value for key, value in results.items() if not key.startswith("linprobe")}
+    (run_dir / "results.json").write_text(json.dumps({**interrupted, "stages_done": ["pretrain"]}))
+    stale = run_dir / "linprobe" / "checkpoints" / "stale.ckpt"
+    stale.write_text("from the interrupted attempt")
+    pretrain_ckpt = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    monkeypatch.setattr(ablation, "pretrain", lambda cfg: pytest.fail("pre-trained again"))
+    again = ablation.pretrain_then_probe(compose_config(["task=ablation", *SMALL], output_dir=run_dir))
+    assert again["stages_done"] == ["pretrain", "linprobe"] and not stale.exists()
+    assert again["linprobe_top1"] == pytest.approx(record["linprobe_top1"])  # same seed, same data: same probe
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == pretrain_ckpt
+
+
+def test_job_interrupted_while_pretraining_resumes_from_last_ckpt(tmp_path):
+    run_dir = tmp_path / "run"
+    common = ["task=ablation", *SMALL, "schedule.epochs=2", "ablation.downstream=[]"]
+    # A run killed after its first epoch leaves its config, checkpoints and logs, but no results.json.
+    pretrain(compose_config(common + ["trainer.max_epochs=1"], output_dir=run_dir))
+    (run_dir / "results.json").unlink()
+    record = ablation.pretrain_then_probe(compose_config(common, output_dir=run_dir))
+    assert record["stages_done"] == ["pretrain"]
+    assert record["optimizer_steps"] == 2 * STEPS_PER_EPOCH and record["epochs"] == 2
+    resumed = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    assert resumed["ckpt_path"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"last.ckpt", "epoch000.ckpt", "epoch001.ckpt"}
+
+
+def test_job_refuses_a_run_directory_with_other_settings(finished_run, tmp_path):
+    source, _ = finished_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    cfg = compose_config(["task=ablation", *SMALL, "model.mask_ratio=0.6"], output_dir=run_dir)
+    with pytest.raises(SetupError, match=r"holds a run with other model settings \(model.mask_ratio=0.75 there, "
+                                         r"0.6 now\); remove that directory or choose another sweep_name"):
+        ablation.pretrain_then_probe(cfg)
+
+
+# Summary ------------------------------------------------------------------------------------------------------------
+
+def write_job(sweep_dir: Path, name: str, overrides: list[str], results: dict | None,
+              downstream: list[str] | None = None, sweeper_params: dict | None = None) -> None:
+    """A job directory as a sweep leaves it: Hydra's .hydra/ files, the run's config and results (when it got there)."""
+    job = sweep_dir / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {"params": sweeper_params or {}}}}))
+    if results is not None:
+        model = {key.split("=")[0].removeprefix("model."): yaml.safe_load(key.split("=")[1]) for key in overrides
+                 if key.startswith("model.")}
+        config = {"model": {"mask_ratio": 0.75, "decoder_depth": 2, **model},
+                  "ablation": {"downstream": downstream if downstream is not None else ["linprobe"]}}
+        (job / "config_resolved.yaml").write_text(yaml.safe_dump(config))
+        (job / "results.json").write_text(json.dumps(results))
+
+
+def done(knn: float, probe: float, pretrain_s: float = 100.0) -> dict:
+    return {"knn_top1_pretrained": knn, "linprobe_top1": probe, "pretrain_seconds": pretrain_s,
+            "linprobe_seconds": 40.04, "stages_done": ["pretrain", "linprobe"]}
+
+
+@pytest.fixture
+def mask_ratio_sweep(tmp_path) -> Path:
+    sweep = tmp_path / "mask_ratio"
+    params = {"model.mask_ratio": "0.5,0.75,0.9,0.25"}
+    for ratio, results in [("0.75", done(0.7012, 71.3)), ("0.5", done(0.6543, 68.126)),
+                           ("0.9", {"knn_top1_pretrained": 0.61, "stages_done": ["pretrain"]}), ("0.25", None)]:
+        write_job(sweep, f"model.mask_ratio_{ratio}", [f"model.mask_ratio={ratio}", "experiment=sweep_mask_ratio"],
+                  results, sweeper_params=params)
+    (sweep / "multirun.yaml").write_text("not a job\n")
+    return sweep
+
+
+def test_summary_tables_every_job_with_its_status(mask_ratio_sweep):
+    written = write_summary(mask_ratio_sweep)
+    assert [path.name for path in written] == ["summary.csv", "summary.md", "model.mask_ratio.png"]
+    assert (mask_ratio_sweep / "summary.csv").read_text() == (
+        "model.mask_ratio,knn_top1,linprobe_top1,pretrain_seconds,linprobe_seconds,status,job\n"
+        "0.25,,,,,not started,model.mask_ratio_0.25\n"
+        "0.5,65.43,68.13,100.0,40.0,done,model.mask_ratio_0.5\n"
+        "0.75,70.12,71.30,100.0,40.0,done,model.mask_ratio_0.75\n"
+        "0.9,61.00,,,,unfinished (linprobe),model.mask_ratio_0.9\n")
+    assert (mask_ratio_sweep / "summary.md").read_text() == (
+        "# Sweep `mask_ratio`\n\n2 of 4 runs done.\n\n"
+        "| model.mask_ratio | kNN top-1 (%) | linear probe top-1 (%) | pre-training (s) | linear probe (s) | status |\n"
+        "|---|---|---|---|---|---|\n"
+        "| 0.25 |  |  |  |  | not started |\n"
+        "| 0.5 | 65.43 | 68.13 | 100.0 | 40.0 | done |\n"
+        "| 0.75 | 70.12 | 71.30 | 100.0 | 40.0 | done |\n"
+        "| 0.9 | 61.00 |  |  |  | unfinished (linprobe) |\n\n"
+        "![model.mask_ratio](model.mask_ratio.png)\n")
+    png = (mask_ratio_sweep / "model.mask_ratio.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+def test_summary_of_a_command_line_grid_finds_both_swept_parameters(tmp_path):
+    sweep = tmp_path / "grid"
+    for depth in (1, 2):
+        for ratio in (0.5, 0.75):
+            results = {**done(0.6 + ratio / 10, 60 + depth + ratio), "finetune_top1": 70.0 + depth,
+                       "stages_done": ["pretrain", "linprobe", "finetune"]}
+            write_job(sweep, f"d{depth}r{ratio}", [f"model.decoder_depth={depth}", f"model.mask_ratio={ratio}",
+                                                   "schedule.epochs=2"], results, downstream=["linprobe", "finetune"])
+    write_summary(sweep)
+    lines = (sweep / "summary.csv").read_text().splitlines()
+    assert lines[0] == ("model.decoder_depth,model.mask_ratio,knn_top1,linprobe_top1,finetune_top1,pretrain_seconds,"
+                        "linprobe_seconds,status,job")
+    assert [line.split(",")[:2] + line.split(",")[4:5] for line in lines[1:]] == [
+        ["1", "0.5", "71.00"], ["1", "0.75", "71.00"], ["2", "0.5", "72.00"], ["2", "0.75", "72.00"]]
+    assert all(line.split(",")[-2] == "done" for line in lines[1:])
+    for name in ("model.decoder_depth.png", "model.mask_ratio.png"):
+        assert (sweep / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_summary_command_line(mask_ratio_sweep, tmp_path, capsys):
+    assert summary_main([str(mask_ratio_sweep)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == str(mask_ratio_sweep / "summary.csv")
+    (tmp_path / "empty").mkdir()
+    assert summary_main([str(tmp_path / "empty")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "has no job directories" in error and error.count("\n") == 1
+    assert summary_main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'missing'} is not a directory\n"
+
+
+def test_summary_callback_writes_into_the_sweep_directory(mask_ratio_sweep):
+    SweepSummaryCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(mask_ratio_sweep)}}}))
+    assert len((mask_ratio_sweep / "summary.csv").read_text().splitlines()) == 5
+
+
+# A real sweep -------------------------------------------------------------------------------------------------------
+
+def run_sweep(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    # The tiny settings stay out of the job directories' names, as experiment= does.
+    excluded = ["experiment", "paths.log_dir"] + [override.split("=")[0] for override in SMALL]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "experiment=sweep_mask_ratio",
+                           f"paths.log_dir={tmp_path / 'outputs'}", *SMALL, *overrides,
+                           f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_multirun_sweep_aggregates_and_skips_finished_jobs_when_run_again(tmp_path):
+    result = run_sweep(tmp_path, ["model.mask_ratio=0.5,0.75"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "outputs" / "sweeps" / "mask_ratio"
+    jobs = [sweep / "model.mask_ratio_0.5", sweep / "model.mask_ratio_0.75"]
+    rows = (sweep / "summary.csv").read_text().splitlines()
+    assert rows[0].startswith("model.mask_ratio,knn_top1,linprobe_top1,")
+    assert [row.split(",")[0] for row in rows[1:]] == ["0.5", "0.75"]
+    assert all(row.endswith(f",done,{job.name}") for row, job in zip(rows[1:], jobs))
+    assert (sweep / "model.mask_ratio.png").stat().st_size > 0 and "| 0.75 |" in (sweep / "summary.md").read_text()
+    records = [json.loads((job / "results.json").read_text()) for job in jobs]
+    assert [yaml.safe_load((job / "config_resolved.yaml").read_text())["model"]["mask_ratio"] for job in jobs] == [0.5, 0.75]
+
+    again = run_sweep(tmp_path, ["model.mask_ratio=0.5,0.75"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("every stage finished earlier") + again.stderr.count("every stage finished earlier") == 2
+    assert [json.loads((job / "results.json").read_text()) for job in jobs] == records
+
+
+def test_optuna_sweep_through_train_py_maximises_the_recorded_probe(tmp_path):
+    """train.py hands the job's objective back to the sweeper: Optuna's best value is the best trial's probe top-1."""
+    excluded = ["experiment", "paths.log_dir"] + [override.split("=")[0] for override in SMALL]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "experiment=sweep_optuna", f"paths.log_dir={tmp_path / 'out'}",
+         *SMALL, "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+         f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "out" / "sweeps" / "optuna"
+    probes = [json.loads(path.read_text())["linprobe_top1"] for path in sorted(sweep.glob("*/results.json"))]
+    assert len(probes) == 2
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(probes))
