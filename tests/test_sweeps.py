@@ -356,10 +356,11 @@ def test_summary_callback_writes_into_the_sweep_directory(mask_ratio_sweep):
 
 def run_sweep(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     # The tiny settings stay out of the job directories' names, as experiment= does.
-    excluded = ["experiment", "paths.log_dir"] + [override.split("=")[0] for override in SMALL]
+    # No paths override: the sweep directory resolves from where train.py starts (tmp_path), as with `make sweep`.
+    excluded = ["experiment"] + [override.split("=")[0] for override in SMALL]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "experiment=sweep_mask_ratio",
-                           f"paths.log_dir={tmp_path / 'outputs'}", *SMALL, *overrides,
+                           *SMALL, *overrides,
                            f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"],
                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
 

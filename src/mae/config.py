@@ -20,8 +20,18 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def launch_dir() -> str:
+    """Where the program was started: Hydra's ``runtime.cwd`` inside a job, the current directory before any job has
+    a Hydra config (a sweeper resolves ``hydra.sweep.dir``, which builds on ``paths``, at that point)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+
+
 def register_resolvers() -> None:
     """Resolvers used by ``conf/``; safe to call more than once."""
+    if not OmegaConf.has_resolver("launch_dir"):
+        OmegaConf.register_new_resolver("launch_dir", launch_dir)
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", lambda: os.environ.get("WANDB_MODE") != "online" and not wandb_logged_in())
 

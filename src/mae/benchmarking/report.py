@@ -163,8 +163,9 @@ def markdown(rows: Sequence[Row], title: str = "MAE pre-training benchmark", not
         out.append("")
     if by_kind["loader"]:
         out += ["Data pipeline, JPEG file to augmented tensor, one worker (one thread):", ""]
-        out += _table(["pipeline", "img/s per worker"],
-                      [[r["pipeline"], _fmt(r["img_per_s_per_worker"], 1)] for r in by_kind["loader"]])
+        out += _table(["pipeline", "img/s per worker", "vs PIL + torchvision"],
+                      [[r["pipeline"], _fmt(r["img_per_s_per_worker"], 1), _fmt(r.get("vs_pil_torchvision"))]
+                       for r in by_kind["loader"]])
         out.append("")
     if by_kind["fast_path"]:
         out += ["Fast paths, each measured off and on in this run (fp32 step, median after warm-up):", ""]
