@@ -93,7 +93,7 @@ def test_sweep_configs_sweep_one_model_knob_at_cpu_scale(experiment, key, values
     assert dict(cfg.hydra.sweeper.params) == {key: values}
     assert cfg.sweep_name == experiment.removeprefix("sweep_") and cfg.task_name == "ablation"
     assert cfg.model._target_ == "mae.models.mae_vit_tiny_patch7" and cfg.data._target_.endswith("FashionMNISTDataModule")
-    assert (cfg.data.train_samples, cfg.schedule.epochs) == (20000, 2)
+    assert (cfg.data.train_samples, cfg.schedule.epochs) == (30000, 2)
     assert "schedule.epochs=2" in cfg.ablation.overrides.linprobe
     # Every value of the sweep builds the model it names.
     for value in values.split(","):
