@@ -3,7 +3,6 @@ config nodes with one-line errors, build the trainer, and write the run director
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mae.callbacks.tracking import LogResolvedConfig
 from mae.callbacks.wandb_run import finish_wandb_run
 from mae.data.errors import CorruptDataError
-from mae.results_file import merge_json
+from mae.results_file import RESULTS_FILE, merge_json, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +90,10 @@ def write_config(cfg: DictConfig, trainer: L.Trainer) -> None:
 
 def merge_results(cfg: DictConfig, trainer: L.Trainer, results: dict) -> dict:
     """Merge ``results`` into the run's ``results.json`` (callbacks may have written to it) and return all of it."""
-    path = output_dir(cfg) / "results.json"
+    path = output_dir(cfg) / RESULTS_FILE
     if trainer.is_global_zero:
         return merge_json(path, results)
-    return {**(json.loads(path.read_text()) if path.is_file() else {}), **results}
+    return {**read_json_object(path), **results}
 
 
 def point_latest_at(cfg: DictConfig, trainer: L.Trainer) -> None:

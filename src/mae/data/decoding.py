@@ -20,7 +20,7 @@ from mae.data.errors import CorruptDataError, one_line
 DECODERS = ("torchvision", "pil")
 MODES = ("RGB", "L")
 # PIL's integer luma transform (ITU-R 601-2, 16-bit fixed point), so that "L" is the same in both decoders.
-_LUMA_WEIGHTS = (19595, 38470, 7471)
+_LUMA_WEIGHTS = torch.tensor((19595, 38470, 7471), dtype=torch.int32).view(3, 1, 1)
 # torchvision's C++ errors start with "<function>, <source file>:<line>, "; the user needs what follows.
 _CPP_LOCATION = re.compile(r"^\w+, \S+:\d+, ")
 
@@ -33,8 +33,7 @@ def check_decoder(decoder: str) -> str:
 
 def pil_luma(rgb: torch.Tensor) -> torch.Tensor:
     """``(3, H, W)`` uint8 RGB to ``(1, H, W)`` uint8 grey exactly as PIL's ``convert("L")``."""
-    weights = torch.tensor(_LUMA_WEIGHTS, dtype=torch.int32).view(3, 1, 1)
-    luma = (rgb.to(torch.int32) * weights).sum(dim=0, keepdim=True)
+    luma = (rgb.to(torch.int32) * _LUMA_WEIGHTS).sum(dim=0, keepdim=True)
     return ((luma + 32768) >> 16).to(torch.uint8)
 
 
@@ -51,6 +50,11 @@ class ImageLoader:
             raise ValueError(f"mode={mode!r} must be one of {', '.join(MODES)}")
         self.mode = mode
         self.decoder = check_decoder(decoder)
+
+    @classmethod
+    def for_channels(cls, in_chans: int, decoder: str) -> ImageLoader:
+        """The loader of a data module serving ``in_chans`` channels: RGB for 3, greyscale for 1."""
+        return cls("RGB" if in_chans == 3 else "L", decoder)
 
     def __call__(self, path: str) -> torch.Tensor | Image.Image:
         if self.decoder == "pil":

@@ -101,7 +101,7 @@ class ImageFolderDataModule(ImageDataModule):
         if not 0.0 < eval_resize_ratio <= 1.0:
             raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
         self.eval_resize_ratio = float(eval_resize_ratio)
-        self.image_loader = ImageLoader("RGB" if in_chans == 3 else "L", decoder)
+        self.image_loader = ImageLoader.for_channels(in_chans, decoder)
         self.root = Path(root)
         self.train_path, self.val_path = self.root / train_dir, self.root / val_dir
         # Fail before any work, and cheaply: only the class folders are listed here; setup() scans the files.

@@ -19,10 +19,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mae.downstream import downstream
 from mae.pretrain import pretrain
-from mae.results_file import merge_json
+from mae.results_file import RESULTS_FILE, merge_json
 from mae.runs import SetupError, output_dir
 from mae.sweeps.downstream_config import check_stages, compose_stage
-from mae.sweeps.records import PRETRAIN, RESULTS_FILE, read_results, stages_done
+from mae.sweeps.records import PRETRAIN, read_results, stages_done
 
 log = logging.getLogger(__name__)
 

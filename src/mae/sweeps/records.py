@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from mae.results_file import RESULTS_FILE, read_json_object
 
 PRETRAIN = "pretrain"
 """The first stage of every ablation run."""
 
-RESULTS_FILE = "results.json"
-
 
 def read_results(run_dir: Path) -> dict:
     """The run's results.json, or ``{}`` when it has none yet (or an unreadable one: the run starts over)."""
-    path = run_dir / RESULTS_FILE
     try:
-        results = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return read_json_object(run_dir / RESULTS_FILE)
+    except ValueError:
         return {}
-    return results if isinstance(results, dict) else {}
 
 
 def stages_done(results: dict) -> list[str]:

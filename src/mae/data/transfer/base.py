@@ -117,7 +117,7 @@ class TransferDataModule(ImageDataModule):
         if not 0.0 < eval_resize_ratio <= 1.0:
             raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
         self.eval_resize_ratio = float(eval_resize_ratio)
-        self.image_loader = ImageLoader("RGB" if in_chans == 3 else "L", decoder)
+        self.image_loader = ImageLoader.for_channels(in_chans, decoder)
         self.root = Path(root)
         self.download = bool(download)
         if self.download and self.source is not None:
