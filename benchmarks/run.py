@@ -7,8 +7,10 @@ Writes ``results.json`` (a list of rows, see :mod:`mae.benchmarking.report`) and
 (default: this folder), after every row, so an interrupted run keeps what it measured. The cheap and eager
 rows come first and the ``torch.compile`` rows last; a configuration that fails, or runs past ``--row-timeout``
 (say, a ``torch.compile`` too slow for this machine), is recorded with an ``error``. ``--merge`` keeps the rows
-of an earlier results.json that this run does not measure again (and its peak rows, so that every
-``pct_of_peak`` in the file refers to the peak rows in it), e.g. for ``--kinds step --compile only``.
+of an earlier results.json that this run does not measure again (and its peak rows when they were measured on
+this machine, so that every ``pct_of_peak`` in the file refers to the peak rows in it), e.g. for ``--kinds step
+--compile only``. ``--rerender`` re-assesses the step rows of ``--out``'s results.json against its peak rows by
+the current rules (see :func:`mae.benchmarking.report.peak_share`) and rewrites both files, measuring nothing.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import torch
 
 from mae.benchmarking import report
 from mae.benchmarking.loader import measure_loaders
-from mae.benchmarking.peak import measure_peak
-from mae.benchmarking.step import COMPILE_SCOPES, DTYPES, build_model, forward_flops_of, measure_step
+from mae.benchmarking.peak import measure_peak, native_support
+from mae.benchmarking.step import COMPILE_SCOPES, DTYPES, MATMUL_DTYPES, build_model, forward_flops_of, measure_step
 
 TINY = ("mae_vit_tiny_patch7", {"in_chans": 1})  # 28 px, 1 channel: the Fashion-MNIST preset
 STEP_ROWS = {  # preset, its model arguments, batch
@@ -75,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--speedup-dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--loader-images", type=int, default=None, help="JPEGs written and decoded (default 64; quick 8)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which kinds of rows to run")
+    parser.add_argument("--rerender", action="store_true",
+                        help="measure nothing: re-assess the share of peak of --out's results.json by the current "
+                             "rules and rewrite results.json and results.md (keeping results.md's note)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     args.mode = mode
@@ -118,15 +123,21 @@ class Results:
         report.write_markdown(ordered, self.out / "results.md", self.header)
 
 
+def machine(device: str) -> str:
+    """What the peaks are measured on: the GPU's name, or the CPU's model, torch's threads and ISA level (peak
+    rows carry it, and ``--merge`` reuses earlier peaks only when it is this machine's)."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if cpuinfo.exists() else platform.processor()
+    return f"{cpu}, {torch.get_num_threads()} threads, ISA {torch.backends.cpu.get_cpu_capability()}"
+
+
 def environment(args: argparse.Namespace) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    if args.device.startswith("cuda"):
-        device = torch.cuda.get_device_name()
-    else:
-        bf16 = "yes" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-        device = (f"{cpu}, {torch.get_num_threads()} threads, ISA {torch.backends.cpu.get_cpu_capability()}, "
-                  f"bf16 matmul instructions: {bf16}")
+    native = {True: "yes", False: "no", None: "unknown"}[native_support("bf16", torch.device(args.device))]
+    source = "torch.cuda.is_bf16_supported" if args.device.startswith("cuda") else "avx512_bf16/amx_bf16 flags"
+    device = f"{machine(args.device)}, native bf16 ({source}): {native}"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"{stamp}; {device}; torch {torch.__version__}; mode {args.mode}, warm-up {args.warmup}, "
             f"repeats {args.repeats}, compile scope {args.compile_scope}."
@@ -152,22 +163,32 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_peaks(args: argparse.Namespace, results: Results) -> dict[str, float]:
-    earlier = {row["dtype"]: row["gflops_per_s"] for row in results.rows if row["kind"] == "peak"}
-    if args.merge and {"fp32", "bf16"} <= set(earlier):
-        print(f"using the peaks of the earlier results: {earlier}")
-        return earlier
-    peaks = {}
+def run_peaks(args: argparse.Namespace, results: Results) -> report.Peaks:
+    """The fp32 and bf16 peaks of this machine: measured now, or with ``--merge`` the earlier ones where those
+    were measured on this machine and device (a share of peak is only taken of the same machine's peak)."""
+    here = machine(args.device)
+    earlier = [row for row in results.rows if row["kind"] == "peak" and row.get("device") == args.device
+               and row.get("machine") == here]
+    if args.merge and {"fp32", "bf16"} <= {row["dtype"] for row in earlier}:
+        peaks = report.Peaks.from_rows(earlier)
+        print(f"using the peaks of the earlier results on this machine: {dict(peaks.gflops)}")
+        return peaks
+    device, measured = torch.device(args.device), []
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        result = measure_peak(dtype, torch.device(args.device), PEAK_SIZES[args.mode], repeats=3 if args.quick else 5)
-        peaks[name] = result.gflops_per_s
-        results.add(report.peak_row(name, result.gflops_per_s, device=args.device,
-                                    by_size={str(k): v for k, v in result.by_size.items()}))
-    return peaks
+        result = measure_peak(dtype, device, PEAK_SIZES[args.mode], repeats=3 if args.quick else 5)
+        measured.append(report.peak_row(name, result.gflops_per_s, device=args.device,
+                                        native=native_support(name, device), machine=here,
+                                        mixed_gflops_per_s=result.mixed_gflops_per_s,
+                                        by_size={str(k): v for k, v in result.by_size.items()},
+                                        by_layout={layout: {str(k): v for k, v in rates.items()}
+                                                   for layout, rates in result.by_layout.items()}))
+        results.add(measured[-1])
+    return report.Peaks.from_rows(measured)
 
 
 def too_slow(args: argparse.Namespace, preset: str, model_kwargs: dict, batch: int, peak: float) -> float:
-    """Seconds the row's steps would take at 100% of ``peak`` when that exceeds the row limit, else 0."""
+    """Seconds the row's steps would take at ``peak`` GFLOP/s (the best a step's mix of matmul layouts reaches)
+    when that exceeds the row limit, else 0."""
     if args.row_timeout <= 0:
         return 0.0
     with torch.device("meta"):
@@ -176,13 +197,15 @@ def too_slow(args: argparse.Namespace, preset: str, model_kwargs: dict, batch: i
     return seconds if seconds > args.row_timeout else 0.0
 
 
-def run_steps(args: argparse.Namespace, results: Results, peaks: dict[str, float], compiled: bool) -> None:
+def run_steps(args: argparse.Namespace, results: Results, peaks: report.Peaks, compiled: bool) -> None:
     for preset, model_kwargs, batch in STEP_ROWS[args.mode]:
         for dtype in DTYPES:
             extra = {"compile_scope": args.compile_scope} if compiled else {}
-            shortest = too_slow(args, preset, model_kwargs, batch, peaks[dtype])
+            matmul, rate = MATMUL_DTYPES[dtype], peaks.step_rate(MATMUL_DTYPES[dtype])
+            shortest = too_slow(args, preset, model_kwargs, batch, rate)
             if shortest:
-                error = TimeoutError(f"not started: even at the measured {dtype} matmul peak ({peaks[dtype]:.1f} "
+                error = TimeoutError(f"not started: even at the measured {matmul} matmul rate of a step's "
+                                     f"layouts ({rate:.1f} "
                                      f"GFLOP/s) its {args.warmup + args.repeats} steps would take >= {shortest:.0f} s, "
                                      f"over the row limit of {args.row_timeout:.0f} s")
                 results.add(report.failed_step_row(preset, batch, dtype, compiled, args.device, error, **extra))
@@ -191,7 +214,7 @@ def run_steps(args: argparse.Namespace, results: Results, peaks: dict[str, float
                 with time_limit(args.row_timeout):
                     result = measure_step(preset, batch, dtype, compiled, args.device, args.warmup, args.repeats,
                                           compile_scope=args.compile_scope, **model_kwargs)
-                results.add(report.step_row(preset, batch, dtype, compiled, args.device, result, peaks[dtype], **extra))
+                results.add(report.step_row(preset, batch, dtype, compiled, args.device, result, peaks, **extra))
             except Exception as error:  # noqa: BLE001 - a failed configuration is a result, not a crash
                 results.add(report.failed_step_row(preset, batch, dtype, compiled, args.device, error, **extra))
             finally:
@@ -230,13 +253,29 @@ def run_fast_paths(args: argparse.Namespace, results: Results) -> None:
         results.add(report.fast_path_row(name, preset, batch, *timings, device=args.device))
 
 
+def rerender(out: Path) -> list[report.Row]:
+    """Rewrite ``out``'s results.json and results.md from that results.json, each step row's share of peak
+    re-assessed against the file's peak rows, results.md's note kept: measures nothing."""
+    rows = json.loads((out / "results.json").read_text())
+    peaks = report.Peaks.from_rows(rows)
+    rows = [report.reassess_share(row, peaks) for row in rows]
+    old_md = out / "results.md"
+    note = report.note_of(old_md.read_text()) if old_md.exists() else ""
+    report.write_json(rows, out / "results.json")
+    report.write_markdown(rows, old_md, note)
+    print(f"re-rendered {out / 'results.json'}, {old_md}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[report.Row]:
     args = parse_args(argv)
+    if args.rerender:
+        return rerender(args.out)
     existing = args.out / "results.json"
     earlier = json.loads(existing.read_text()) if args.merge and existing.exists() else []
     results = Results(args.out, environment(args), earlier)
     start = time.perf_counter()
-    peaks = run_peaks(args, results) if {"peak", "step"} & set(args.kinds) else {}
+    peaks = run_peaks(args, results) if {"peak", "step"} & set(args.kinds) else report.Peaks({})
     if "step" in args.kinds and args.compile != "only":
         run_steps(args, results, peaks, compiled=False)
     if "speedup" in args.kinds and args.compile != "only":

@@ -12,8 +12,11 @@ import torch
 
 from mae.benchmarking import report
 from mae.benchmarking.flops import MAEShape, all_tokens_forward_flops, block_flops, mae_forward_flops, train_flops
+from mae.benchmarking.peak import (LAYOUTS, cpu_flags, layout_mix_gflops, measure_peak, native_bf16_cpu,
+                                   native_support)
+from mae.benchmarking.report import Peaks, peak_share
 from mae.benchmarking.simmim import AllTokensMAE
-from mae.benchmarking.step import build_model, forward_flops_of
+from mae.benchmarking.step import MATMUL_DTYPES, StepResult, build_model, forward_flops_of
 from mae.models import mae_vit_base_patch16, mae_vit_huge_patch14, mae_vit_large_patch16, mae_vit_tiny_patch7
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +103,144 @@ def test_failed_row_keeps_the_schema():
     assert row["s_per_step"] is None
 
 
+X86_CPUINFO = """processor\t: {n}
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx avx2 fma {extra}
+bugs\t\t: sysret_ss_attrs
+
+"""
+AVX2 = X86_CPUINFO.format(n=0, extra="") + X86_CPUINFO.format(n=1, extra="")
+ZEN4 = X86_CPUINFO.format(n=0, extra="avx512f avx512_bf16") + X86_CPUINFO.format(n=1, extra="avx512f avx512_bf16")
+ARM = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n"
+
+
+def test_cpu_flags_are_those_every_processor_lists():
+    assert {"avx2", "fma", "avx512_bf16"} <= cpu_flags(ZEN4) and "sysret_ss_attrs" not in cpu_flags(ZEN4)
+    mixed = X86_CPUINFO.format(n=0, extra="amx_bf16") + X86_CPUINFO.format(n=1, extra="")
+    assert "amx_bf16" not in cpu_flags(mixed) and "avx2" in cpu_flags(mixed)
+    assert "bf16" in cpu_flags(ARM) and cpu_flags("processor\t: 0\n") == frozenset()
+
+
+def test_native_bf16_needs_bf16_matmul_instructions():
+    assert native_bf16_cpu(cpu_flags(ZEN4)) and native_bf16_cpu(cpu_flags(ARM))
+    assert native_bf16_cpu(frozenset({"avx512f", "amx_bf16"}))
+    assert not native_bf16_cpu(cpu_flags(AVX2)) and not native_bf16_cpu(frozenset({"avx512f", "avx512bw"}))
+
+
+def test_native_support_reads_the_cpuinfo_file(tmp_path):
+    cpuinfo, cpu = tmp_path / "cpuinfo", torch.device("cpu")
+    cpuinfo.write_text(AVX2)
+    assert native_support("fp32", cpu, cpuinfo) is True and native_support("bf16", cpu, cpuinfo) is False
+    cpuinfo.write_text(ZEN4)
+    assert native_support("bf16", cpu, cpuinfo) is True
+    assert native_support("bf16", cpu, tmp_path / "absent") is None  # no /proc/cpuinfo: cannot tell
+
+
+EMULATED = Peaks({"fp32": 150.0, "bf16": 1.3}, {"fp32": True, "bf16": False})
+
+
+def test_emulated_bf16_step_gets_its_gflops_and_no_share():
+    share = peak_share(30.0, "bf16", "cpu", EMULATED)
+    assert share["pct_of_peak"] is None and share["peak_dtype"] == "bf16" and share["peak_gflops_per_s"] == 1.3
+    assert "bf16 not native on this CPU (emulated)" in share["peak_note"] and "30.0 GFLOP/s" in share["peak_note"]
+    fp32 = peak_share(90.0, "fp32", "cpu", EMULATED)  # the fp32 row of the same run keeps its share of fp32's peak
+    assert fp32["pct_of_peak"] == pytest.approx(60.0) and fp32["peak_note"] is None
+
+
+def test_bf16_peak_far_below_fp32_gives_no_share_even_without_flags():
+    share = peak_share(30.0, "bf16", "cpu", Peaks({"fp32": 150.0, "bf16": 1.3}))  # native unknown
+    assert share["pct_of_peak"] is None and "bf16 slow on this CPU" in share["peak_note"]
+    assert "1.3" in share["peak_note"] and "30.0 GFLOP/s" in share["peak_note"]
+
+
+def test_native_bf16_step_is_a_share_of_the_bf16_peak():
+    peaks = Peaks({"fp32": 150.0, "bf16": 300.0}, {"fp32": True, "bf16": True})
+    share = peak_share(30.0, "bf16", "cpu", peaks)
+    assert share["pct_of_peak"] == pytest.approx(10.0) and share["peak_note"] is None
+    assert share["peak_gflops_per_s"] == 300.0
+    assert peak_share(30.0, "bf16", "cuda", peaks)["pct_of_peak"] == pytest.approx(10.0)
+
+
+def test_share_above_100_percent_is_flagged_not_reported():
+    peaks = Peaks({"fp32": 150.0, "bf16": 300.0}, {"fp32": True, "bf16": True})
+    for dtype, gflops in (("fp32", 450.0), ("bf16", 900.0)):
+        share = peak_share(gflops, dtype, "cpu", peaks)
+        assert share["pct_of_peak"] is None and "inconsistent peak measurement" in share["peak_note"]
+        assert f"{gflops:.1f} GFLOP/s" in share["peak_note"] and "300%" in share["peak_note"]
+    assert peak_share(150.0, "fp32", "cpu", peaks)["pct_of_peak"] == pytest.approx(100.0)  # at the peak: kept
+
+
+def test_missing_peak_gives_no_share():
+    share = peak_share(30.0, "bf16", "cuda", Peaks({"fp32": 150.0}))
+    assert share["pct_of_peak"] is None and "no bf16 matmul peak" in share["peak_note"]
+
+
+def test_bf16_autocast_runs_the_steps_matmuls_in_bf16():
+    # Why MATMUL_DTYPES maps bf16 steps to the bf16 peak: autocast casts every matmul's inputs, weights stay fp32.
+    layer, x = torch.nn.Linear(8, 8), torch.randn(2, 4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        attention = torch.nn.functional.scaled_dot_product_attention(x, x, x)
+    assert out.dtype == attention.dtype == torch.bfloat16 and layer.weight.dtype == torch.float32
+    assert MATMUL_DTYPES == {"fp32": "fp32", "bf16": "bf16"}
+
+
+def fake_step(s_per_step: float, forward_flops: int = 10**9) -> StepResult:
+    return StepResult(s_per_step, s_per_step * 0.9, s_per_step * 0.1, 1.0, 100.0, "test", forward_flops, 1000)
+
+
+def test_step_rows_and_markdown_never_show_a_share_of_an_emulated_peak():
+    # 3 * 1 GFLOP * 10 images / 1 s = 30 GFLOP/s: the issue's bf16 row, about 2300% of the emulated 1.3.
+    bf16 = report.step_row("mae_vit_tiny_patch7", 10, "bf16", False, "cpu", fake_step(1.0), EMULATED)
+    fp32 = report.step_row("mae_vit_tiny_patch7", 10, "fp32", False, "cpu", fake_step(0.5), EMULATED)
+    assert report.missing_fields(bf16) == [] and bf16["gflops_per_s"] == pytest.approx(30.0)
+    assert bf16["pct_of_peak"] is None and fp32["pct_of_peak"] == pytest.approx(40.0)
+    peak_rows = [report.peak_row("fp32", 150.0, device="cpu", native=True),
+                 report.peak_row("bf16", 1.3, device="cpu", native=False)]
+    text = report.markdown([*peak_rows, bf16, fp32], note="env line")
+    assert "| bf16 | cpu | 1.3 | no |" in text and "bf16 is not native on this CPU" in text
+    assert "| 30.0 | bf16 not native on this CPU (emulated): 30.0 GFLOP/s, no share of peak |" in text
+    assert "| 60.0 | 40.0 |" in text and "2307" not in text
+    assert report.note_of(text) == "env line" and report.note_of(report.markdown(peak_rows)) == ""
+
+
+def test_reassessing_an_old_row_replaces_its_share():
+    old = {"kind": "step", "preset": "p", "batch": 256, "dtype": "bf16", "compiled": False, "device": "cpu",
+           "gflops_per_s": 4.03, "pct_of_peak": 299.99}
+    peak_rows = [{"kind": "peak", "dtype": "fp32", "gflops_per_s": 153.1},
+                 {"kind": "peak", "dtype": "bf16", "gflops_per_s": 1.34}]  # written before `native` existed
+    new = report.reassess_share(old, Peaks.from_rows(peak_rows))
+    assert new["pct_of_peak"] is None and "bf16 slow on this CPU" in new["peak_note"] and new["batch"] == 256
+    failed = report.failed_step_row("p", 4, "bf16", False, "cpu", TimeoutError("not started"))
+    assert report.reassess_share(failed, Peaks.from_rows(peak_rows)) == failed
+
+
+def test_committed_results_have_no_share_above_100_percent():
+    rows = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    for row in (row for row in rows if row["kind"] == "step" and row.get("gflops_per_s") is not None):
+        assert row["pct_of_peak"] is None or row["pct_of_peak"] <= 100, row
+        assert row["pct_of_peak"] is not None or row["peak_note"], row
+
+
+def test_peak_is_the_best_size_and_layout():
+    result = measure_peak(torch.float32, torch.device("cpu"), sizes=(16, 32), repeats=1)
+    assert set(result.by_layout) == set(LAYOUTS) and all(set(rates) == {16, 32} for rates in result.by_layout.values())
+    assert result.by_size == {size: max(rates[size] for rates in result.by_layout.values()) for size in (16, 32)}
+    assert result.gflops_per_s == max(result.by_size.values()) > 0 and result.dtype == "fp32"
+    assert 0 < result.mixed_gflops_per_s <= result.gflops_per_s
+
+
+def test_a_steps_layout_mix_runs_at_the_harmonic_mean():
+    # Emulated bf16 on this CPU's fallback GEMM: 3, 4 and 24 GFLOP/s; a third of the FLOPs in each takes
+    # (1/3 + 1/4 + 1/24) / 3 s per GFLOP, i.e. 4.8 GFLOP/s, far from the best layout's 24.
+    assert layout_mix_gflops({"nn": 3.0, "nt": 4.0, "tn": 24.0}) == pytest.approx(4.8)
+    assert layout_mix_gflops({"nn": 150.0}) == pytest.approx(150.0)
+    rows = [report.peak_row("bf16", 24.0, mixed_gflops_per_s=4.8), report.peak_row("fp32", 150.0)]
+    peaks = Peaks.from_rows(rows)
+    assert peaks.step_rate("bf16") == 4.8 and peaks.step_rate("fp32") == 150.0 and peaks.gflops["bf16"] == 24.0
+
+
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
@@ -127,6 +268,10 @@ def test_quick_run_rows_are_internally_consistent(quick_results):
     rows, markdown = quick_results
     peaks = {row["dtype"]: row["gflops_per_s"] for row in rows if row["kind"] == "peak"}
     assert set(peaks) == {"fp32", "bf16"} and min(peaks.values()) > 0
+    for row in (row for row in rows if row["kind"] == "peak"):
+        assert set(row["by_layout"]) == set(LAYOUTS) and row["gflops_per_s"] == max(row["by_size"].values())
+        assert 0 < row["mixed_gflops_per_s"] <= row["gflops_per_s"]
+        assert row["native"] is True if row["dtype"] == "fp32" else row["native"] in (True, False, None)
     with torch.device("meta"):
         forward = mae_forward_flops(MAEShape.from_model(mae_vit_tiny_patch7(in_chans=1)))
     for row in (row for row in rows if row["kind"] == "step"):
@@ -135,7 +280,12 @@ def test_quick_run_rows_are_internally_consistent(quick_results):
         assert row["s_per_step"] > 0 and row["peak_mem_mb"] > 0
         assert row["img_per_s"] == pytest.approx(row["batch"] / row["s_per_step"], rel=1e-9)
         assert row["gflops_per_s"] == pytest.approx(3 * forward * row["batch"] / row["s_per_step"] / 1e9, rel=1e-9)
-        assert row["pct_of_peak"] == pytest.approx(100 * row["gflops_per_s"] / peaks[row["dtype"]], rel=1e-9)
+        assert row["peak_dtype"] == row["dtype"] and row["peak_gflops_per_s"] == peaks[row["dtype"]]
+        if row["pct_of_peak"] is None:  # emulated bf16, or a share over 100% under this machine's load
+            assert row["dtype"] in row["peak_note"] and "GFLOP/s" in row["peak_note"]
+        else:
+            assert row["pct_of_peak"] == pytest.approx(100 * row["gflops_per_s"] / peaks[row["dtype"]], rel=1e-9)
+            assert row["pct_of_peak"] <= 100 and row["peak_note"] is None
         assert row["s_forward_backward"] + row["s_optimizer"] == pytest.approx(row["s_per_step"], rel=0.5)
     for row in (row for row in rows if row["kind"] == "speedup"):
         assert row["ratio"] == pytest.approx(row["s_all_tokens"] / row["s_mae"], rel=1e-9) and row["ratio"] > 0

@@ -178,20 +178,25 @@ def test_knn_results_are_printed_and_merged_into_results_json(tmp_path, capsys):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["kept"] == "yes"
     assert results["knn_k"] == 5 and results["knn_pool"] == "mean" and results["epochs_trained"] == 1
-    for key in ("knn_top1_pretrained", "knn_top1_random_init"):
+    for key in ("knn_top1_pretrained", "knn_top1_random_init", "knn_top1_pixels_raw", "knn_top1_pixels_standardized"):
         assert 0.0 <= results[key] <= 1.0
+    assert results["knn_top1_pixels"] == max(results["knn_top1_pixels_raw"], results["knn_top1_pixels_standardized"])
+    assert results["knn_bank_size"] == 32 and results["knn_num_queries"] == 16 and results["knn_temperature"] == 0.07
     # Top and bottom brightness are easy to tell apart even for an encoder trained this little.
     assert results["knn_top1_pretrained"] >= 0.9
     assert {k: results[k] for k in callback.last_results} == callback.last_results
     out = capsys.readouterr().out
     assert f"kNN top-1 (k=5, mean features): pretrained {results['knn_top1_pretrained']:.2%} | random init" in out
+    assert f"| raw pixels {results['knn_top1_pixels']:.2%} (raw {results['knn_top1_pixels_raw']:.2%}, " in out
 
 
-def test_knn_without_random_baseline(tmp_path):
-    callback = KNNEvaluationCallback(k=3, compare_random_init=False, results_file="eval/knn.json")
+def test_knn_without_baselines(tmp_path):
+    callback = KNNEvaluationCallback(k=3, compare_random_init=False, compare_pixels=False,
+                                     results_file="eval/knn.json")
     fit(tmp_path, [callback])
     results = json.loads((tmp_path / "eval" / "knn.json").read_text())
     assert "knn_top1_random_init" not in results and 0.0 <= results["knn_top1_pretrained"] <= 1.0
+    assert not any(key.startswith("knn_top1_pixels") for key in results)
 
 
 def test_knn_scores_a_random_copy_and_leaves_the_model_and_rng_alone(tmp_path, monkeypatch):

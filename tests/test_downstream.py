@@ -205,3 +205,17 @@ def test_resumed_finetuning_ends_with_the_weights_of_an_uninterrupted_run(config
     assert expected.keys() == after_resume.keys()
     assert all(torch.equal(expected[key], after_resume[key]) for key in expected)
     assert not torch.equal(last_state(interrupted)["model.head.weight"], expected["model.head.weight"])
+
+
+def test_pixel_probe_is_the_same_probe_on_the_raw_pixels(config_factory):
+    cfg = config_factory(["experiment=linprobe_pixels"] + SMALL[len(MODEL):]
+                         + ["data.train_samples=4096", "schedule.batch_size=128"])
+    assert cfg.pretrained is None and cfg.module._target_ == "mae.training.LinearProbeModule"
+    results = downstream(cfg)
+    assert results["task"] == "linprobe_pixels" and results["num_images"] == 10000
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)["state_dict"]
+    assert state["head.1.weight"].shape == (10, 28 * 28)  # a linear classifier over every pixel
+    assert not any(key.startswith("encoder.") for key in state)
+    # 32 steps of the probe on 4096 images already classify the test split far above chance (10%).
+    assert results["top1"] > 40.0

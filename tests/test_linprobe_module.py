@@ -59,3 +59,29 @@ def test_probe_trains_only_the_head_and_learns():
     assert trainer.callback_metrics["val/top1"].item() > 0.9
     optimizer = trainer.optimizers[0]
     assert sum(len(group["params"]) for group in optimizer.param_groups) == 2  # the Linear's weight and bias
+
+
+class KnownTokens(torch.nn.Module):
+    """An encoder whose tokens are fixed: cls = 1s, patch tokens 2s and 4s (mean 3s)."""
+
+    embed_dim = 4
+
+    def forward_features(self, imgs):
+        n = imgs.shape[0]
+        return torch.cat([torch.ones(n, 1, 4), torch.full((n, 1, 4), 2.0), torch.full((n, 1, 4), 4.0)], dim=1)
+
+
+def test_probe_pools_the_cls_token_or_the_mean_of_the_patch_tokens():
+    for pool, expected in (("cls", 1.0), ("mean", 3.0)):
+        module = LinearProbeModule(KnownTokens(), num_classes=2, lr=1.0, epochs=1, warmup_epochs=0, pool=pool)
+        seen = []
+        module.head.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
+        module(torch.zeros(2, 1, 8, 8))
+        torch.testing.assert_close(seen[0], torch.full((2, 4), expected))
+
+
+def test_probe_refuses_an_unknown_pool():
+    import pytest
+
+    with pytest.raises(ValueError, match="pool='avg'"):
+        LinearProbeModule(KnownTokens(), num_classes=2, lr=1.0, epochs=1, warmup_epochs=0, pool="avg")

@@ -4,11 +4,13 @@ launcher configs, and the summary (CSV, markdown, plots) of a sweep directory, o
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
@@ -24,8 +26,9 @@ from mae.runs import SetupError
 from mae.sweeps.callback import SweepSummaryCallback
 from mae.sweeps.downstream_config import compose_stage
 from mae.sweeps.overrides import override_value, overrides_for
+from mae.sweeps.plots import parameter_figure
+from mae.sweeps.summary import NoiseCheck, mean_std, noise_check, summarize, write_summary
 from mae.sweeps.summary import main as summary_main
-from mae.sweeps.summary import write_summary
 
 from conftest import CONF, compose_config
 
@@ -77,6 +80,9 @@ def test_ablation_task_runs_the_sweep_job_in_a_stable_sweep_directory():
     assert sweep == {"dir": "${paths.log_dir}/sweeps/${sweep_name}", "subdir": "${hydra.job.override_dirname}"}
     dirname = cfg.hydra.job.config.override_dirname
     assert (dirname.kv_sep, dirname.item_sep) == ("_", "+") and "paths.log_dir" in dirname.exclude_keys
+    # A swept seed names its job (model.mask_ratio_0.75+seed_1), reaches the probe, and guards a reused directory.
+    assert "seed" not in dirname.exclude_keys
+    assert "seed" in cfg.ablation.inherit and "seed" in cfg.ablation.same_settings
     assert cfg.hydra.callbacks.sweep_summary._target_ == "mae.sweeps.callback.SweepSummaryCallback"
     # Pre-training recipe and callbacks as for task=pretrain.
     assert cfg.schedule == compose_with_hydra([]).schedule and "knn_evaluation" in cfg.callbacks
@@ -88,9 +94,9 @@ def test_ablation_task_runs_the_sweep_job_in_a_stable_sweep_directory():
     ("sweep_decoder_width", "model.decoder_embed_dim", "64,128,256,512", lambda m: m.mask_token.shape[-1]),
     ("sweep_norm_pix_loss", "model.norm_pix_loss", "true,false", lambda m: m.norm_pix_loss),
 ])
-def test_sweep_configs_sweep_one_model_knob_at_cpu_scale(experiment, key, values, built):
+def test_sweep_configs_sweep_one_model_knob_over_three_seeds_at_cpu_scale(experiment, key, values, built):
     cfg = compose_with_hydra([f"experiment={experiment}"])
-    assert dict(cfg.hydra.sweeper.params) == {key: values}
+    assert dict(cfg.hydra.sweeper.params) == {key: values, "seed": "0,1,2"}
     assert cfg.sweep_name == experiment.removeprefix("sweep_") and cfg.task_name == "ablation"
     assert cfg.model._target_ == "mae.models.mae_vit_tiny_patch7" and cfg.data._target_.endswith("FashionMNISTDataModule")
     assert (cfg.data.train_samples, cfg.schedule.epochs) == (30000, 2)
@@ -260,6 +266,16 @@ def test_job_refuses_a_run_directory_with_other_settings(finished_run, tmp_path)
         ablation.pretrain_then_probe(cfg)
 
 
+def test_job_refuses_a_run_directory_of_another_seed(config_factory, tmp_path):
+    """Each seed of a sweep point has its own job directory; one holding another seed's run is not reused."""
+    run_dir = tmp_path / "seeded"
+    run_dir.mkdir()
+    OmegaConf.save(config_factory(["task=ablation", "seed=0"]), run_dir / "config_resolved.yaml")
+    ablation.check_same_settings(config_factory(["task=ablation", "seed=0"]), run_dir)
+    with pytest.raises(SetupError, match=r"holds a run with other seed settings \(seed=0 there, 1 now\)"):
+        ablation.check_same_settings(config_factory(["task=ablation", "seed=1"]), run_dir)
+
+
 # Summary ------------------------------------------------------------------------------------------------------------
 
 def write_job(sweep_dir: Path, name: str, overrides: list[str], results: dict | None,
@@ -270,9 +286,9 @@ def write_job(sweep_dir: Path, name: str, overrides: list[str], results: dict | 
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {"params": sweeper_params or {}}}}))
     if results is not None:
-        model = {key.split("=")[0].removeprefix("model."): yaml.safe_load(key.split("=")[1]) for key in overrides
-                 if key.startswith("model.")}
-        config = {"model": {"mask_ratio": 0.75, "decoder_depth": 2, **model},
+        values = {key: yaml.safe_load(value) for key, value in (override.split("=") for override in overrides)}
+        model = {key.removeprefix("model."): value for key, value in values.items() if key.startswith("model.")}
+        config = {"model": {"mask_ratio": 0.75, "decoder_depth": 2, **model}, "seed": values.get("seed", 0),
                   "ablation": {"downstream": downstream if downstream is not None else ["linprobe"]}}
         (job / "config_resolved.yaml").write_text(yaml.safe_dump(config))
         (job / "results.json").write_text(json.dumps(results))
@@ -285,6 +301,7 @@ def done(knn: float, probe: float, pretrain_s: float = 100.0) -> dict:
 
 @pytest.fixture
 def mask_ratio_sweep(tmp_path) -> Path:
+    """One seed per point (seed not swept): every point is a group of one run."""
     sweep = tmp_path / "mask_ratio"
     params = {"model.mask_ratio": "0.5,0.75,0.9,0.25"}
     for ratio, results in [("0.75", done(0.7012, 71.3)), ("0.5", done(0.6543, 68.126)),
@@ -295,50 +312,172 @@ def mask_ratio_sweep(tmp_path) -> Path:
     return sweep
 
 
-def test_summary_tables_every_job_with_its_status(mask_ratio_sweep):
+UNFINISHED = {"knn_top1_pretrained": 0.99, "pretrain_seconds": 500.0, "stages_done": ["pretrain"]}
+
+SEEDED_RUNS = {
+    # mask ratio: [results of seed 0, 1, 2]
+    "0.25": [done(0.50, 50.0), None, None],
+    "0.5": [done(0.60, 60.0, 100.0), done(0.61, 62.0, 110.0), done(0.62, 64.0, 120.0)],
+    "0.75": [done(0.70, 70.0, 100.0), done(0.72, 71.0, 110.0), done(0.74, 72.0, 120.0)],
+    "0.9": [done(0.65, 69.5, 100.0), done(0.66, 70.5, 110.0), UNFINISHED],
+}
+
+
+@pytest.fixture
+def seeded_sweep(tmp_path) -> Path:
+    """sweep_mask_ratio's layout, 4 mask ratios x seeds 0, 1, 2: 0.25 has one finished seed, 0.9 two and one
+    unfinished (whose kNN must stay out of the mean)."""
+    sweep = tmp_path / "mask_ratio"
+    params = {"model.mask_ratio": ",".join(SEEDED_RUNS), "seed": "0,1,2"}
+    for ratio, runs in SEEDED_RUNS.items():
+        for seed, results in enumerate(runs):
+            write_job(sweep, f"model.mask_ratio_{ratio}+seed_{seed}",
+                      [f"model.mask_ratio={ratio}", f"seed={seed}", "experiment=sweep_mask_ratio"], results,
+                      sweeper_params=params)
+    return sweep
+
+
+def test_summary_without_seeds_has_one_run_per_point(mask_ratio_sweep):
     written = write_summary(mask_ratio_sweep)
-    assert [path.name for path in written] == ["summary.csv", "summary.md", "model.mask_ratio.png"]
+    assert [path.name for path in written] == ["summary.csv", "summary.md", "runs.csv", "model.mask_ratio.png"]
     assert (mask_ratio_sweep / "summary.csv").read_text() == (
+        "model.mask_ratio,knn_top1_mean,knn_top1_std,linprobe_top1_mean,linprobe_top1_std,pretrain_seconds_mean,"
+        "pretrain_seconds_std,linprobe_seconds_mean,linprobe_seconds_std,n_seeds,status\n"
+        "0.25,,,,,,,,,0,0/1 done\n"
+        "0.5,65.43,,68.13,,100.0,,40.0,,1,1/1 done\n"
+        "0.75,70.12,,71.30,,100.0,,40.0,,1,1/1 done\n"
+        "0.9,,,,,,,,,0,0/1 done\n")
+    # Every run as it recorded it, the unfinished one's kNN included.
+    assert (mask_ratio_sweep / "runs.csv").read_text() == (
         "model.mask_ratio,knn_top1,linprobe_top1,pretrain_seconds,linprobe_seconds,status,job\n"
         "0.25,,,,,not started,model.mask_ratio_0.25\n"
         "0.5,65.43,68.13,100.0,40.0,done,model.mask_ratio_0.5\n"
         "0.75,70.12,71.30,100.0,40.0,done,model.mask_ratio_0.75\n"
         "0.9,61.00,,,,unfinished (linprobe),model.mask_ratio_0.9\n")
     assert (mask_ratio_sweep / "summary.md").read_text() == (
-        "# Sweep `mask_ratio`\n\n2 of 4 runs done.\n\n"
-        "| model.mask_ratio | kNN top-1 (%) | linear probe top-1 (%) | pre-training (s) | linear probe (s) | status |\n"
-        "|---|---|---|---|---|---|\n"
-        "| 0.25 |  |  |  |  | not started |\n"
-        "| 0.5 | 65.43 | 68.13 | 100.0 | 40.0 | done |\n"
-        "| 0.75 | 70.12 | 71.30 | 100.0 | 40.0 | done |\n"
-        "| 0.9 | 61.00 |  |  |  | unfinished (linprobe) |\n\n"
+        "# Sweep `mask_ratio`\n\n2 of 4 runs done. Each row is a point: mean ± sample standard deviation "
+        "(ddof=1; none for a single run) over its finished runs, one per seed; every run in [runs.csv](runs.csv).\n\n"
+        "| model.mask_ratio | kNN top-1 (%) | linear probe top-1 (%) | pre-training (s) | linear probe (s) | seeds "
+        "| status |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| 0.25 |  |  |  |  | 0 | 0/1 done |\n"
+        "| 0.5 | 65.43 | 68.13 | 100.0 | 40.0 | 1 | 1/1 done |\n"
+        "| 0.75 | 70.12 | 71.30 | 100.0 | 40.0 | 1 | 1/1 done |\n"
+        "| 0.9 |  |  |  |  | 0 | 0/1 done |\n\n"
+        "Against the best point, a point differs beyond the noise when |mean - best mean| > its std + the best's std "
+        "(a point with fewer than 2 finished seeds has no std and is not compared):\n\n"
+        "- kNN top-1 (%): best `model.mask_ratio=0.75` (70.12); not compared (fewer than 2 seeds): "
+        "`model.mask_ratio=0.5`\n"
+        "- linear probe top-1 (%): best `model.mask_ratio=0.75` (71.30); not compared (fewer than 2 seeds): "
+        "`model.mask_ratio=0.5`\n\n"
         "![model.mask_ratio](model.mask_ratio.png)\n")
     png = (mask_ratio_sweep / "model.mask_ratio.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
 
 
-def test_summary_of_a_command_line_grid_finds_both_swept_parameters(tmp_path):
+def test_summary_groups_seeds_into_mean_and_sample_std(seeded_sweep):
+    written = write_summary(seeded_sweep)
+    assert [path.name for path in written] == ["summary.csv", "summary.md", "runs.csv", "model.mask_ratio.png"]
+    # 0.5: probe 60, 62, 64 -> 62 ± 2 (ddof=1); 0.9: only its two finished seeds (kNN 65, 66 -> 65.5 ± 0.71).
+    assert (seeded_sweep / "summary.csv").read_text() == (
+        "model.mask_ratio,knn_top1_mean,knn_top1_std,linprobe_top1_mean,linprobe_top1_std,pretrain_seconds_mean,"
+        "pretrain_seconds_std,linprobe_seconds_mean,linprobe_seconds_std,n_seeds,status\n"
+        "0.25,50.00,,50.00,,100.0,,40.0,,1,1/3 done\n"
+        "0.5,61.00,1.00,62.00,2.00,110.0,10.0,40.0,0.0,3,3/3 done\n"
+        "0.75,72.00,2.00,71.00,1.00,110.0,10.0,40.0,0.0,3,3/3 done\n"
+        "0.9,65.50,0.71,70.00,0.71,105.0,7.1,40.0,0.0,2,2/3 done\n")
+    runs = (seeded_sweep / "runs.csv").read_text().splitlines()
+    assert runs[0] == "model.mask_ratio,seed,knn_top1,linprobe_top1,pretrain_seconds,linprobe_seconds,status,job"
+    assert [row.split(",")[:2] for row in runs[1:]] == [[ratio, str(seed)] for ratio in SEEDED_RUNS
+                                                        for seed in range(3)]
+    assert runs[1:4] == ["0.25,0,50.00,50.00,100.0,40.0,done,model.mask_ratio_0.25+seed_0",
+                         "0.25,1,,,,,not started,model.mask_ratio_0.25+seed_1",
+                         "0.25,2,,,,,not started,model.mask_ratio_0.25+seed_2"]
+    assert runs[-1] == "0.9,2,99.00,,500.0,,unfinished (linprobe),model.mask_ratio_0.9+seed_2"
+    md = (seeded_sweep / "summary.md").read_text()
+    assert md.startswith("# Sweep `mask_ratio`\n\n9 of 12 runs done.")
+    assert ("| model.mask_ratio | kNN top-1 (%) | linear probe top-1 (%) | pre-training (s) | linear probe (s) | seeds "
+            "| status |\n|---|---|---|---|---|---|---|\n"
+            "| 0.25 | 50.00 | 50.00 | 100.0 | 40.0 | 1 | 1/3 done |\n"
+            "| 0.5 | 61.00 ± 1.00 | 62.00 ± 2.00 | 110.0 ± 10.0 | 40.0 ± 0.0 | 3 | 3/3 done |\n"
+            "| 0.75 | 72.00 ± 2.00 | 71.00 ± 1.00 | 110.0 ± 10.0 | 40.0 ± 0.0 | 3 | 3/3 done |\n"
+            "| 0.9 | 65.50 ± 0.71 | 70.00 ± 0.71 | 105.0 ± 7.1 | 40.0 ± 0.0 | 2 | 2/3 done |\n") in md
+    # Probe: 0.5 is 9 below the best 0.75, beyond 2 + 1; 0.9 is 1 below, within 0.71 + 1; 0.25 has one seed.
+    assert ("- kNN top-1 (%): best `model.mask_ratio=0.75` (72.00 ± 2.00); differ beyond the noise: "
+            "`model.mask_ratio=0.5`, `model.mask_ratio=0.9`; not compared (fewer than 2 seeds): "
+            "`model.mask_ratio=0.25`\n") in md
+    assert ("- linear probe top-1 (%): best `model.mask_ratio=0.75` (71.00 ± 1.00); differ beyond the noise: "
+            "`model.mask_ratio=0.5`; within the noise: `model.mask_ratio=0.9`; not compared (fewer than 2 seeds): "
+            "`model.mask_ratio=0.25`\n") in md
+    assert not (seeded_sweep / "seed.png").exists()
+
+
+def test_summary_points_and_noise_check_hold_the_unrounded_numbers(seeded_sweep):
+    summary = summarize(seeded_sweep)
+    assert (summary.parameters, summary.run_parameters) == (["model.mask_ratio"], ["model.mask_ratio", "seed"])
+    assert [point["model.mask_ratio"] for point in summary.points] == [0.25, 0.5, 0.75, 0.9]
+    assert [point["n_seeds"] for point in summary.points] == [1, 3, 3, 2]
+    ninety = summary.points[3]
+    assert ninety["knn_top1_mean"] == pytest.approx(65.5) and ninety["knn_top1_std"] == pytest.approx(0.5 ** 0.5)
+    assert ninety["linprobe_top1_std"] == pytest.approx(statistics.stdev([69.5, 70.5]))
+    assert summary.points[0]["linprobe_top1_mean"] == 50.0 and summary.points[0]["linprobe_top1_std"] is None
+    probe = next(metric for metric in summary.metrics if metric.column == "linprobe_top1")
+    assert noise_check(summary.points, probe) == NoiseCheck(best=2, beyond=[1], within=[3], not_compared=[0])
+    assert noise_check(summary.points[:1], probe) is None  # nothing to compare with
+    assert mean_std([70.0, 71.0, 72.0]) == (71.0, 1.0) and mean_std([3.0]) == (3.0, None)
+    assert mean_std([]) == (None, None)
+
+
+def test_summary_plot_draws_each_mean_with_a_std_error_bar(seeded_sweep):
+    summary = summarize(seeded_sweep)
+    figure = parameter_figure(summary.points, "model.mask_ratio", summary.parameters, ["knn_top1", "linprobe_top1"],
+                              {"linprobe_top1": "probe", "knn_top1": "kNN"})
+    try:
+        containers = figure.axes[0].containers
+        assert [type(c).__name__ for c in containers] == ["ErrorbarContainer"] * 2
+        probe = next(c for c in containers if c.get_label() == "probe")
+        line, _, (bars,) = probe.lines
+        assert list(line.get_xdata()) == [0.25, 0.5, 0.75, 0.9]
+        assert list(line.get_ydata()) == pytest.approx([50.0, 62.0, 71.0, 70.0])
+        # Each bar spans mean ± std; the single-seed point has none to draw.
+        segments = [segment.tolist() for segment in bars.get_segments()]
+        spread = statistics.stdev([69.5, 70.5])
+        assert segments == [[], [[0.5, 60.0], [0.5, 64.0]], [[0.75, 70.0], [0.75, 72.0]],
+                            [[0.9, pytest.approx(70.0 - spread)], [0.9, pytest.approx(70.0 + spread)]]]
+    finally:
+        plt.close(figure)
+
+
+def test_summary_of_a_command_line_grid_groups_seeds_by_both_swept_parameters(tmp_path):
     sweep = tmp_path / "grid"
     for depth in (1, 2):
         for ratio in (0.5, 0.75):
-            results = {**done(0.6 + ratio / 10, 60 + depth + ratio), "finetune_top1": 70.0 + depth,
-                       "stages_done": ["pretrain", "linprobe", "finetune"]}
-            write_job(sweep, f"d{depth}r{ratio}", [f"model.decoder_depth={depth}", f"model.mask_ratio={ratio}",
-                                                   "schedule.epochs=2"], results, downstream=["linprobe", "finetune"])
+            for seed in (0, 1):
+                probe, finetune = 60 + depth + ratio + seed, 70.0 + depth + 2 * seed
+                results = {**done(0.6 + ratio / 10, probe), "finetune_top1": finetune,
+                           "stages_done": ["pretrain", "linprobe", "finetune"]}
+                overrides = [f"model.decoder_depth={depth}", f"model.mask_ratio={ratio}", f"seed={seed}",
+                             "schedule.epochs=2"]
+                write_job(sweep, f"d{depth}r{ratio}s{seed}", overrides, results, downstream=["linprobe", "finetune"])
     write_summary(sweep)
     lines = (sweep / "summary.csv").read_text().splitlines()
-    assert lines[0] == ("model.decoder_depth,model.mask_ratio,knn_top1,linprobe_top1,finetune_top1,pretrain_seconds,"
-                        "linprobe_seconds,status,job")
-    assert [line.split(",")[:2] + line.split(",")[4:5] for line in lines[1:]] == [
-        ["1", "0.5", "71.00"], ["1", "0.75", "71.00"], ["2", "0.5", "72.00"], ["2", "0.75", "72.00"]]
-    assert all(line.split(",")[-2] == "done" for line in lines[1:])
+    assert lines[0] == ("model.decoder_depth,model.mask_ratio,knn_top1_mean,knn_top1_std,linprobe_top1_mean,"
+                        "linprobe_top1_std,finetune_top1_mean,finetune_top1_std,pretrain_seconds_mean,"
+                        "pretrain_seconds_std,linprobe_seconds_mean,linprobe_seconds_std,n_seeds,status")
+    # Fine-tune top-1 70 + depth + 2 x seed: mean 71 + depth, std sqrt(2) over seeds 0 and 1.
+    assert [line.split(",")[:2] + line.split(",")[6:8] + line.split(",")[-2:] for line in lines[1:]] == [
+        ["1", "0.5", "72.00", "1.41", "2", "2/2 done"], ["1", "0.75", "72.00", "1.41", "2", "2/2 done"],
+        ["2", "0.5", "73.00", "1.41", "2", "2/2 done"], ["2", "0.75", "73.00", "1.41", "2", "2/2 done"]]
+    assert len((sweep / "runs.csv").read_text().splitlines()) == 1 + 8
     for name in ("model.decoder_depth.png", "model.mask_ratio.png"):
         assert (sweep / name).read_bytes().startswith(b"\x89PNG")
+    assert not (sweep / "seed.png").exists()
 
 
 def test_summary_command_line(mask_ratio_sweep, tmp_path, capsys):
     assert summary_main([str(mask_ratio_sweep)]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == str(mask_ratio_sweep / "summary.csv")
+    assert capsys.readouterr().out.splitlines()[:3] == [str(mask_ratio_sweep / name)
+                                                        for name in ("summary.csv", "summary.md", "runs.csv")]
     (tmp_path / "empty").mkdir()
     assert summary_main([str(tmp_path / "empty")]) == 2
     error = capsys.readouterr().err
@@ -347,9 +486,10 @@ def test_summary_command_line(mask_ratio_sweep, tmp_path, capsys):
     assert capsys.readouterr().err == f"error: {tmp_path / 'missing'} is not a directory\n"
 
 
-def test_summary_callback_writes_into_the_sweep_directory(mask_ratio_sweep):
-    SweepSummaryCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(mask_ratio_sweep)}}}))
-    assert len((mask_ratio_sweep / "summary.csv").read_text().splitlines()) == 5
+def test_summary_callback_writes_into_the_sweep_directory(seeded_sweep):
+    SweepSummaryCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(seeded_sweep)}}}))
+    assert len((seeded_sweep / "summary.csv").read_text().splitlines()) == 1 + 4
+    assert len((seeded_sweep / "runs.csv").read_text().splitlines()) == 1 + 12
 
 
 # A real sweep -------------------------------------------------------------------------------------------------------
@@ -365,20 +505,31 @@ def run_sweep(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProce
                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_multirun_sweep_aggregates_and_skips_finished_jobs_when_run_again(tmp_path):
-    result = run_sweep(tmp_path, ["model.mask_ratio=0.5,0.75"])
+def test_multirun_sweep_aggregates_seeds_and_skips_finished_jobs_when_run_again(tmp_path):
+    """One point, two of the config's seeds (as many jobs as before seeds were swept): a job directory per seed, one
+    summary row with their mean and std."""
+    sweep_args = ["model.mask_ratio=0.75", "seed=0,1"]
+    result = run_sweep(tmp_path, sweep_args)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = tmp_path / "outputs" / "sweeps" / "mask_ratio"
-    jobs = [sweep / "model.mask_ratio_0.5", sweep / "model.mask_ratio_0.75"]
-    rows = (sweep / "summary.csv").read_text().splitlines()
-    assert rows[0].startswith("model.mask_ratio,knn_top1,linprobe_top1,")
-    assert [row.split(",")[0] for row in rows[1:]] == ["0.5", "0.75"]
-    assert all(row.endswith(f",done,{job.name}") for row, job in zip(rows[1:], jobs))
-    assert (sweep / "model.mask_ratio.png").stat().st_size > 0 and "| 0.75 |" in (sweep / "summary.md").read_text()
+    jobs = [sweep / "model.mask_ratio_0.75+seed_0", sweep / "model.mask_ratio_0.75+seed_1"]
+    configs = [yaml.safe_load((job / "config_resolved.yaml").read_text()) for job in jobs]
+    assert [(config["model"]["mask_ratio"], config["seed"]) for config in configs] == [(0.75, 0), (0.75, 1)]
+    assert [yaml.safe_load((job / "linprobe" / "config_resolved.yaml").read_text())["seed"] for job in jobs] == [0, 1]
     records = [json.loads((job / "results.json").read_text()) for job in jobs]
-    assert [yaml.safe_load((job / "config_resolved.yaml").read_text())["model"]["mask_ratio"] for job in jobs] == [0.5, 0.75]
+    runs = (sweep / "runs.csv").read_text().splitlines()
+    assert runs[0].startswith("model.mask_ratio,seed,knn_top1,linprobe_top1,")
+    assert [row.split(",")[:2] for row in runs[1:]] == [["0.75", "0"], ["0.75", "1"]]
+    assert all(row.endswith(f",done,{job.name}") for row, job in zip(runs[1:], jobs))
+    header, row = (line.split(",") for line in (sweep / "summary.csv").read_text().splitlines())
+    point = dict(zip(header, row))
+    probes = [record["linprobe_top1"] for record in records]
+    assert (point["model.mask_ratio"], point["n_seeds"], point["status"]) == ("0.75", "2", "2/2 done")
+    assert point["linprobe_top1_mean"] == f"{statistics.fmean(probes):.2f}"
+    assert point["linprobe_top1_std"] == f"{statistics.stdev(probes):.2f}"
+    assert (sweep / "model.mask_ratio.png").stat().st_size > 0 and "| 0.75 |" in (sweep / "summary.md").read_text()
 
-    again = run_sweep(tmp_path, ["model.mask_ratio=0.5,0.75"])
+    again = run_sweep(tmp_path, sweep_args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("every stage finished earlier") + again.stderr.count("every stage finished earlier") == 2
     assert [json.loads((job / "results.json").read_text()) for job in jobs] == records

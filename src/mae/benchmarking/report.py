@@ -3,10 +3,13 @@
 Every row is a dict with ``kind`` and that kind's fields (issue 5's schema):
 
 - ``step``: ``preset``, ``batch``, ``dtype``, ``compiled``, ``device``, ``s_per_step``, ``img_per_s``,
-  ``gflops_per_s``, ``pct_of_peak``, ``peak_mem_mb``;
+  ``gflops_per_s``, ``pct_of_peak``, ``peak_mem_mb``; measured rows also carry ``peak_dtype`` and
+  ``peak_gflops_per_s`` (the peak the share is taken of) and ``peak_note`` (why there is no share, else None);
 - ``speedup``: ``preset``, ``decoder_depth``, ``ratio``;
 - ``loader``: ``pipeline``, ``img_per_s_per_worker``;
-- ``peak``: ``dtype``, ``gflops_per_s``;
+- ``peak``: ``dtype``, ``gflops_per_s``; measured rows also carry ``native`` (whether the device has
+  instructions for the dtype; None: unknown), ``machine`` (what they were measured on), ``by_layout`` and
+  ``mixed_gflops_per_s`` (a training step's mix of operand layouts, see :mod:`~mae.benchmarking.peak`);
 - ``fast_path`` (this project's addition): ``name``, ``preset``, ``batch``, ``s_per_step_without``,
   ``s_per_step_with``, ``step_speedup``, ``peak_mem_mb_without``, ``peak_mem_mb_with``: one fast path switched
   off and on in the same run (e.g. the fused AdamW kernel, activation checkpointing).
@@ -14,16 +17,23 @@ Every row is a dict with ``kind`` and that kind's fields (issue 5's schema):
 Rows may carry further, informative fields (e.g. ``s_optimizer``); a configuration that failed (say, a
 ``torch.compile`` this machine cannot do) keeps its identifying fields, ``None`` for the measured ones and an
 ``error`` message.
+
+A step's share of peak (:func:`peak_share`) is its GFLOP/s over the matmul peak of the dtype its matmuls run in
+(:data:`~mae.benchmarking.step.MATMUL_DTYPES`), measured on the same machine in the same run. It is left out,
+with a ``peak_note`` saying why, where it would mislead: a dtype the device does not run natively, or whose peak
+is under :data:`SLOW_PEAK_FRACTION` of fp32's (its "peak" is an emulation's, which a step may well beat), and a
+share above 100% (the peak measurement then does not represent the step's matmuls).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mae.benchmarking.step import StepResult
+from mae.benchmarking.step import MATMUL_DTYPES, StepResult
 
 Row = dict[str, Any]
 
@@ -37,6 +47,75 @@ SCHEMA: dict[str, tuple[str, ...]] = {
                   "peak_mem_mb_without", "peak_mem_mb_with"),
 }
 """The fields every row of a kind has."""
+SLOW_PEAK_FRACTION = 0.25
+"""A dtype whose matmul peak is under this fraction of fp32's on the same device is no fast path there
+(emulated, whatever the flags say), and a share of that peak says nothing about the step."""
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """The matmul peaks (GFLOP/s) of one run on one device, per dtype name, whether the device runs each dtype
+    natively (None or absent: unknown), and the rate of a step's mix of operand layouts (absent: the peak)."""
+
+    gflops: Mapping[str, float]
+    native: Mapping[str, bool | None] = field(default_factory=dict)
+    mixed: Mapping[str, float] = field(default_factory=dict)
+
+    def step_rate(self, dtype: str) -> float:
+        """The best GFLOP/s a training step's matmuls in ``dtype`` can reach: the layout mix's, else the peak."""
+        return self.mixed.get(dtype, self.gflops[dtype])
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Row]) -> Peaks:
+        """The peaks of the measured ``peak`` rows among ``rows`` (so that a results file can be re-assessed)."""
+        peaks = [row for row in rows if row.get("kind") == "peak" and row.get("gflops_per_s")]
+        return cls({row["dtype"]: row["gflops_per_s"] for row in peaks},
+                   {row["dtype"]: row.get("native") for row in peaks},
+                   {row["dtype"]: row["mixed_gflops_per_s"] for row in peaks if row.get("mixed_gflops_per_s")})
+
+
+def device_noun(device: str) -> str:
+    """How notes name ``device``: "CPU", "GPU" (CUDA), or the device string itself."""
+    return "CPU" if device.startswith("cpu") else "GPU" if device.startswith("cuda") else device
+
+
+def unusable_peak(dtype: str, device: str, peaks: Peaks) -> str | None:
+    """Why the measured matmul peak of ``dtype`` is no yardstick on ``device``, or None when it is one."""
+    noun = device_noun(device)
+    peak, fp32 = peaks.gflops.get(dtype), peaks.gflops.get("fp32")
+    if peak is None:
+        return f"no {dtype} matmul peak measured in this run"
+    if peaks.native.get(dtype) is False:
+        return f"{dtype} not native on this {noun} (emulated)"
+    if fp32 is not None and peak < SLOW_PEAK_FRACTION * fp32:
+        return (f"{dtype} slow on this {noun} (matmul peak {peak:.1f} GFLOP/s, under {SLOW_PEAK_FRACTION:.0%} of "
+                f"fp32's {fp32:.1f}: emulated or no fast kernel)")
+    return None
+
+
+def peak_share(gflops: float, dtype: str, device: str, peaks: Peaks) -> Row:
+    """The share-of-peak fields of a step of precision ``dtype`` that achieved ``gflops`` on ``device``:
+    ``pct_of_peak`` (None where it would mislead), ``peak_dtype``, ``peak_gflops_per_s`` and ``peak_note``
+    (why there is no share, naming the dtype and the step's GFLOP/s; None when there is one)."""
+    matmul = MATMUL_DTYPES.get(dtype, dtype)
+    peak = peaks.gflops.get(matmul)
+    share: Row = {"pct_of_peak": None, "peak_dtype": matmul, "peak_gflops_per_s": peak, "peak_note": None}
+    reason = unusable_peak(matmul, device, peaks)
+    if reason is not None:
+        return {**share, "peak_note": f"{reason}: {gflops:.1f} GFLOP/s, no share of peak"}
+    pct = 100 * gflops / peak
+    if pct > 100:
+        return {**share, "peak_note": f"inconsistent peak measurement: {gflops:.1f} GFLOP/s would be {pct:.0f}% "
+                                      f"of the {matmul} matmul peak ({peak:.1f} GFLOP/s), no share of peak"}
+    return {**share, "pct_of_peak": pct}
+
+
+def reassess_share(row: Row, peaks: Peaks) -> Row:
+    """``row`` with its share of peak taken anew against ``peaks`` (a measured step row; others unchanged), so
+    that a results file written by older code is re-rendered by the current rules without re-measuring."""
+    if row.get("kind") != "step" or row.get("gflops_per_s") is None:
+        return row
+    return {**row, **peak_share(row["gflops_per_s"], row["dtype"], row["device"], peaks)}
 
 
 def achieved_gflops(forward_flops: int, batch: int, seconds: float) -> float:
@@ -45,15 +124,15 @@ def achieved_gflops(forward_flops: int, batch: int, seconds: float) -> float:
 
 
 def step_row(preset: str, batch: int, dtype: str, compiled: bool, device: str, result: StepResult,
-             peak_gflops: float, **extra: Any) -> Row:
-    """A ``step`` row from a measurement and the matmul peak of the row's dtype (GFLOP/s)."""
+             peaks: Peaks, **extra: Any) -> Row:
+    """A ``step`` row from a measurement and the run's matmul peaks (see :func:`peak_share`)."""
     gflops = achieved_gflops(result.forward_flops, batch, result.s_per_step)
     return {
         "kind": "step", "preset": preset, "batch": batch, "dtype": dtype, "compiled": compiled, "device": device,
         "s_per_step": result.s_per_step,
         "img_per_s": batch / result.s_per_step,
         "gflops_per_s": gflops,
-        "pct_of_peak": 100 * gflops / peak_gflops,
+        **peak_share(gflops, dtype, device, peaks),
         "peak_mem_mb": result.peak_mem_mb,
         "forward_gflop_per_img": result.forward_flops / 1e9,
         "s_forward_backward": result.s_forward_backward,
@@ -134,22 +213,37 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
     return out + ["| " + " | ".join(line) + " |" for line in lines]
 
 
+def _native_note(peak: Row) -> str:
+    """The line under the peak table for a dtype the device does not run natively, which says why its step
+    rows have no share of peak."""
+    return (f"{peak['dtype']} is not native on this {device_noun(str(peak.get('device', 'cpu')))} (no {peak['dtype']} "
+            f"matmul instructions; emulated): its step rows give GFLOP/s, not a share of peak.")
+
+
+def _share_cell(step: Row) -> str:
+    """The "% of peak" cell: the share, or else the note saying why there is none."""
+    return _fmt(step["pct_of_peak"], 1) if step["pct_of_peak"] is not None else step.get("peak_note") or "-"
+
+
 def markdown(rows: Sequence[Row], title: str = "MAE pre-training benchmark", note: str = "") -> str:
     """The rows as markdown tables, one per kind, under ``title`` and an optional ``note`` paragraph."""
     by_kind = {kind: [row for row in rows if row.get("kind") == kind] for kind in SCHEMA}
     out = [f"# {title}", ""] + ([note, ""] if note else [])
     if by_kind["peak"]:
         out += ["Matmul peak (square matmuls, median of repeats, best size):", ""]
-        out += _table(["dtype", "device", "GFLOP/s"],
-                      [[r["dtype"], _fmt(r.get("device")), _fmt(r["gflops_per_s"], 1)] for r in by_kind["peak"]])
+        out += _table(["dtype", "device", "GFLOP/s", "native"],
+                      [[r["dtype"], _fmt(r.get("device")), _fmt(r["gflops_per_s"], 1), _fmt(r.get("native"))]
+                       for r in by_kind["peak"]])
         out.append("")
+        notes = [_native_note(r) for r in by_kind["peak"] if r.get("native") is False]
+        out += notes + ([""] if notes else [])
     if by_kind["step"]:
         out += ["Full pre-training step (forward, loss, backward, AdamW), median after warm-up:", ""]
         lines = []
         for r in by_kind["step"]:
             lines.append([r["preset"], str(r["batch"]), r["dtype"], _fmt(r["compiled"]), r["device"],
                           _fmt(r["s_per_step"], 3), _fmt(r["img_per_s"], 1), _fmt(r["gflops_per_s"], 1),
-                          _fmt(r["pct_of_peak"], 1), _fmt(r.get("s_optimizer"), 3), _fmt(r["peak_mem_mb"], 0),
+                          _share_cell(r), _fmt(r.get("s_optimizer"), 3), _fmt(r["peak_mem_mb"], 0),
                           r.get("error", "")])
         out += _table(["preset", "batch", "dtype", "compiled", "device", "s/step", "img/s", "GFLOP/s",
                        "% of peak", "s optimizer", "peak MiB", "error"], lines)
@@ -177,6 +271,16 @@ def markdown(rows: Sequence[Row], title: str = "MAE pre-training benchmark", not
                         _fmt(r["peak_mem_mb_with"], 0)] for r in by_kind["fast_path"]])
         out.append("")
     return "\n".join(out)
+
+
+def note_of(markdown_text: str) -> str:
+    """The note paragraph of a :func:`markdown` text, so that a re-rendered results.md keeps the run's
+    environment line: the paragraph after the title, unless it is the line above a table."""
+    paragraphs = markdown_text.split("\n\n")
+    if not markdown_text.startswith("# ") or len(paragraphs) < 2:
+        return ""
+    followed_by_table = len(paragraphs) > 2 and paragraphs[2].startswith("|")
+    return "" if followed_by_table or paragraphs[1].startswith("|") else paragraphs[1].strip()
 
 
 def write_markdown(rows: Sequence[Row], path: Path, note: str = "") -> None:

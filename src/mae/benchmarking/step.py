@@ -29,6 +29,10 @@ from mae.training.optim import param_groups_weight_decay
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 """Step precisions: plain fp32, or bf16 autocast over the forward and the loss (weights stay fp32)."""
+MATMUL_DTYPES = {"fp32": "fp32", "bf16": "bf16"}
+"""The dtype each step precision's matmuls run in, whose matmul peak its share of peak is taken of: bf16
+autocast casts the inputs of every linear, convolution, matmul and attention to bf16 (the weights stay fp32,
+but no counted FLOP runs in fp32), so a bf16 step is measured against the bf16 peak, not the fp32 one."""
 COMPILE_SCOPES = ("model", "blocks")
 """What ``torch.compile`` wraps: the whole model, or each transformer block in place (one graph per shape)."""
 WEIGHT_DECAY = 0.05

@@ -16,6 +16,7 @@ from mae.evaluation.knn import (
     preserved_rng,
     random_init_copy,
 )
+from mae.evaluation.pixels import pixel_knn_top1
 from mae.results_file import merge_json
 
 
@@ -24,11 +25,16 @@ class KNNEvaluationCallback(L.Callback):
 
     At the end of training, on global rank 0: the trained encoder's accuracy and, with
     ``compare_random_init``, that of a randomly initialised copy (the baseline that shows what pre-training
-    added). Both are printed, sent to every logger, and merged into ``<default_root_dir>/<results_file>``
-    under ``knn_top1_pretrained``, ``knn_top1_random_init``, ``knn_k``, ``knn_pool`` and ``epochs_trained``.
+    added) and, with ``compare_pixels``, the raw pixels themselves under the same protocol (same bank, same
+    queries, ``k`` and temperature; raw and per-pixel standardised, the better of the two being the baseline).
+    All are printed, sent to every logger, and merged into ``<default_root_dir>/<results_file>`` under
+    ``knn_top1_pretrained``, ``knn_top1_random_init``, ``knn_top1_pixels`` (with ``knn_top1_pixels_raw`` and
+    ``knn_top1_pixels_standardized``), ``knn_k``, ``knn_temperature``, ``knn_pool``, ``knn_bank_size``,
+    ``knn_num_queries`` and ``epochs_trained``.
     Every ``every_n_epochs`` epochs the trained encoder alone is scored and logged as ``knn/top1``.
 
-    The trainer's datamodule must provide ``num_classes`` and ``knn_dataloaders() -> (train, val)``.
+    The trainer's datamodule must provide ``num_classes`` and ``knn_dataloaders() -> (train, val)``, and for
+    the pixel baseline its normalisation ``mean`` and ``std``.
 
     Args:
         every_n_epochs: interval of the per-epoch scores; ``None`` for the end of training only.
@@ -36,12 +42,13 @@ class KNNEvaluationCallback(L.Callback):
         temperature: vote temperature.
         pool: ``"cls"`` or ``"mean"`` feature pooling.
         compare_random_init: also score the random-initialisation baseline at the end.
+        compare_pixels: also score the raw-pixel baseline at the end.
         seed: seed of the baseline's initialisation (the training random stream is not touched).
         results_file: JSON file, relative to the run directory, that receives the final scores.
     """
 
     def __init__(self, every_n_epochs: int | None = None, k: int = 20, temperature: float = 0.07,
-                 pool: str = "cls", compare_random_init: bool = True, seed: int = 0,
+                 pool: str = "cls", compare_random_init: bool = True, compare_pixels: bool = True, seed: int = 0,
                  results_file: str = "results.json") -> None:
         if k < 1:
             raise ValueError(f"k={k} must be at least 1")
@@ -52,6 +59,7 @@ class KNNEvaluationCallback(L.Callback):
         self.temperature = temperature
         self.pool = check_pool(pool)
         self.compare_random_init = compare_random_init
+        self.compare_pixels = compare_pixels
         self.seed = seed
         self.results_file = results_file
         self.last_results: dict[str, Any] = {}
@@ -78,18 +86,37 @@ class KNNEvaluationCallback(L.Callback):
         results: dict[str, Any] = {"knn_top1_pretrained": self.score(trainer, model)}
         if self.compare_random_init:
             results["knn_top1_random_init"] = self.score(trainer, random_init_copy(model, self.seed))
-        results.update(knn_k=self.k, knn_pool=self.pool, epochs_trained=trainer.current_epoch)
+        if self.compare_pixels:
+            results.update(self.pixel_scores(trainer))
+        train_loader, val_loader = trainer.datamodule.knn_dataloaders()
+        results.update(knn_k=self.k, knn_temperature=self.temperature, knn_pool=self.pool,
+                       knn_bank_size=len(train_loader.dataset), knn_num_queries=len(val_loader.dataset),
+                       epochs_trained=trainer.current_epoch)
         print(self.summary(results), flush=True)
         log_to_all(trainer, {f"knn/top1_{name}": results[f"knn_top1_{name}"]
-                             for name in ("pretrained", "random_init") if f"knn_top1_{name}" in results})
+                             for name in ("pretrained", "random_init", "pixels") if f"knn_top1_{name}" in results})
         merge_json(Path(trainer.default_root_dir) / self.results_file, results)
         self.last_results = results
 
+    def pixel_scores(self, trainer: L.Trainer) -> dict[str, float]:
+        """``knn_top1_pixels_raw``, ``knn_top1_pixels_standardized`` and their maximum ``knn_top1_pixels``."""
+        datamodule = trainer.datamodule
+        with preserved_rng():
+            train_loader, val_loader = datamodule.knn_dataloaders()
+            scores = pixel_knn_top1(train_loader, val_loader, datamodule.num_classes, datamodule.mean,
+                                    datamodule.std, k=self.k, temperature=self.temperature)
+        return {"knn_top1_pixels": max(scores.values()), **{f"knn_top1_pixels_{name}": value
+                                                           for name, value in scores.items()}}
+
     def summary(self, results: dict[str, Any]) -> str:
-        """One line, e.g. ``kNN top-1 (k=20, cls features): pretrained 81.23% | random init 62.10%``."""
+        """One line, e.g. ``kNN top-1 (k=20, cls features): pretrained 81.23% | random init 62.10% | raw pixels
+        82.50% (raw 79.90%, standardized 82.50%)``."""
         line = f"kNN top-1 (k={self.k}, {self.pool} features): pretrained {results['knn_top1_pretrained']:.2%}"
         if "knn_top1_random_init" in results:
             line += f" | random init {results['knn_top1_random_init']:.2%}"
+        if "knn_top1_pixels" in results:
+            line += (f" | raw pixels {results['knn_top1_pixels']:.2%} (raw {results['knn_top1_pixels_raw']:.2%}, "
+                     f"standardized {results['knn_top1_pixels_standardized']:.2%})")
         return line
 
 

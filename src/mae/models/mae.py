@@ -97,6 +97,7 @@ class MaskedAutoencoderViT(nn.Module):
         norm_layer = partial(nn.LayerNorm, eps=layer_norm_eps)
 
         # Encoder: timm ViT pieces under timm's names.
+        self.embed_dim = embed_dim  # the feature width, under timm's name
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))

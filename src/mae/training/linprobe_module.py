@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from timm.optim import Lars
 from torch import nn
 
+from mae.evaluation.knn import check_pool, pool_tokens
 from mae.training.classification import ClassificationModule
 
 
@@ -27,7 +28,7 @@ def lars_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class LinearProbeModule(ClassificationModule):
-    """Trains only a linear head on the frozen encoder's normalised cls token.
+    """Trains only a linear head on the frozen encoder's pooled features (the reference: the normalised cls token).
 
     Args:
         encoder: a module whose ``forward_features(imgs)`` returns normalised tokens ``(N, 1 + L, D)``, cls
@@ -37,24 +38,27 @@ class LinearProbeModule(ClassificationModule):
         weight_decay: LARS weight decay (the reference probes with 0).
         momentum, trust_coefficient: LARS settings of the reference (0.9, 0.001).
         seed: base seed of each batch's random draws, so a resumed run repeats exactly.
+        pool: ``"cls"`` (the reference) or ``"mean"`` (the average of the patch tokens) as the probe's features.
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, blr: float = 0.1, lr: float | None = None,
                  min_lr: float = 0.0, weight_decay: float = 0.0, warmup_epochs: float = 10, epochs: int = 90,
-                 momentum: float = 0.9, trust_coefficient: float = 0.001, seed: int = 0) -> None:
+                 momentum: float = 0.9, trust_coefficient: float = 0.001, seed: int = 0,
+                 pool: str = "cls") -> None:
         super().__init__()
         self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes} must be at least 2")
+        check_pool(pool)
         self.save_hyperparameters(ignore=["encoder"])
         self.encoder = encoder.requires_grad_(False)
-        width = encoder.cls_token.shape[-1]
+        width = encoder.embed_dim
         self.head = linear_probe_head(width, num_classes)
         self.add_metrics(num_classes)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            features = self.encoder.forward_features(imgs)[:, 0]
+            features = pool_tokens(self.encoder.forward_features(imgs), self.hparams.pool)
         return self.head(features)
 
     def on_train_epoch_start(self) -> None:
