@@ -54,7 +54,8 @@ visualize: setup
 	$(BIN)/python -m mae.visualize ckpt_path=$(VIS_CKPT) out=$(VIS_OUT) $(ARGS)
 
 ## sweep: an ablation sweep at CPU scale, each point pre-trained then linear-probed, aggregated into
-## outputs/sweeps/<name>/summary.csv, summary.md and PNG plots; finished points are skipped when run again
+## outputs/sweeps/<name>/summary.csv (mean and std over the seeds), summary.md, runs.csv (every job) and PNG plots;
+## finished points are skipped when run again
 ## (SWEEP=sweep_mask_ratio|sweep_decoder_depth|sweep_decoder_width|sweep_norm_pix_loss|sweep_optuna, extra overrides: ARGS="...")
 SWEEP ?= sweep_mask_ratio
 sweep: setup

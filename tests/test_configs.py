@@ -88,11 +88,17 @@ def test_tasks_name_their_job_and_default_to_the_latest_pretraining(config_facto
         assert "knn_evaluation" not in cfg.callbacks and cfg.callbacks.model_checkpoint.save_last
 
 
-def test_finetune_task_sets_the_reference_augmentation(config_factory):
+def test_finetune_task_wires_the_schedules_augmentation_into_data_and_module(config_factory):
+    # The embedded data's recipe: label smoothing and a mild crop, no mixup/cutmix/RandAugment/erasing
+    # (measured in docs/fashion_mnist_recipes.md); the ImageNet recipes keep the reference's (next test).
     cfg = config_factory(["task=finetune"])
-    assert cfg.data.rand_augment == "rand-m9-mstd0.5-inc1" and cfg.data.random_erasing == 0.25
-    assert (cfg.module.mixup, cfg.module.cutmix, cfg.module.label_smoothing) == (0.8, 1.0, 0.1)
-    assert cfg.module.global_pool == "avg"
+    assert cfg.data.rand_augment is None and cfg.data.random_erasing == 0.0
+    assert (cfg.module.mixup, cfg.module.cutmix, cfg.module.label_smoothing) == (0.0, 0.0, 0.1)
+    assert tuple(cfg.data.crop_scale) == (0.8, 1.0) and cfg.module.global_pool == "avg"
+    strong = config_factory(["task=finetune", "schedule.mixup=0.8", "schedule.rand_augment=rand-m9-mstd0.5-inc1",
+                             "schedule.random_erasing=0.25"])
+    assert strong.module.mixup == 0.8 and strong.data.rand_augment == "rand-m9-mstd0.5-inc1"
+    assert strong.data.random_erasing == 0.25
     # Pre-training keeps the paper's plain crop + flip.
     plain = config_factory([])
     assert plain.data.rand_augment is None and plain.data.random_erasing == 0.0
@@ -112,6 +118,8 @@ def test_paper_finetune_recipes(config_factory, experiment, preset, blr, layer_d
     assert (module.blr, module.layer_decay, module.drop_path_rate, module.epochs) == (blr, layer_decay, drop_path, epochs)
     assert (module.warmup_epochs, module.min_lr, module.weight_decay) == (5, 1e-6, 0.05)
     assert tuple(cfg.data.crop_scale) == (0.08, 1.0) and cfg.data.random_erasing == 0.25
+    assert cfg.data.rand_augment == "rand-m9-mstd0.5-inc1"
+    assert (module.mixup, module.cutmix, module.label_smoothing, module.global_pool) == (0.8, 1.0, 0.1, "avg")
 
 
 def test_paper_linprobe_recipe(config_factory):
@@ -195,7 +203,7 @@ def test_cpu_experiment_is_the_default_recipe(config_factory):
 @pytest.mark.parametrize(("override", "message"), [
     ("schedule.batch_size=0", "schedule.batch_size=0 must be at least 1"),
     ("schedule.epochs=0", "schedule.epochs=0 must be at least 1"),
-    ("schedule.warmup_epochs=10", r"schedule.warmup_epochs=10 must be in \[0, schedule.epochs=7\]"),
+    ("schedule.warmup_epochs=13", r"schedule.warmup_epochs=13 must be in \[0, schedule.epochs=12\]"),
     ("schedule.blr=0", "schedule.blr=0 must be positive"),
     ("schedule.accumulate_grad_batches=0", "schedule.accumulate_grad_batches=0 must be at least 1"),
 ])

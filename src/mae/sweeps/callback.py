@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 class SweepSummaryCallback(Callback):
-    """Writes summary.csv, summary.md and the plots into ``hydra.sweep.dir`` after the last job, every job's
+    """Writes summary.csv, summary.md, runs.csv and the plots into ``hydra.sweep.dir`` after the last job, every job's
     directory included, also those an earlier (interrupted) multirun of the same sweep left."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

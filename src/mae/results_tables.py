@@ -1,0 +1,169 @@
+"""The README's result tables, rendered from the runs' own ``results.json`` files (copied into ``docs/results/``).
+
+Each table is a list of rows; a row names the results files it aggregates (one per seed) and the label it gets.
+``python -m mae.results_tables README.md`` rewrites the text between ``<!-- table:NAME -->`` and
+``<!-- /table:NAME -->`` in the README; ``--check`` only reports whether it is up to date (a test runs that), so
+a number in those tables is always one a run wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mae.results_file import read_json_object
+
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a table: ``label``, the results files it aggregates (names in the results directory, one per
+    seed) and, for tables whose rows read different keys of one file, the row's ``key``."""
+
+    label: str
+    files: tuple[str, ...]
+    key: str | None = None
+
+
+Reader = Callable[[dict[str, Any], Row], "float | None"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column: its header and how to read its value from one results object (None: not recorded)."""
+
+    header: str
+    value: Reader
+    digits: int = 2
+
+
+def recorded(key: str, scale: float = 1.0) -> Reader:
+    """The value under ``key`` (times ``scale``)."""
+    return lambda results, row: None if results.get(key) is None else scale * results[key]
+
+
+def row_key_percent(results: dict[str, Any], row: Row) -> float | None:
+    """The row's own key, a fraction in [0, 1] (the kNN callback's), as a percentage."""
+    return None if results.get(row.key) is None else 100.0 * results[row.key]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    first_header: str
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+
+
+def seeds(stem: str, count: int) -> tuple[str, ...]:
+    """``<stem>_seed0.json`` ... : the results files of seeds ``0 .. count - 1``."""
+    return tuple(f"{stem}_seed{seed}.json" for seed in range(count))
+
+
+FINETUNE_SEEDS = 1  # the fine-tuning rows' runs so far (seed 0); each further seed adds its two files
+
+
+PRETRAIN = ("pretrain.json",)
+ACCURACY = (Column("top-1 (%)", recorded("top1")), Column("top-5 (%)", recorded("top5")),
+            Column("training (s)", recorded("train_seconds"), digits=0))
+TABLES = (
+    Table("pretrain_run", "run", (
+        Column("epochs", recorded("epochs_trained"), digits=0),
+        Column("optimizer steps", recorded("optimizer_steps"), digits=0),
+        Column("last epoch's train loss", recorded("train_loss_last_epoch"), digits=4),
+        Column("training + kNN evaluation (s)", recorded("train_seconds"), digits=0),
+    ), (Row("`make pretrain`", PRETRAIN),)),
+    Table("pretrain_knn", "features (the same bank, queries, k and temperature)",
+          (Column("kNN top-1 (%)", row_key_percent),), (
+              Row("MAE pre-trained encoder (`make pretrain`)", PRETRAIN, "knn_top1_pretrained"),
+              Row("the same encoder at random initialisation", PRETRAIN, "knn_top1_random_init"),
+              Row("raw pixels in [0, 1]", PRETRAIN, "knn_top1_pixels_raw"),
+              Row("raw pixels, standardised per pixel (bank statistics)", PRETRAIN, "knn_top1_pixels_standardized"),
+          )),
+    Table("finetune", "initialisation", ACCURACY, (
+        Row("MAE pre-trained (`make finetune`)", seeds("finetune_pretrained", FINETUNE_SEEDS)),
+        Row("from scratch, the same recipe (`pretrained=null`)", seeds("finetune_scratch", FINETUNE_SEEDS)),
+    )),
+    Table("linprobe", "features", ACCURACY, (
+        Row("MAE pre-trained, mean of the patch tokens (`make linprobe`)", ("linprobe_pretrained_mean.json",)),
+        Row("MAE pre-trained, cls token (`schedule.pool=cls`, the paper's)", ("linprobe_pretrained_cls.json",)),
+        Row("random initialisation, mean of the patch tokens (`pretrained=null`)", ("linprobe_random_mean.json",)),
+        Row("raw pixels (`experiment=linprobe_pixels`)", ("linprobe_pixels.json",)),
+    )),
+)
+
+
+def mean_and_spread(values: Sequence[float], digits: int) -> str:
+    """``mean ± sample std (n seeds)`` for several values, the value alone for one, blank for none."""
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
+
+
+def load(results_dir: Path, name: str) -> dict[str, Any]:
+    path = results_dir / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: copy the run's results.json there (docs/results/README.md)")
+    return read_json_object(path)
+
+
+def render(table: Table, results_dir: Path = RESULTS_DIR) -> str:
+    """The markdown of ``table`` from the files in ``results_dir``; several files make ``mean ± std (n=..)``."""
+    headers = [table.first_header, *(column.header for column in table.columns)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in table.rows:
+        runs = [load(results_dir, name) for name in row.files]
+        cells = [mean_and_spread([v for v in (column.value(run, row) for run in runs) if v is not None],
+                                 column.digits) for column in table.columns]
+        lines.append("| " + " | ".join([row.label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def marker_pattern(name: str) -> re.Pattern[str]:
+    """The marked block of table ``name``: the opening line, the lines between (maybe none), the closing line."""
+    return re.compile(rf"(^<!-- table:{name} -->\n)(.*?)(^<!-- /table:{name} -->$)", re.S | re.M)
+
+
+def update(text: str, results_dir: Path = RESULTS_DIR) -> str:
+    """``text`` with every marked table replaced by its rendering; tables without markers are left out."""
+    for table in TABLES:
+        pattern = marker_pattern(table.name)
+        if pattern.search(text):
+            rendered = render(table, results_dir)
+            text = pattern.sub(lambda match: match.group(1) + rendered + "\n" + match.group(3), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mae.results_tables", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("readme", type=Path)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file is not up to date")
+    args = parser.parse_args(argv)
+    try:
+        text = args.readme.read_text()
+        updated = update(text, args.results_dir)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.check:
+        if updated != text:
+            print(f"{args.readme} is out of date: run python -m mae.results_tables {args.readme}", file=sys.stderr)
+            return 1
+        return 0
+    args.readme.write_text(updated)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The README's result tables are rendered from the runs' results.json files, and the README is up to date."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mae.results_tables import RESULTS_DIR, TABLES, Row, Table, main, mean_and_spread, render, seeds, update
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def table(name: str):
+    return next(t for t in TABLES if t.name == name)
+
+
+def test_mean_and_spread_of_seeds():
+    assert mean_and_spread([90.0, 92.0], 2) == "91.00 ± 1.41 (n=2)"
+    assert mean_and_spread([90.123], 1) == "90.1"
+    assert mean_and_spread([], 2) == ""
+
+
+def write(directory: Path, name: str, **values) -> None:
+    (directory / name).write_text(json.dumps(values))
+
+
+def test_finetune_rows_aggregate_their_seeds(tmp_path):
+    write(tmp_path, "finetune_pretrained_seed0.json", top1=91.0, top5=99.0, train_seconds=1000.0)
+    write(tmp_path, "finetune_pretrained_seed1.json", top1=93.0, top5=99.5, train_seconds=1200.0)
+    write(tmp_path, "finetune_scratch_seed0.json", top1=88.0, top5=98.0, train_seconds=900.0)
+    write(tmp_path, "finetune_scratch_seed1.json", top1=88.0, top5=98.0, train_seconds=900.0)
+    finetune = table("finetune")
+    two_seeds = Table(finetune.name, finetune.first_header, finetune.columns,
+                      tuple(Row(row.label, seeds(row.files[0].rsplit("_seed", 1)[0], 2)) for row in finetune.rows))
+    lines = render(two_seeds, tmp_path).splitlines()
+    assert lines[2] == ("| MAE pre-trained (`make finetune`) | 92.00 ± 1.41 (n=2) | 99.25 ± 0.35 (n=2) "
+                        "| 1100 ± 141 (n=2) |")
+    assert lines[3].endswith("| 88.00 ± 0.00 (n=2) | 98.00 ± 0.00 (n=2) | 900 ± 0 (n=2) |")
+
+
+def test_knn_rows_read_their_own_keys_of_the_main_job_file_as_percentages(tmp_path):
+    write(tmp_path, "pretrain.json", knn_top1_pretrained=0.8312, knn_top1_random_init=0.7,
+          knn_top1_pixels_raw=0.8, knn_top1_pixels_standardized=0.832)
+    cells = [line.split(" | ")[-1] for line in render(table("pretrain_knn"), tmp_path).splitlines()[2:]]
+    assert cells == ["83.12 |", "70.00 |", "80.00 |", "83.20 |"]
+
+
+def test_the_run_table_reports_the_budget_it_spent(tmp_path):
+    write(tmp_path, "pretrain.json", epochs_trained=7, optimizer_steps=1638, train_loss_last_epoch=0.51234,
+          train_seconds=643.6)
+    assert render(table("pretrain_run"), tmp_path).splitlines()[2] == "| `make pretrain` | 7 | 1638 | 0.5123 | 644 |"
+
+
+def test_a_missing_results_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pretrain.json does not exist"):
+        render(table("pretrain_knn"), tmp_path)
+
+
+def test_update_replaces_only_the_marked_tables(tmp_path):
+    write(tmp_path, "pretrain.json", knn_top1_pretrained=0.5, knn_top1_random_init=0.4,
+          knn_top1_pixels_raw=0.3, knn_top1_pixels_standardized=0.2)
+    text = "intro\n<!-- table:pretrain_knn -->\nstale\n<!-- /table:pretrain_knn -->\nend\n"
+    updated = update(text, tmp_path)
+    assert updated.startswith("intro\n<!-- table:pretrain_knn -->\n| features") and "stale" not in updated
+    assert updated.endswith("| 20.00 |\n<!-- /table:pretrain_knn -->\nend\n")
+    assert update(updated, tmp_path) == updated
+    # A new, empty pair of markers is filled too.
+    empty = update("<!-- table:pretrain_knn -->\n<!-- /table:pretrain_knn -->\n", tmp_path)
+    assert empty.startswith("<!-- table:pretrain_knn -->\n| features")
+    assert empty.endswith("| 20.00 |\n<!-- /table:pretrain_knn -->\n")
+
+
+def test_the_readme_tables_are_the_committed_runs_results(capsys):
+    assert main([str(ROOT / "README.md"), "--check", "--results-dir", str(RESULTS_DIR)]) == 0, capsys.readouterr()
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"<!-- table:{t.name} -->" in readme for t in TABLES)
