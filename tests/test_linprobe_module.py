@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from mae.evaluation.knn import eval_mode
 from mae.models import MaskedAutoencoderViT
 from mae.training.linprobe_module import LinearProbeModule, lars_param_groups, linear_probe_head
 
@@ -36,12 +37,8 @@ class TwoClassData(L.LightningDataModule):
 def held_out_top1(module: L.LightningModule) -> float:
     """Top-1 of ``module`` on :class:`TwoClassData`'s held-out images, in eval mode."""
     imgs, labels = TwoClassData().held_out.tensors
-    was_training = module.training
-    module.eval()
-    with torch.no_grad():
-        top1 = (module(imgs).argmax(1) == labels).float().mean().item()
-    module.train(was_training)
-    return top1
+    with eval_mode(module), torch.no_grad():
+        return (module(imgs).argmax(1) == labels).float().mean().item()
 
 
 def encoder() -> MaskedAutoencoderViT:

@@ -4,7 +4,6 @@ then evaluated on the data module's evaluation split (top-1/top-5 into ``results
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +73,7 @@ def downstream(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     run = build(cfg)
     write_config(cfg, run.trainer)
-    started = time.perf_counter()
-    fit(cfg, run.trainer, run.module, run.datamodule)
-    train_seconds = time.perf_counter() - started
+    train_seconds = fit(cfg, run.trainer, run.module, run.datamodule)
     evaluation = evaluate_classifier(run.trainer, run.module, run.datamodule)
     results = merge_results(cfg, run.trainer, {
         "task": cfg.task_name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import lightning as L
@@ -58,10 +57,8 @@ def pretrain(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     run = build(cfg)
     write_config(cfg, run.trainer)
-    started = time.perf_counter()
-    fit(cfg, run.trainer, run.module, run.datamodule)  # the end-of-training kNN evaluation included
-    results = merge_results(cfg, run.trainer, {**_training_summary(run),
-                                               "train_seconds": round(time.perf_counter() - started, 1)})
+    train_seconds = fit(cfg, run.trainer, run.module, run.datamodule)
+    results = merge_results(cfg, run.trainer, {**_training_summary(run), "train_seconds": round(train_seconds, 1)})
     point_latest_at(cfg, run.trainer)
     return results
 

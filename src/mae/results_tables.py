@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mae.results_file import read_json_object
+from mae.sweeps.summary import mean_std
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "docs" / "results"
 
@@ -44,9 +44,9 @@ class Column:
     digits: int = 2
 
 
-def recorded(key: str, scale: float = 1.0) -> Reader:
-    """The value under ``key`` (times ``scale``)."""
-    return lambda results, row: None if results.get(key) is None else scale * results[key]
+def recorded(key: str) -> Reader:
+    """The value under ``key``."""
+    return lambda results, row: results.get(key)
 
 
 def row_key_percent(results: dict[str, Any], row: Row) -> float | None:
@@ -104,9 +104,8 @@ def mean_and_spread(values: Sequence[float], digits: int) -> str:
     """``mean ± sample std (n seeds)`` for several values, the value alone for one, blank for none."""
     if not values:
         return ""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
+    mean, std = mean_std(list(values))
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f} (n={len(values)})"
 
 
 def load(results_dir: Path, name: str) -> dict[str, Any]:

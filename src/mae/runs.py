@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,11 +110,14 @@ def point_latest_at(cfg: DictConfig, trainer: L.Trainer) -> None:
     log.info("Run directory: %s", directory)
 
 
-def fit(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
-    """``trainer.fit`` (resuming from ``cfg.ckpt_path`` when set) with a corrupt file turned into a one-line error."""
+def fit(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> float:
+    """``trainer.fit`` (resuming from ``cfg.ckpt_path`` when set) with a corrupt file turned into a one-line error;
+    returns the wall-clock seconds it took (end-of-training callbacks such as the kNN evaluation included)."""
+    started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except CorruptDataError as error:
         # Checkpoints written so far stay; fix or remove the file and resume from last.ckpt.
         raise SetupError(f"{data_error_message(error)} (checkpoints so far are in "
                          f"{output_dir(cfg) / 'checkpoints'})") from error
+    return time.perf_counter() - started
