@@ -51,7 +51,7 @@ eval: setup
 VIS_CKPT ?= outputs/pretrain/latest/checkpoints/last.ckpt
 VIS_OUT ?= reconstruction.png
 visualize: setup
-	$(BIN)/python -m mae.visualize ckpt_path=$(VIS_CKPT) out=$(VIS_OUT) $(ARGS)
+	$(BIN)/python -m mae.jobs.visualize ckpt_path=$(VIS_CKPT) out=$(VIS_OUT) $(ARGS)
 
 ## sweep: an ablation sweep at CPU scale, each point pre-trained then linear-probed, aggregated into
 ## outputs/sweeps/<name>/summary.csv (mean and std over the seeds), summary.md, runs.csv (every job) and PNG plots;
@@ -63,7 +63,7 @@ sweep: setup
 
 ## bench: pre-training throughput benchmark -> benchmarks/results.json and results.md (extra flags: ARGS="...")
 bench: $(INSTALLED)
-	$(BIN)/python benchmarks/run.py $(ARGS)
+	$(BIN)/python -m mae.benchmarking $(ARGS)
 
 ## test: the whole suite, slow learning tests included
 test: setup

@@ -4,8 +4,8 @@ import hydra
 from omegaconf import DictConfig
 
 from mae.config import register_resolvers
-from mae.evaluate import evaluate
-from mae.runs import run_job
+from mae.jobs.evaluate import evaluate
+from mae.jobs.harness import run_job
 
 register_resolvers()
 

@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mae.config import register_resolvers
-from mae.runs import run_job
+from mae.jobs.harness import run_job
 
 register_resolvers()
 

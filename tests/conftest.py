@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -10,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mae.config import register_resolvers
+from mae.config import instantiate_node, register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -34,6 +36,17 @@ def compose_config(overrides: list[str] | None = None, output_dir: Path | None =
         del cfg["hydra"]  # train.py's task function never sees the hydra node either
     OmegaConf.resolve(cfg)  # pin ${hydra:...} values now: a later compose replaces the global HydraConfig
     return cfg
+
+
+@cache
+def _data_node(group: str) -> DictConfig:
+    return compose_config([f"data={group}"]).data
+
+
+def data_module(group: str, **settings: Any) -> Any:
+    """The data module of ``conf/data/<group>.yaml`` exactly as the composed config builds it, with ``settings``
+    in place of the file's values (the modules take no defaults in Python)."""
+    return instantiate_node(_data_node(group), **settings)
 
 
 @pytest.fixture

@@ -1,9 +1,8 @@
-"""The benchmark harness (issue 5): analytic FLOP counts, the all-tokens comparison model, and the rows that
-``benchmarks/run.py --quick`` writes. Nothing here asserts a speed: the timings only have to be consistent."""
+"""The benchmark harness: analytic FLOP counts, the all-tokens comparison model, and the rows that
+``python -m mae.benchmarking --quick`` writes. Nothing here asserts a speed: the timings only have to be consistent."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from mae.benchmarking import report
+from mae.benchmarking.__main__ import main as benchmark_main
 from mae.benchmarking.flops import MAEShape, all_tokens_forward_flops, block_flops, mae_forward_flops, train_flops
 from mae.benchmarking.peak import (LAYOUTS, cpu_flags, layout_mix_gflops, measure_peak, native_bf16_cpu,
                                    native_support)
@@ -243,11 +243,8 @@ def test_a_steps_layout_mix_runs_at_the_harmonic_mean():
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path_factory.mktemp("bench")
-    module.main(["--quick", "--out", str(out)])
+    benchmark_main(["--quick", "--out", str(out)])
     return json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
 
 

@@ -128,12 +128,6 @@ def test_epochs_due():
     assert not any(epoch_is_due(None, epoch) for epoch in range(6))
 
 
-def test_grid_masking_noise_is_fixed_by_the_seed():
-    first, same, other = (ReconstructionGridCallback(seed=s) for s in (0, 0, 1))
-    assert torch.equal(first.masking_noise(4, 16), same.masking_noise(4, 16))
-    assert not torch.equal(first.masking_noise(4, 16), other.masking_noise(4, 16))
-
-
 def fake_trainer(tmp_path, loggers=(), is_global_zero=True) -> SimpleNamespace:
     return SimpleNamespace(is_global_zero=is_global_zero, datamodule=FakeDataModule(), default_root_dir=str(tmp_path),
                            loggers=list(loggers), global_step=7, current_epoch=3)

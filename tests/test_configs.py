@@ -1,16 +1,18 @@
 """Every config group option composes, and what it builds matches the recipe it names."""
 
+import inspect
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from timm.models.vision_transformer import Block
 
 from mae.config import ConfigError, validate_schedule
-from mae.models import mae_vit_base_patch16, mae_vit_huge_patch14, mae_vit_large_patch16
+from mae.models import MaskedAutoencoderViT, mae_vit_base_patch16, mae_vit_huge_patch14, mae_vit_large_patch16
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -30,6 +32,26 @@ def test_every_model_preset_builds_its_factory_architecture(config_factory, pres
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in factory_model.state_dict().items()}
     assert model.mask_ratio == 0.75 and model.norm_pix_loss is True
+
+
+RECIPE_KNOBS = {"mask_ratio", "norm_pix_loss", "grad_checkpointing"}
+"""Settings of how a preset is trained, which its YAML file may choose (the factories leave the class defaults)."""
+
+
+@pytest.mark.parametrize("preset", options("model"))
+def test_every_model_preset_states_its_factory_numbers(monkeypatch, preset):
+    """One source of truth: each YAML value is the one its factory passes (or the class default it leaves)."""
+    import mae.models.factory as factory
+
+    node = OmegaConf.load(CONF / "model" / f"{preset}.yaml")
+    assert node._target_ == f"mae.models.{preset}"
+    passed = {}
+    monkeypatch.setattr(factory, "MaskedAutoencoderViT", lambda **kwargs: passed.update(kwargs))
+    getattr(factory, preset)()
+    defaults = {name: p.default for name, p in inspect.signature(MaskedAutoencoderViT).parameters.items()}
+    stated = {key: node[key] for key in node if key not in {"_target_", "img_size", "in_chans"} | RECIPE_KNOBS}
+    assert set(stated) == set(defaults) - {"img_size", "in_chans"} - RECIPE_KNOBS
+    assert stated == {key: passed.get(key, defaults[key]) for key in stated}
 
 
 def test_paper_presets_have_paper_widths(config_factory):
@@ -80,10 +102,10 @@ def test_every_schedule_is_valid(config_factory, option):
 
 
 def test_tasks_name_their_job_and_default_to_the_latest_pretraining(config_factory, tmp_path):
-    assert config_factory([]).job._target_ == "mae.pretrain.pretrain"
+    assert config_factory([]).job._target_ == "mae.jobs.pretrain.pretrain"
     for task in ("finetune", "linprobe"):
         cfg = config_factory([f"task={task}"])
-        assert cfg.job._target_ == "mae.downstream.downstream" and cfg.task_name == task
+        assert cfg.job._target_ == "mae.jobs.downstream.downstream" and cfg.task_name == task
         assert cfg.pretrained == f"{cfg.paths.log_dir}/pretrain/latest/checkpoints/last.ckpt"
         assert "knn_evaluation" not in cfg.callbacks and cfg.callbacks.model_checkpoint.save_last
 

@@ -14,6 +14,8 @@ from mae.data import CorruptDataError, FashionMNISTDataModule, read_idx
 from mae.data import fashion_mnist
 from mae.data.fashion_mnist import FILES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
 
+from conftest import data_module
+
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 N_TRAIN, N_VAL = 24, 10
 
@@ -66,7 +68,7 @@ def data_fmnist_root(tmp_path, data_no_system_dirs):
 
 def module(root, **overrides) -> FashionMNISTDataModule:
     args = dict(root=str(root), batch_size=4, seed=0, knn_train_samples=None, knn_val_samples=None)
-    return FashionMNISTDataModule(**{**args, **overrides})
+    return data_module("fashion_mnist", **{**args, **overrides})
 
 
 def to_pixels(imgs: torch.Tensor, dm: FashionMNISTDataModule) -> torch.Tensor:
@@ -183,11 +185,11 @@ def test_an_incomplete_directory_is_skipped_for_the_next_one(tmp_path, data_no_s
 
 def test_download_needs_a_root_when_nothing_is_found(data_no_system_dirs):
     with pytest.raises(ValueError, match="data.download=true needs data.root"):
-        FashionMNISTDataModule(root=None, download=True)
+        data_module("fashion_mnist", root=None, download=True)
 
 
 def test_debian_package_is_the_default_source():
-    dm = FashionMNISTDataModule(root=None, batch_size=256, knn_train_samples=None, knn_val_samples=None)
+    dm = data_module("fashion_mnist", root=None, batch_size=256, knn_train_samples=None, knn_val_samples=None)
     dm.setup()
     train, val = dm.splits.train_eval, dm.splits.val
     assert len(train) == 60000 and len(val) == 10000 and dm.num_classes == 10

@@ -15,6 +15,8 @@ from mae.data import CorruptDataError, ImageFolderDataModule, ImageNetDataModule
 from mae.data.decoding import ImageLoader
 from mae.data.transforms import eval_transform, pretrain_transform, sample_crop
 
+from conftest import data_module
+
 WNIDS = ("n01440764", "n01443537", "n01484850")
 PER_CLASS = {"train": 4, "val": 2}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -41,10 +43,11 @@ def data_imagenet_root(tmp_path) -> Path:
     return root
 
 
-def module(root, cls=ImageFolderDataModule, **overrides) -> ImageFolderDataModule:
+def module(root, group="image_folder", **overrides) -> ImageFolderDataModule:
+    """The data group's module (``image_folder`` or ``imagenet``) on the tiny copy at ``root``, small and in-process."""
     args = dict(root=str(root), img_size=32, batch_size=4, num_workers=0, pin_memory=False, persistent_workers=False,
                 knn_train_samples=None, knn_val_samples=None)
-    return cls(**{**args, **overrides})
+    return data_module(group, **{**args, **overrides})
 
 
 def reference_eval(path: Path, img_size: int, ratio: float = 0.875) -> torch.Tensor:
@@ -188,7 +191,7 @@ def test_a_corrupt_image_is_named(data_imagenet_root, damage, decoder):
 def test_missing_root_names_the_expected_layout(tmp_path):
     root = tmp_path / "no-imagenet"
     with pytest.raises(FileNotFoundError) as error:
-        module(root, cls=ImageNetDataModule)
+        module(root, group="imagenet")
     message = str(error.value)
     assert message.startswith("ImageNet not found: expected ")
     assert f"{root}/train/<class>/*.JPEG" in message and f"{root}/val/<class>/*.JPEG" in message
@@ -213,9 +216,9 @@ def test_custom_split_folder_names(data_imagenet_root):
     assert len(dm.splits.val) == 6
 
 
-def test_imagenet_module_has_imagenet_defaults(data_imagenet_root):
-    dm = ImageNetDataModule(root=str(data_imagenet_root))
-    assert isinstance(dm, ImageFolderDataModule)
+def test_imagenet_group_has_imagenet_settings(data_imagenet_root):
+    dm = data_module("imagenet", root=str(data_imagenet_root), num_workers=0, persistent_workers=False)
+    assert type(dm) is ImageNetDataModule and isinstance(dm, ImageFolderDataModule)
     assert (dm.img_size, dm.in_chans, dm.crop_scale) == (224, 3, (0.2, 1.0))
     assert (dm.mean, dm.std) == (IMAGENET_MEAN, IMAGENET_STD)
     assert dm.eval_resize_ratio == 0.875 and dm.interpolation == "bicubic" and dm.num_classes == 3

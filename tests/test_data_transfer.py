@@ -29,7 +29,9 @@ from mae.data import (
     OxfordPetsDataModule,
     Places365DataModule,
 )
-from mae.data.transfer import TransferDataModule
+from mae.data.transfer_datasets import TransferDataModule
+
+from conftest import data_module
 
 PALETTE = ((200, 40, 40), (40, 200, 40), (40, 40, 200))  # the colour of label 0, 1, 2
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -64,10 +66,18 @@ def write_jpeg(path: Path, label: int, index: int = 0) -> str:
     return str(path)
 
 
+CONFIG_GROUPS = {CIFAR10DataModule: "cifar10", CIFAR100DataModule: "cifar100", Flowers102DataModule: "flowers102",
+                 Food101DataModule: "food101", INaturalistDataModule: "inat2018", OxfordPetsDataModule: "oxford_pets",
+                 Places365DataModule: "places365"}
+
+
 def module(cls: type[TransferDataModule], root: Path, **overrides) -> TransferDataModule:
+    """``cls`` as its config group builds it, on a tiny copy at ``root``, small and in-process."""
     args = dict(root=str(root), img_size=32, batch_size=2, num_workers=0, pin_memory=False,
                 persistent_workers=False)
-    return cls(**{**args, **overrides})
+    dm = data_module(CONFIG_GROUPS[cls], **{**args, **overrides})
+    assert type(dm) is cls
+    return dm
 
 
 def served_label(img: torch.Tensor) -> int:

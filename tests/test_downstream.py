@@ -10,18 +10,19 @@ import lightning as L
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from mae.checkpoint import export_timm_state_dict
-from mae.data import FashionMNISTDataModule
-from mae.downstream import TIMM_EXPORT, build, downstream
-from mae.evaluate import evaluate
+from mae.jobs.downstream import build, downstream
+from mae.jobs.evaluate import evaluate
+from mae.jobs.harness import SetupError
+from mae.jobs.pretrain import pretrain
 from mae.models import MaskedAutoencoderViT
 from mae.models.classifier import vit_classifier_from_mae
-from mae.pretrain import pretrain
-from mae.runs import SetupError
+from mae.run_directory import CONFIG_FILE, TIMM_CLASSIFIER_FILE
 
-from conftest import compose_config
+from conftest import compose_config, data_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,12 +72,13 @@ def test_finetuning_writes_test_split_results_and_a_timm_classifier(finetuned_ru
     assert json.loads((run_dir / "results.json").read_text()) == results
     assert results["task"] == "finetune" and results["split"] == "test" and results["num_images"] == 10000
     assert 0.0 <= results["top1"] <= results["top5"] <= 100.0
-    assert results["optimizer_steps"] == 256 // 32 and results["peak_lr"] == pytest.approx(1e-3 * 32 / 256)
+    schedule = OmegaConf.load(run_dir / CONFIG_FILE).schedule  # the lr scaling rule: blr x batch / 256
+    assert results["optimizer_steps"] == 256 // 32 and results["peak_lr"] == pytest.approx(schedule.blr * 32 / 256)
     # The exported classifier is a timm ViT with its head: same logits as the fine-tuned module.
     module_state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     vit = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2,
                             num_heads=2, num_classes=10, global_pool="avg",
-                            checkpoint_path=str(run_dir / TIMM_EXPORT)).eval()
+                            checkpoint_path=str(run_dir / TIMM_CLASSIFIER_FILE)).eval()
     reference = vit_classifier_from_mae(MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=32,
                                                              depth=2, num_heads=2), num_classes=10).eval()
     reference.load_state_dict({k.removeprefix("model."): v for k, v in module_state["state_dict"].items()})
@@ -164,7 +166,7 @@ def test_reference_layout_finetuned_classifier_is_evaluated(config_factory, tmp_
                          output_dir=tmp_path / "eval", config_name="eval")
     results = evaluate(cfg)
     # The same classifier evaluated directly, on the same 10000 test images.
-    loader = FashionMNISTDataModule(batch_size=500).val_dataloader()
+    loader = data_module("fashion_mnist", batch_size=500).val_dataloader()
     classifier.eval()
     with torch.no_grad():
         correct = sum(int((classifier(x).argmax(1) == y).sum()) for x, y in loader)

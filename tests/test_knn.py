@@ -6,12 +6,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from mae.evaluation import (
-    eval_mode,
     evaluate_encoder,
     extract_features,
     knn_predict,
     knn_top1,
-    preserved_rng,
     random_init_copy,
 )
 from mae.models import MaskedAutoencoderViT
@@ -161,14 +159,6 @@ def test_extraction_runs_in_eval_mode_and_restores_each_module_mode(monkeypatch)
     assert not model.blocks[0].training
 
 
-def test_eval_mode_restores_modes_after_an_exception():
-    model = tiny_mae().train()
-    with pytest.raises(RuntimeError), eval_mode(model):
-        assert not model.training
-        raise RuntimeError("boom")
-    assert all(module.training for module in model.modules())
-
-
 def test_an_empty_loader_is_an_error():
     with pytest.raises(ValueError, match="no batches"):
         extract_features(tiny_mae(), [])
@@ -199,11 +189,3 @@ def test_random_init_copy_is_a_seeded_fresh_model_that_leaves_everything_else_al
     other = random_init_copy(model, seed=4)
     assert all(torch.equal(a, b) for a, b in zip(baseline.parameters(), again.parameters()))
     assert not torch.equal(baseline.cls_token, other.cls_token)
-
-
-def test_preserved_rng_restores_the_global_stream():
-    state = torch.get_rng_state()
-    with preserved_rng():
-        torch.rand(5)
-        list(DataLoader(range(4), batch_size=2))  # iterating a loader draws its base seed
-    assert torch.equal(torch.get_rng_state(), state)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mae.downstream import downstream
-from mae.pretrain import pretrain
+from mae.jobs.downstream import downstream
+from mae.jobs.pretrain import pretrain
 
 from conftest import compose_config
 

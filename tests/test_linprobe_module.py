@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mae.evaluation.knn import eval_mode
 from mae.models import MaskedAutoencoderViT
+from mae.torch_state import eval_mode
 from mae.training.linprobe_module import LinearProbeModule, lars_param_groups, linear_probe_head
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mae.models.masking import num_kept, patchify, random_masking, unpatchify
+from mae.models.masking import num_kept, random_masking, seeded_noise
+from mae.models.patches import patchify, unpatchify
 
 
 @pytest.mark.parametrize("channels", [1, 3, 5])
@@ -58,3 +59,10 @@ def test_random_masking_draws_a_new_mask_without_noise():
 def test_random_masking_rejects_noise_of_wrong_shape():
     with pytest.raises(ValueError, match=r"noise has shape \(2, 5\), expected \(2, 8\)"):
         random_masking(torch.zeros(2, 8, 4), 0.5, torch.rand(2, 5))
+
+
+def test_seeded_noise_is_fixed_by_the_seed_and_leaves_the_global_stream_alone():
+    state = torch.get_rng_state()
+    first, same, other = (seeded_noise(4, 16, seed) for seed in (0, 0, 1))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first.shape == (4, 16) and torch.equal(first, same) and not torch.equal(first, other)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mae.results_tables import RESULTS_DIR, TABLES, Row, Table, main, mean_and_spread, render, seeds, update
+from mae.jobs.results_tables import RESULTS_DIR, TABLES, Row, Table, main, mean_and_spread, render, seeds, update
 
 ROOT = Path(__file__).resolve().parents[1]
 

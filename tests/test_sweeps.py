@@ -20,11 +20,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import mae.sweeps.ablation as ablation
-from mae.pretrain import pretrain
-from mae.runs import SetupError
+import mae.jobs.ablation as ablation
+from mae.jobs.ablation_stages import compose_stage
+from mae.jobs.harness import SetupError
+from mae.jobs.pretrain import pretrain
 from mae.sweeps.callback import SweepSummaryCallback
-from mae.sweeps.downstream_config import compose_stage
 from mae.sweeps.overrides import override_value, overrides_for
 from mae.sweeps.plots import parameter_figure
 from mae.sweeps.summary import NoiseCheck, mean_std, noise_check, summarize, write_summary
@@ -74,7 +74,7 @@ def test_overrides_for_flattens_nodes_and_skips_missing_keys():
 
 def test_ablation_task_runs_the_sweep_job_in_a_stable_sweep_directory():
     cfg = compose_with_hydra(["task=ablation"])
-    assert cfg.job._target_ == "mae.sweeps.ablation.pretrain_then_probe" and cfg.task_name == "ablation"
+    assert cfg.job._target_ == "mae.jobs.ablation.pretrain_then_probe" and cfg.task_name == "ablation"
     assert list(cfg.ablation.downstream) == ["linprobe"] and cfg.ablation.objective == "linprobe_top1"
     sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
     assert sweep == {"dir": "${paths.log_dir}/sweeps/${sweep_name}", "subdir": "${hydra.job.override_dirname}"}
@@ -129,7 +129,7 @@ def test_optuna_sweep_maximises_the_probe_over_mask_ratio_and_decoder_depth():
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert sweeper.direction == "maximize" and sweeper.sampler._target_ == "optuna.samplers.TPESampler"
-    assert cfg.job._target_ == "mae.sweeps.ablation.objective" and cfg.ablation.objective == "linprobe_top1"
+    assert cfg.job._target_ == "mae.jobs.ablation.objective" and cfg.ablation.objective == "linprobe_top1"
     parser = OverridesParser.create()
     distributions = {key: create_optuna_distribution_from_override(parser.parse_override(f"{key}={value}"))
                      for key, value in sweeper.params.items()}
@@ -163,7 +163,7 @@ def test_downstream_config_has_the_runs_choices_values_checkpoint_and_own_recipe
     else:  # as after the compose API (tests, notebooks)
         assert not GlobalHydra.instance().is_initialized()
         stage = compose_stage(cfg, "linprobe", run_dir)
-    assert stage.task_name == "linprobe" and stage.job._target_ == "mae.downstream.downstream"
+    assert stage.task_name == "linprobe" and stage.job._target_ == "mae.jobs.downstream.downstream"
     assert stage.model == cfg.model  # the same encoder, key by key (the group choice, then the overridden values)
     assert stage.model._target_ == "mae.models.mae_vit_tiny_patch4" and stage.model.embed_dim == 48
     assert (stage.data.train_samples, stage.seed, stage.sweep_name) == (100, 7, "probe_test")

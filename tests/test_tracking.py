@@ -23,8 +23,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mae.callbacks import LogResolvedConfig, wandb_run
 from mae.callbacks.wandb_run import run_name
-from mae.pretrain import SetupError, build, pretrain
-from mae.runs import build_trainer, run_job
+from mae.jobs.harness import SetupError, build_trainer, run_job
+from mae.jobs.pretrain import build, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mae.jobs.harness import SetupError
+from mae.jobs.pretrain import pretrain
 from mae.models import MaskedAutoencoderViT
-from mae.pretrain import SetupError, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 

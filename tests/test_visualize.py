@@ -1,4 +1,4 @@
-"""Reconstruction inspection: `python -m mae.visualize` and notebooks/reconstruction.ipynb on checkpoints made here.
+"""Reconstruction inspection: `python -m mae.jobs.visualize` and notebooks/reconstruction.ipynb on checkpoints made here.
 
 Tiny MAEs for 28 px Fashion-MNIST (the default data, read offline) are saved as this project's Lightning checkpoint
 (next to a run's config_resolved.yaml) and as reference-style files, with and without decoder.
@@ -19,9 +19,9 @@ import yaml
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
+from mae.jobs.harness import SetupError
+from mae.jobs.visualize import compose_config, has_decoder, prepare, visualize
 from mae.models import MaskedAutoencoderViT
-from mae.runs import SetupError
-from mae.visualize import compose_config, has_decoder, prepare, visualize
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "reconstruction.ipynb"
@@ -60,8 +60,8 @@ def encoder_only(path: Path, state: dict[str, torch.Tensor]) -> Path:
 
 
 def commands(runs: dict[str, list[str]], cwd: Path) -> dict[str, subprocess.CompletedProcess]:
-    """``python -m mae.visualize <args>`` for each entry, all started at once (each mostly imports torch/Lightning)."""
-    processes = {name: subprocess.Popen([sys.executable, "-m", "mae.visualize", *args], cwd=cwd, text=True,
+    """``python -m mae.jobs.visualize <args>`` for each entry, all started at once (each mostly imports torch/Lightning)."""
+    processes = {name: subprocess.Popen([sys.executable, "-m", "mae.jobs.visualize", *args], cwd=cwd, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                  for name, args in runs.items()}
     results = {}

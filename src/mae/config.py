@@ -1,12 +1,20 @@
-"""Hydra/OmegaConf glue: custom resolvers and up-front validation of a composed config."""
+"""Hydra/OmegaConf glue: where the configs are, custom resolvers, instantiation with the constructor's own error,
+and up-front validation of a composed config."""
 
 from __future__ import annotations
 
 import netrc
 import os
 from pathlib import Path
+from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+"""The checkout this package lives in (an editable install): ``conf/`` and ``docs/`` are under it."""
+CONF_DIR = REPO_DIR / "conf"
 
 
 def wandb_logged_in() -> bool:
@@ -34,6 +42,15 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("launch_dir", launch_dir)
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", lambda: os.environ.get("WANDB_MODE") != "online" and not wandb_logged_in())
+
+
+def instantiate_node(node: DictConfig, *args: Any, **kwargs: Any) -> Any:
+    """Hydra's ``instantiate`` raising the constructor's own error (a one-line ``ValueError`` naming the value)."""
+    try:
+        return instantiate(node, *args, **kwargs)
+    except InstantiationException as error:
+        # Hydra wraps the constructor's own error in a multi-line message; the cause is what the user needs.
+        raise (error.__cause__ or error) from error
 
 
 class ConfigError(ValueError):

@@ -1,7 +1,7 @@
 """Analytic FLOP count of one MAE pre-training image (forward), from a model's configuration.
 
 A multiply-add counts as 2 FLOPs; only matrix products are counted (norms, softmax, GELU, the loss and the
-masking are a few percent at most and left out, as in the paper's and REFERENCE.md's numbers). Per transformer
+masking are a few percent at most and left out, as in the paper's numbers). Per transformer
 block with ``N`` tokens, width ``D`` and MLP ratio ``r``: qkv ``6ND^2``, output projection ``2ND^2``, MLP
 ``4rND^2`` and attention (``QK^T`` and ``AV``) ``4N^2D``, i.e. ``24ND^2 + 4N^2D`` at ``r = 4``.
 

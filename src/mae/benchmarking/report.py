@@ -1,6 +1,6 @@
 """Result rows of the benchmark, ``benchmarks/results.json`` and the markdown table the README shows.
 
-Every row is a dict with ``kind`` and that kind's fields (issue 5's schema):
+Every row is a dict with ``kind`` and that kind's fields:
 
 - ``step``: ``preset``, ``batch``, ``dtype``, ``compiled``, ``device``, ``s_per_step``, ``img_per_s``,
   ``gflops_per_s``, ``pct_of_peak``, ``peak_mem_mb``; measured rows also carry ``peak_dtype`` and

@@ -9,15 +9,10 @@ import lightning as L
 from torch import nn
 
 from mae.callbacks.reconstruction import check_every_n_epochs, epoch_is_due
-from mae.evaluation.knn import (
-    check_pool,
-    evaluate_encoder,
-    model_device_and_dtype,
-    preserved_rng,
-    random_init_copy,
-)
+from mae.evaluation.knn import check_pool, evaluate_encoder, random_init_copy
 from mae.evaluation.pixels import pixel_knn_top1
-from mae.results_file import merge_json
+from mae.run_directory import merge_json
+from mae.torch_state import model_device_and_dtype, preserved_rng
 
 
 class KNNEvaluationCallback(L.Callback):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from mae.callbacks.tracking import log_image_file
-from mae.evaluation.knn import preserved_rng
-from mae.visualization import save_reconstruction_grid
+from mae.models.masking import seeded_noise
+from mae.reconstruction_grid import save_reconstruction_grid
+from mae.torch_state import preserved_rng
 
 
 def check_every_n_epochs(every_n_epochs: int | None) -> int | None:
@@ -25,7 +25,7 @@ def epoch_is_due(every_n_epochs: int | None, epoch: int) -> bool:
 
 
 class ReconstructionGridCallback(L.Callback):
-    """Save a grid of original / masked / reconstruction / pasted views (see :mod:`mae.visualization`).
+    """Save a grid of original / masked / reconstruction / pasted views (see :mod:`mae.reconstruction_grid`).
 
     Always at the end of training as ``<default_root_dir>/<filename>.png``, and every ``every_n_epochs``
     epochs as ``<filename>_epoch{E:03d}.png`` (``E`` 0-based, like the checkpoints). The masking noise is drawn
@@ -61,11 +61,6 @@ class ReconstructionGridCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.write_grid(trainer, pl_module, f"{self.filename}.png")
 
-    def masking_noise(self, num_images: int, num_patches: int) -> torch.Tensor:
-        """The fixed ``(num_images, num_patches)`` noise of this callback's ``seed``, from a private generator."""
-        generator = torch.Generator().manual_seed(self.seed)
-        return torch.rand(num_images, num_patches, generator=generator)
-
     def write_grid(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> Path | None:
         """Write one grid named ``name`` into the run directory (rank 0 only) and log it; returns its path."""
         if not trainer.is_global_zero:
@@ -74,7 +69,7 @@ class ReconstructionGridCallback(L.Callback):
         model = pl_module.model
         with preserved_rng(pl_module.device):
             imgs = datamodule.sample_images(self.num_images)
-            noise = self.masking_noise(imgs.shape[0], model.num_patches)
+            noise = seeded_noise(imgs.shape[0], model.num_patches, self.seed)
             path = save_reconstruction_grid(model, imgs, Path(trainer.default_root_dir) / name,
                                             datamodule.mean, datamodule.std, noise=noise)
         log_image_file(trainer.loggers, "reconstruction", path, trainer.global_step)

@@ -8,8 +8,8 @@ from mae.data.base import ImageDataModule
 from mae.data.errors import CorruptDataError
 from mae.data.fashion_mnist import FashionMNISTDataModule, read_idx
 from mae.data.image_folder import ImageFolderDataModule, ImageNetDataModule
-from mae.data.sampling import EpochSeededSampler
-from mae.data.transfer import (
+from mae.data.loaders import EpochSeededSampler
+from mae.data.transfer_datasets import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     Flowers102DataModule,

@@ -8,8 +8,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mae.data.decoding import ImageLoader
 from mae.data.errors import check_int, check_optional_limit
-from mae.data.sampling import (
+from mae.data.loaders import (
     LoaderSettings,
     Splits,
     current_epoch,
@@ -44,7 +45,9 @@ class InMemoryImages(Dataset):
 class ImageDataModule(L.LightningDataModule):
     """The interface the training code relies on; subclasses find, check and load a dataset.
 
-    This constructor validates the settings every dataset shares (one-line ``ValueError`` naming value and rule);
+    Every setting is keyword-only and has no default here: the data group's YAML file holds each dataset's values
+    (``conf/data/``), and a module built in Python names every setting. This constructor validates the settings
+    every dataset shares (one-line ``ValueError`` naming value and rule);
     a subclass also sets ``num_classes`` and, from ``setup()``, calls :meth:`set_splits` with the transforms of
     :meth:`transforms`. ``rand_augment`` (a timm policy string) and ``random_erasing`` (a probability) switch the
     training augmentation to the reference's fine-tuning pipeline; otherwise it is the paper's crop + flip.
@@ -54,11 +57,11 @@ class ImageDataModule(L.LightningDataModule):
     eval_split = "val"
     """Which of the dataset's official splits the evaluation split is (results files say it)."""
 
-    def __init__(self, img_size: int, in_chans: int, batch_size: int, num_workers: int, pin_memory: bool,
+    def __init__(self, *, img_size: int, in_chans: int, batch_size: int, num_workers: int, pin_memory: bool,
                  persistent_workers: bool, seed: int, crop_scale: Sequence[float], hflip: bool,
                  mean: Sequence[float], std: Sequence[float], train_samples: int | None,
-                 knn_train_samples: int | None, knn_val_samples: int | None, interpolation: str = "bicubic",
-                 rand_augment: str | None = None, random_erasing: float = 0.0) -> None:
+                 knn_train_samples: int | None, knn_val_samples: int | None, interpolation: str,
+                 rand_augment: str | None, random_erasing: float) -> None:
         super().__init__()
         self.img_size = check_int("img_size", img_size, 1)
         if in_chans not in (1, 3):
@@ -75,6 +78,14 @@ class ImageDataModule(L.LightningDataModule):
         self.train_samples = check_optional_limit("train_samples", train_samples)
         self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed,
                                       knn_train_samples, knn_val_samples)
+
+    def read_image_files(self, decoder: str, eval_resize_ratio: float) -> None:
+        """For datasets of image files: decode them with ``decoder`` into this module's channels, and resize to
+        ``img_size / eval_resize_ratio`` before the evaluation's centre crop."""
+        if not 0.0 < eval_resize_ratio <= 1.0:
+            raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
+        self.eval_resize_ratio = float(eval_resize_ratio)
+        self.image_loader = ImageLoader.for_channels(self.in_chans, decoder)
 
     @property
     def batch_size(self) -> int:

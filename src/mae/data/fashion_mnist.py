@@ -12,6 +12,7 @@ import logging
 import math
 import zlib
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -149,30 +150,8 @@ class FashionMNISTDataModule(ImageDataModule):
     classes = CLASSES
     eval_split = "test"  # the 10000 t10k images: Fashion-MNIST has no separate validation split
 
-    def __init__(
-        self,
-        root: str | None = None,
-        download: bool = False,
-        img_size: int = 28,
-        in_chans: int = 1,
-        batch_size: int = 256,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        seed: int = 0,
-        crop_scale: Sequence[float] = (0.35, 1.0),
-        hflip: bool = True,
-        mean: Sequence[float] = (0.2860,),
-        std: Sequence[float] = (0.3530,),
-        train_samples: int | None = None,
-        knn_train_samples: int | None = 10000,
-        knn_val_samples: int | None = None,
-        rand_augment: str | None = None,
-        random_erasing: float = 0.0,
-    ) -> None:
-        super().__init__(img_size, in_chans, batch_size, num_workers, pin_memory, persistent_workers, seed, crop_scale,
-                         hflip, mean, std, train_samples, knn_train_samples, knn_val_samples, "bicubic",
-                         rand_augment, random_erasing)
+    def __init__(self, *, root: str | None, download: bool, **settings: Any) -> None:
+        super().__init__(**settings)
         self.root = None if root is None else str(root)
         self.download = bool(download)
         # Fail before any work: a missing dataset is reported now, not after the model is built.

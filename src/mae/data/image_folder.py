@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torchvision.datasets import ImageFolder
 
@@ -70,38 +71,10 @@ class ImageFolderDataModule(ImageDataModule):
     file_pattern = "<image>"
     """How error messages show the expected image files."""
 
-    def __init__(
-        self,
-        root: str,
-        train_dir: str = "train",
-        val_dir: str = "val",
-        img_size: int = 224,
-        in_chans: int = 3,
-        batch_size: int = 64,
-        num_workers: int = 8,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        seed: int = 0,
-        crop_scale: Sequence[float] = (0.2, 1.0),
-        hflip: bool = True,
-        interpolation: str = "bicubic",
-        eval_resize_ratio: float = 0.875,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        train_samples: int | None = None,
-        knn_train_samples: int | None = None,
-        knn_val_samples: int | None = None,
-        rand_augment: str | None = None,
-        random_erasing: float = 0.0,
-        decoder: str = "torchvision",
-    ) -> None:
-        super().__init__(img_size, in_chans, batch_size, num_workers, pin_memory, persistent_workers, seed, crop_scale,
-                         hflip, mean, std, train_samples, knn_train_samples, knn_val_samples, interpolation,
-                         rand_augment, random_erasing)
-        if not 0.0 < eval_resize_ratio <= 1.0:
-            raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
-        self.eval_resize_ratio = float(eval_resize_ratio)
-        self.image_loader = ImageLoader.for_channels(in_chans, decoder)
+    def __init__(self, *, root: str, train_dir: str, val_dir: str, eval_resize_ratio: float, decoder: str,
+                 **settings: Any) -> None:
+        super().__init__(**settings)
+        self.read_image_files(decoder, eval_resize_ratio)
         self.root = Path(root)
         self.train_path, self.val_path = self.root / train_dir, self.root / val_dir
         # Fail before any work, and cheaply: only the class folders are listed here; setup() scans the files.

@@ -171,7 +171,7 @@ class Transformed(Dataset):
     """A view of a dataset of ``(image, label)`` pairs with ``transform`` applied to the image.
 
     Lets one scanned or loaded split serve both augmented and unaugmented images without a second copy. A key
-    may be an index or an ``(index, seed)`` pair (what :class:`~mae.data.sampling.EpochSeededSampler` yields):
+    may be an index or an ``(index, seed)`` pair (what :class:`~mae.data.loaders.EpochSeededSampler` yields):
     the seed drives the transform's randomness, independent of worker processes and global RNG state.
     """
 

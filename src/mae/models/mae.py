@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mae.models.loss import masked_mse_loss, normalize_patches
-from mae.models.masking import patchify, random_masking, unpatchify
+from mae.models.masking import random_masking
+from mae.models.patches import patchify, unpatchify
 from mae.models.pos_embed import sincos_2d
 
 ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")

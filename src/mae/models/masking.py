@@ -1,36 +1,8 @@
-"""Pure functions for MAE's patch layout and per-sample random masking."""
+"""Pure functions for MAE's per-sample random masking, and the seeded noise that fixes a mask."""
 
 from __future__ import annotations
 
 import torch
-
-
-def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """``(N, C, H, W)`` images to ``(N, L, p*p*C)`` patches; inside a patch: row, column, channel."""
-    n, c, h, w = imgs.shape
-    p = patch_size
-    if h % p or w % p:
-        raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
-    x = imgs.reshape(n, c, h // p, p, w // p, p)
-    x = torch.einsum("nchpwq->nhwpqc", x)
-    return x.reshape(n, (h // p) * (w // p), p * p * c)
-
-
-def unpatchify(patches: torch.Tensor, patch_size: int, channels: int, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Inverse of :func:`patchify`: ``(N, L, p*p*C)`` to ``(N, C, H, W)`` (a square grid unless given)."""
-    n, length, dim = patches.shape
-    p = patch_size
-    if dim != p * p * channels:
-        raise ValueError(f"patch vectors have {dim} values, expected {p}*{p}*{channels}={p * p * channels}")
-    if grid_size is None:
-        side = int(round(length**0.5))
-        if side * side != length:
-            raise ValueError(f"{length} patches do not form a square grid; pass grid_size")
-        grid_size = (side, side)
-    rows, cols = grid_size
-    x = patches.reshape(n, rows, cols, p, p, channels)
-    x = torch.einsum("nhwpqc->nchpwq", x)
-    return x.reshape(n, channels, rows * p, cols * p)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -61,3 +33,10 @@ def random_masking(
     mask[:, :len_keep] = 0
     mask = torch.gather(mask, 1, ids_restore)
     return kept, mask, ids_restore
+
+
+def seeded_noise(num_images: int, num_patches: int, seed: int) -> torch.Tensor:
+    """``(num_images, num_patches)`` masking noise from a private generator seeded with ``seed``: the same seed
+    hides the same patches in every caller (the pre-training's grid callback, the visualisation job), and the
+    global random stream is not touched."""
+    return torch.rand(num_images, num_patches, generator=torch.Generator().manual_seed(int(seed)))

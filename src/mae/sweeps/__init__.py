@@ -1,3 +1,3 @@
-"""Ablation sweeps: the pre-train-then-probe job (:mod:`mae.sweeps.ablation`, task=ablation), and the aggregation of
-a sweep directory into a table and plots (:mod:`mae.sweeps.summary`, run by :mod:`mae.sweeps.callback` at the end of
-a Hydra multirun)."""
+"""Ablation sweeps after the fact: the runs of a sweep directory (:mod:`mae.sweeps.sweep_runs`), their summary with
+mean and spread over seeds (:mod:`mae.sweeps.summary`) and plots, written by :mod:`mae.sweeps.callback` when a Hydra
+multirun ends. Each point runs the job :mod:`mae.jobs.ablation` (task=ablation)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset
 
 from mae.data.base import ImageDataModule
 from mae.data.decoding import ImageLoader
-from mae.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
+
 
 log = logging.getLogger(__name__)
 
@@ -87,37 +88,9 @@ class TransferDataModule(ImageDataModule):
     release_classes: int | None = None
     """Classes of the official release: ``num_classes`` while a download is pending (the model is built first)."""
 
-    def __init__(
-        self,
-        root: str,
-        download: bool = False,
-        img_size: int = 224,
-        in_chans: int = 3,
-        batch_size: int = 64,
-        num_workers: int = 8,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        seed: int = 0,
-        crop_scale: Sequence[float] = (0.08, 1.0),
-        hflip: bool = True,
-        interpolation: str = "bicubic",
-        eval_resize_ratio: float = 0.875,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        train_samples: int | None = None,
-        knn_train_samples: int | None = None,
-        knn_val_samples: int | None = None,
-        rand_augment: str | None = None,
-        random_erasing: float = 0.0,
-        decoder: str = "torchvision",
-    ) -> None:
-        super().__init__(img_size, in_chans, batch_size, num_workers, pin_memory, persistent_workers, seed, crop_scale,
-                         hflip, mean, std, train_samples, knn_train_samples, knn_val_samples, interpolation,
-                         rand_augment, random_erasing)
-        if not 0.0 < eval_resize_ratio <= 1.0:
-            raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
-        self.eval_resize_ratio = float(eval_resize_ratio)
-        self.image_loader = ImageLoader.for_channels(in_chans, decoder)
+    def __init__(self, *, root: str, download: bool, eval_resize_ratio: float, decoder: str, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.read_image_files(decoder, eval_resize_ratio)
         self.root = Path(root)
         self.download = bool(download)
         if self.download and self.source is not None:

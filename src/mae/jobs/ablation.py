@@ -17,11 +17,11 @@ from pathlib import Path
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mae.downstream import downstream
-from mae.pretrain import pretrain
-from mae.results_file import RESULTS_FILE, merge_json
-from mae.runs import SetupError, output_dir
-from mae.sweeps.downstream_config import check_stages, compose_stage
+from mae.jobs.downstream import downstream
+from mae.jobs.pretrain import pretrain
+from mae.run_directory import RESULTS_FILE, config_file, last_checkpoint, merge_json
+from mae.jobs.harness import SetupError, output_dir
+from mae.jobs.ablation_stages import check_stages, compose_stage
 from mae.sweeps.records import PRETRAIN, read_results, stages_done
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def objective(cfg: DictConfig) -> float:
 def check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse to reuse a run directory whose earlier pre-training had other settings (``ablation.same_settings``):
     skipping or resuming it would record another experiment's numbers under this one's name."""
-    path = run_dir / "config_resolved.yaml"
+    path = config_file(run_dir)
     if not path.is_file():
         return
     earlier = OmegaConf.load(path)
@@ -74,7 +74,7 @@ def check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def _pretrain_stage(cfg: DictConfig, run_dir: Path) -> dict:
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(run_dir)
     if cfg.ckpt_path is None and last.is_file():
         # An interrupted attempt: Lightning resumes exactly (schedule, data order, masks) from its last epoch.
         log.info("Resuming the interrupted pre-training from %s", last)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from mae.data.decoding import ImageLoader
-from mae.data.transfer.base import ListedImages, TransferDataModule
-from mae.data.transfer.files import corrupt, read_json
+from mae.data.transfer_datasets.base import ListedImages, TransferDataModule
+from mae.data.transfer_datasets.files import corrupt, read_json
 
 IMAGE_FOLDERS = {2017: "train_val_images", 2018: "train_val2018", 2019: "train_val2019"}
 SOURCE = "https://github.com/visipedia/inat_comp/tree/master/{year}"
@@ -35,18 +35,18 @@ def records(document: Any, key: str, path: Path) -> list[dict]:
 
 
 class INaturalistDataModule(TransferDataModule):
-    """iNaturalist 2017, 2018 or 2019 (species classification); see :mod:`mae.data.transfer.inaturalist`.
+    """iNaturalist 2017, 2018 or 2019 (species classification); see :mod:`mae.data.transfer_datasets.inaturalist`.
 
     The constructor reads the training JSON (a few seconds for 2018's 437513 images): the class list is in it.
 
     Args:
         root: folder holding ``train{year}.json``, ``val{year}.json`` and the image folder.
         year: 2017, 2018 or 2019.
-        settings: every other argument of :class:`~mae.data.transfer.base.TransferDataModule`
+        settings: every other argument of :class:`~mae.data.transfer_datasets.base.TransferDataModule`
             (``download=True`` is refused: torchvision does not fetch this layout).
     """
 
-    def __init__(self, root: str, year: int = 2018, **settings: Any) -> None:
+    def __init__(self, *, year: int, **settings: Any) -> None:
         if isinstance(year, bool) or year not in IMAGE_FOLDERS:
             raise ValueError(f"year={year!r} must be one of {', '.join(map(str, IMAGE_FOLDERS))}")
         self.year = int(year)
@@ -56,7 +56,7 @@ class INaturalistDataModule(TransferDataModule):
         self.eval_split = "val"  # the test labels are not public
         self._label_of: dict[Any, int] = {}
         self._train: tuple[list[str], list[int]] | None = None
-        super().__init__(root, **settings)
+        super().__init__(**settings)
 
     @property
     def train_file(self) -> Path:

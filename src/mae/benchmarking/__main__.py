@@ -1,10 +1,10 @@
-"""MAE pre-training benchmark (issue 5): matmul peak, full training steps, Table 2's speed-up, data loading.
+"""MAE pre-training benchmark: matmul peak, full training steps, Table 2's speed-up, data loading.
 
-    python benchmarks/run.py              # the full set (`make bench`); ~10 minutes on the 2-core CPU
-    python benchmarks/run.py --quick      # tiny settings, seconds (what the tests run)
+    python -m mae.benchmarking            # the full set (`make bench`); ~10 minutes on the 2-core CPU
+    python -m mae.benchmarking --quick    # tiny settings, seconds (what the tests run)
 
 Writes ``results.json`` (a list of rows, see :mod:`mae.benchmarking.report`) and ``results.md`` into ``--out``
-(default: this folder), after every row, so an interrupted run keeps what it measured. The cheap and eager
+(default: benchmarks/ under the working directory, where `make bench` runs), after every row, so an interrupted run keeps what it measured. The cheap and eager
 rows come first and the ``torch.compile`` rows last; a configuration that fails, or runs past ``--row-timeout``
 (say, a ``torch.compile`` too slow for this machine), is recorded with an ``error``. ``--merge`` keeps the rows
 of an earlier results.json that this run does not measure again (and its peak rows when they were measured on
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "small peak matmuls and loader run")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per row (default 3; quick 1)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; quick 1)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
+    parser.add_argument("--out", type=Path, default=Path("benchmarks"),
                         help="folder for results.json and results.md (default: benchmarks/)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", choices=("on", "off", "only"), default=None,

@@ -14,8 +14,8 @@ from pathlib import Path
 from torchvision import datasets
 
 from mae.data.decoding import ImageLoader
-from mae.data.transfer.base import ListedImages, TransferDataModule
-from mae.data.transfer.files import check_labels, labelled_rows, names_by_label
+from mae.data.transfer_datasets.base import ListedImages, TransferDataModule
+from mae.data.transfer_datasets.files import check_labels, labelled_rows, names_by_label
 
 FOLDER = "oxford-iiit-pet"
 LIST_FIELDS = 4  # image id, class, species, breed id
@@ -27,9 +27,9 @@ def breed_name(image_id: str) -> str:
 
 
 class OxfordPetsDataModule(TransferDataModule):
-    """Oxford-IIIT Pets (37 breeds of cats and dogs); see :mod:`mae.data.transfer.oxford_pets`.
+    """Oxford-IIIT Pets (37 breeds of cats and dogs); see :mod:`mae.data.transfer_datasets.oxford_pets`.
 
-    Args: those of :class:`~mae.data.transfer.base.TransferDataModule`; ``root`` holds ``oxford-iiit-pet/``
+    Args: those of :class:`~mae.data.transfer_datasets.base.TransferDataModule`; ``root`` holds ``oxford-iiit-pet/``
     (torchvision's download target).
     """
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from torchvision import datasets
 
 from mae.data.decoding import ImageLoader
-from mae.data.transfer.base import ListedImages, TransferDataModule
-from mae.data.transfer.files import corrupt, read_json, read_rows
+from mae.data.transfer_datasets.base import ListedImages, TransferDataModule
+from mae.data.transfer_datasets.files import corrupt, read_json, read_rows
 
 FOLDER = "food-101"
 
@@ -27,9 +27,9 @@ def is_listing(document: object) -> bool:
 
 
 class Food101DataModule(TransferDataModule):
-    """Food-101 (101 dishes); see :mod:`mae.data.transfer.food101`.
+    """Food-101 (101 dishes); see :mod:`mae.data.transfer_datasets.food101`.
 
-    Args: those of :class:`~mae.data.transfer.base.TransferDataModule`; ``root`` holds ``food-101/``
+    Args: those of :class:`~mae.data.transfer_datasets.base.TransferDataModule`; ``root`` holds ``food-101/``
     (torchvision's download target).
     """
 

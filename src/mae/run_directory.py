@@ -1,4 +1,12 @@
-"""The run directory's ``results.json``: several writers (callbacks, jobs) merge their numbers into one object."""
+"""What a run directory holds and where: every name of its layout, and its ``results.json``, into which several
+writers (callbacks, jobs) merge their numbers.
+
+    <log dir>/<task>/latest -> runs/<time>    the newest finished run of the task
+    <run dir>/config_resolved.yaml             the composed config, interpolations resolved
+    <run dir>/checkpoints/last.ckpt            the Lightning checkpoint to resume from (and the next task's input)
+    <run dir>/results.json                     the numbers the run measured
+    <run dir>/timm_classifier.pth              fine-tuning: the classifier as a timm state_dict, head included
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,28 @@ from typing import Any
 
 RESULTS_FILE = "results.json"
 """The name of every run directory's results file."""
+CONFIG_FILE = "config_resolved.yaml"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+LATEST_LINK = "latest"
+TIMM_CLASSIFIER_FILE = "timm_classifier.pth"
+
+
+def config_file(run_dir: Path) -> Path:
+    return run_dir / CONFIG_FILE
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+def run_dir_of_checkpoint(ckpt_path: str | Path) -> Path:
+    """``<run dir>`` for ``<run dir>/checkpoints/<file>``: two directories up."""
+    return Path(os.path.abspath(ckpt_path)).parent.parent
+
+
+def latest_link(log_dir: str | Path, task_name: str) -> Path:
+    return Path(log_dir) / task_name / LATEST_LINK
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

@@ -1,24 +1,27 @@
 """What every job (pre-training, fine-tuning, linear probing, evaluation) does around its own work: instantiate
-config nodes with one-line errors, build the trainer, and write the run directory's files."""
+config nodes with one-line errors, build data, module and trainer from the task's nodes, fit, and write the run
+directory's files."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mae.callbacks.tracking import LogResolvedConfig
 from mae.callbacks.wandb_run import finish_wandb_run
+from mae.checkpoint import check_resume_checkpoint
+from mae.config import instantiate_node, validate_schedule
 from mae.data.errors import CorruptDataError
-from mae.results_file import RESULTS_FILE, merge_json, read_json_object
+from mae.run_directory import CHECKPOINT_DIR, RESULTS_FILE, config_file, latest_link, merge_json, read_json_object
+from mae.training.scheduled import ScheduledModule
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +60,6 @@ def data_error_message(error: CorruptDataError) -> str:
     return lines[-1].removeprefix(f"{type(error).__name__}: ") if lines else type(error).__name__
 
 
-def instantiate_node(node: DictConfig, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return instantiate(node, *args, **kwargs)
-    except InstantiationException as error:
-        # Hydra wraps the constructor's own error in a multi-line message; the cause is what the user needs.
-        raise (error.__cause__ or error) from error
-
-
 def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
     """The trainer with the configured callbacks and loggers; a group entry set to null (e.g.
     ``callbacks.knn_evaluation=null``) switches that piece off. With any logger, the whole resolved config is
@@ -77,6 +72,44 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = No
     return instantiate_node(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
+@dataclass
+class TrainingRun:
+    """What a training job fits: built from the config, nothing trained or written yet."""
+
+    datamodule: L.LightningDataModule
+    module: ScheduledModule
+    trainer: L.Trainer
+
+
+def build_training_run(cfg: DictConfig, model: Callable[[], Any],
+                       module_arguments: Callable[[L.LightningDataModule], dict[str, Any]] = lambda datamodule: {},
+                       extra_callbacks: Sequence[L.Callback] = ()) -> TrainingRun:
+    """The data module, the task's ``module`` node around ``model()`` (with ``module_arguments(datamodule)``, e.g.
+    the number of classes), and the trainer; every constructor's bad-input error becomes one :class:`SetupError`
+    before anything is trained or written, as does a resume checkpoint that does not fit the module."""
+    try:
+        validate_schedule(cfg.schedule)
+        datamodule = instantiate_node(cfg.data)
+        module = instantiate_node(cfg.module, model(), **module_arguments(datamodule))
+        if cfg.ckpt_path is not None:
+            check_resume_checkpoint(cfg.ckpt_path, module)
+        trainer = build_trainer(cfg, list(extra_callbacks))
+    except SETUP_ERRORS as error:
+        raise one_line_setup_error(error) from error
+    return TrainingRun(datamodule, module, trainer)
+
+
+def training_record(run: TrainingRun, train_seconds: float) -> dict[str, Any]:
+    """How much was trained, at which batch and lr, in how long: every training job's ``results.json`` has it."""
+    return {
+        "epochs": run.trainer.current_epoch,
+        "optimizer_steps": run.trainer.global_step,
+        "effective_batch_size": run.module.effective_batch_size,
+        "peak_lr": run.module.peak_lr,
+        "train_seconds": round(train_seconds, 1),
+    }
+
+
 def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
@@ -86,7 +119,7 @@ def write_config(cfg: DictConfig, trainer: L.Trainer) -> None:
     if trainer.is_global_zero:
         directory = output_dir(cfg)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        config_file(directory).write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def merge_results(cfg: DictConfig, trainer: L.Trainer, results: dict) -> dict:
@@ -100,7 +133,7 @@ def merge_results(cfg: DictConfig, trainer: L.Trainer, results: dict) -> dict:
 def point_latest_at(cfg: DictConfig, trainer: L.Trainer) -> None:
     """Keep ``<log_dir>/<task>/latest`` pointing at the newest finished run (the next task's default input)."""
     directory = output_dir(cfg)
-    link = Path(cfg.paths.log_dir) / cfg.task_name / "latest"
+    link = latest_link(cfg.paths.log_dir, cfg.task_name)
     if not trainer.is_global_zero or directory.parent.parent != link.parent:
         return  # not rank 0, or a run directory outside the usual layout: leave no link
     tmp = link.with_name(".latest.tmp")
@@ -119,5 +152,5 @@ def fit(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodu
     except CorruptDataError as error:
         # Checkpoints written so far stay; fix or remove the file and resume from last.ckpt.
         raise SetupError(f"{data_error_message(error)} (checkpoints so far are in "
-                         f"{output_dir(cfg) / 'checkpoints'})") from error
+                         f"{output_dir(cfg) / CHECKPOINT_DIR})") from error
     return time.perf_counter() - started

@@ -17,7 +17,6 @@ image this small removes object, not background, and gains nothing).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +25,8 @@ from torchvision.transforms.v2 import functional as F
 
 from mae.data.base import InMemoryImages
 from mae.data.decoding import ImageLoader
-from mae.data.transfer.base import TransferDataModule
-from mae.data.transfer.files import corrupt, read_pickle
+from mae.data.transfer_datasets.base import TransferDataModule
+from mae.data.transfer_datasets.files import corrupt, read_pickle
 
 SIDE = 32
 PIXELS = 3 * SIDE * SIDE
@@ -39,7 +38,7 @@ class _CIFARDataModule(TransferDataModule):
     Args:
         root: folder holding ``folder`` (torchvision's download target).
         eval_resize_ratio: 1 (default): evaluation resizes the whole 32 px image to ``img_size``.
-        settings: every other argument of :class:`~mae.data.transfer.base.TransferDataModule`.
+        settings: every other argument of :class:`~mae.data.transfer_datasets.base.TransferDataModule`.
     """
 
     folder: str
@@ -52,9 +51,6 @@ class _CIFARDataModule(TransferDataModule):
     """Key of the labels in a batch pickle."""
     torchvision_name: str
     eval_split = "test"  # CIFAR has no validation split
-
-    def __init__(self, root: str, eval_resize_ratio: float = 1.0, **settings: Any) -> None:
-        super().__init__(root, eval_resize_ratio=eval_resize_ratio, **settings)
 
     @property
     def base(self) -> Path:
@@ -107,7 +103,7 @@ class _CIFARDataModule(TransferDataModule):
 
 
 class CIFAR10DataModule(_CIFARDataModule):
-    """CIFAR-10 (50000 training / 10000 test images of 32 px, 10 classes); see :mod:`mae.data.transfer.cifar`."""
+    """CIFAR-10 (50000 training / 10000 test images of 32 px, 10 classes); see :mod:`mae.data.transfer_datasets.cifar`."""
 
     dataset_name = "CIFAR-10"
     folder = "cifar-10-batches-py"
@@ -123,7 +119,7 @@ class CIFAR10DataModule(_CIFARDataModule):
 
 class CIFAR100DataModule(_CIFARDataModule):
     """CIFAR-100 (50000 training / 10000 test images of 32 px, 100 fine classes); see
-    :mod:`mae.data.transfer.cifar`."""
+    :mod:`mae.data.transfer_datasets.cifar`."""
 
     dataset_name = "CIFAR-100"
     folder = "cifar-100-python"

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from mae.run_directory import config_file
 from mae.sweeps.records import PRETRAIN, read_results, stages_done
 
 HYDRA_DIR = ".hydra"
@@ -50,7 +51,7 @@ class Job:
 
 
 def is_job_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / HYDRA_DIR / "overrides.yaml").is_file() or (path / "config_resolved.yaml").is_file())
+    return path.is_dir() and ((path / HYDRA_DIR / "overrides.yaml").is_file() or config_file(path).is_file())
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
@@ -59,8 +60,8 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
 
 
 def load_job(path: Path) -> Job:
-    config_file = path / "config_resolved.yaml"
-    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
+    resolved = config_file(path)
+    config = yaml.safe_load(resolved.read_text()) if resolved.is_file() else None
     downstream = ((config or {}).get("ablation") or {}).get("downstream") or []
     return Job(name=path.name, overrides=_overrides(path), config=config, results=read_results(path),
                planned=[PRETRAIN, *downstream])

@@ -12,7 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mae.runs import SetupError
+from mae.jobs.harness import SetupError
+from mae.run_directory import last_checkpoint
 from mae.sweeps.overrides import overrides_for
 
 DOWNSTREAM_STAGES = ("linprobe", "finetune")
@@ -34,7 +35,7 @@ def stage_overrides(cfg: DictConfig, stage: str, run_dir: Path) -> list[str]:
     return [
         f"task={stage}",
         *choices,
-        f"pretrained={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"pretrained={last_checkpoint(run_dir)}",
         f"paths.output_dir={run_dir / stage}",
         *overrides_for(cfg, ["paths.root_dir", "paths.data_dir", "paths.log_dir", *ablation.inherit]),
         *(ablation.overrides.get(stage) or []),

@@ -23,11 +23,11 @@ from mae.checkpoint import (
     model_state_dict,
 )
 from mae.evaluation.classifier import evaluate_classifier, summary_line
-from mae.runs import (
+from mae.config import instantiate_node
+from mae.jobs.harness import (
     SETUP_ERRORS,
     SetupError,
     build_trainer,
-    instantiate_node,
     merge_results,
     one_line_setup_error,
     write_config,

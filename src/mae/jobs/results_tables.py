@@ -1,7 +1,7 @@
 """The README's result tables, rendered from the runs' own ``results.json`` files (copied into ``docs/results/``).
 
 Each table is a list of rows; a row names the results files it aggregates (one per seed) and the label it gets.
-``python -m mae.results_tables README.md`` rewrites the text between ``<!-- table:NAME -->`` and
+``python -m mae.jobs.results_tables README.md`` rewrites the text between ``<!-- table:NAME -->`` and
 ``<!-- /table:NAME -->`` in the README; ``--check`` only reports whether it is up to date (a test runs that), so
 a number in those tables is always one a run wrote.
 """
@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mae.results_file import read_json_object
+from mae.config import REPO_DIR
+from mae.run_directory import read_json_object
 from mae.sweeps.summary import mean_std
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "docs" / "results"
+RESULTS_DIR = REPO_DIR / "docs" / "results"
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def update(text: str, results_dir: Path = RESULTS_DIR) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mae.results_tables", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mae.jobs.results_tables", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("readme", type=Path)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         if updated != text:
-            print(f"{args.readme} is out of date: run python -m mae.results_tables {args.readme}", file=sys.stderr)
+            print(f"{args.readme} is out of date: run python -m mae.jobs.results_tables {args.readme}", file=sys.stderr)
             return 1
         return 0
     args.readme.write_text(updated)

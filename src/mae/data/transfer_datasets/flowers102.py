@@ -21,8 +21,8 @@ import numpy as np
 from torchvision import datasets
 
 from mae.data.decoding import ImageLoader
-from mae.data.transfer.base import ListedImages, TransferDataModule
-from mae.data.transfer.files import corrupt, read_mat
+from mae.data.transfer_datasets.base import ListedImages, TransferDataModule
+from mae.data.transfer_datasets.files import corrupt, read_mat
 
 FOLDER = "flowers-102"
 LABELS_FILE = "imagelabels.mat"
@@ -52,24 +52,23 @@ def integers(values: np.ndarray, path: Path, key: str) -> list[int]:
 
 
 class Flowers102DataModule(TransferDataModule):
-    """Oxford Flowers-102 (102 classes); see :mod:`mae.data.transfer.flowers102`.
+    """Oxford Flowers-102 (102 classes); see :mod:`mae.data.transfer_datasets.flowers102`.
 
     Args:
         root: folder holding ``flowers-102/`` (torchvision's download target).
         train_splits: official splits trained on ("train", "val", "test"); default train + val.
         val_split: official split evaluated on; default test.
-        settings: every other argument of :class:`~mae.data.transfer.base.TransferDataModule`.
+        settings: every other argument of :class:`~mae.data.transfer_datasets.base.TransferDataModule`.
     """
 
     dataset_name = "Flowers-102"
     release_classes = 102
     layout = f"{FOLDER}/{{jpg/image_00001.jpg...,{LABELS_FILE},{SPLITS_FILE}}}"
 
-    def __init__(self, root: str, train_splits: Sequence[str] = ("train", "val"), val_split: str = "test",
-                 **settings: Any) -> None:
+    def __init__(self, *, train_splits: Sequence[str], val_split: str, **settings: Any) -> None:
         self.train_splits, self.val_split = check_splits(train_splits, val_split)
         self.eval_split = self.val_split
-        super().__init__(root, **settings)
+        super().__init__(**settings)
 
     @property
     def base(self) -> Path:

@@ -19,8 +19,8 @@ from typing import Any
 from torchvision import datasets
 
 from mae.data.decoding import ImageLoader
-from mae.data.transfer.base import ListedImages, TransferDataModule
-from mae.data.transfer.files import check_labels, labelled_rows, names_by_label
+from mae.data.transfer_datasets.base import ListedImages, TransferDataModule
+from mae.data.transfer_datasets.files import check_labels, labelled_rows, names_by_label
 
 CATEGORIES = "categories_places365.txt"
 TRAIN_LIST = "places365_train_standard.txt"
@@ -30,23 +30,23 @@ VAL_FOLDERS = {True: "val_256", False: "val_large"}
 
 
 class Places365DataModule(TransferDataModule):
-    """Places365-Standard (365 scene classes); see :mod:`mae.data.transfer.places365`.
+    """Places365-Standard (365 scene classes); see :mod:`mae.data.transfer_datasets.places365`.
 
     Args:
         root: folder holding the list files and the image folders (torchvision's download target).
         small: the 256x256 images (True) or the high-resolution ones.
-        settings: every other argument of :class:`~mae.data.transfer.base.TransferDataModule`.
+        settings: every other argument of :class:`~mae.data.transfer_datasets.base.TransferDataModule`.
     """
 
     dataset_name = "Places365"
     release_classes = 365
     eval_split = "val"  # the test labels are not public
 
-    def __init__(self, root: str, small: bool = True, **settings: Any) -> None:
+    def __init__(self, *, small: bool, **settings: Any) -> None:
         self.small = bool(small)
         self.layout = (f"{{{CATEGORIES},{TRAIN_LIST},{VAL_LIST},{TRAIN_FOLDERS[self.small][0]}/,"
                        f"{VAL_FOLDERS[self.small]}/}}")
-        super().__init__(root, **settings)
+        super().__init__(**settings)
 
     @property
     def train_folder(self) -> Path:

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
-from mae.evaluation.knn import eval_mode, model_device_and_dtype
 from mae.models.loss import denormalize_patches
+from mae.torch_state import eval_mode, model_device_and_dtype
 
 COLUMNS = ("original", "masked", "reconstruction", "pasted")
 

@@ -1,7 +1,7 @@
-"""Reconstructions of any MAE checkpoint with a decoder: `python -m mae.visualize ckpt_path=<file> out=grid.png`.
+"""Reconstructions of any MAE checkpoint with a decoder: `python -m mae.jobs.visualize ckpt_path=<file> out=grid.png`.
 
 Writes a grid with one row per image and the columns original / masked / reconstruction / reconstruction with the
-visible patches pasted back (see :mod:`mae.visualization`), for the first ``num_images`` images of the data group's
+visible patches pasted back (see :mod:`mae.reconstruction_grid`), for the first ``num_images`` images of the data group's
 evaluation split, with a mask fixed by ``seed`` (through the model's ``noise`` argument). Options are in
 ``conf/visualize.yaml``.
 
@@ -22,7 +22,6 @@ same functions: :func:`compose_config`, then :func:`prepare`, then :meth:`Inspec
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,22 +38,19 @@ from mae.checkpoint import (
     load_checkpoint_file,
     model_state_dict,
 )
-from mae.config import register_resolvers
-from mae.runs import (
+from mae.config import CONF_DIR, REPO_DIR, instantiate_node, register_resolvers
+from mae.jobs.harness import (
     SETUP_ERRORS,
     SetupError,
-    instantiate_node,
     one_line_setup_error,
     run_job,
 )
-from mae.visualization import ReconstructionViews, reconstruct, save_reconstruction_grid
+from mae.models.masking import seeded_noise
+from mae.reconstruction_grid import ReconstructionViews, reconstruct, save_reconstruction_grid
+from mae.run_directory import config_file, run_dir_of_checkpoint
 
 log = logging.getLogger(__name__)
 
-ROOT_DIR = Path(__file__).resolve().parents[2]
-"""The checkout this module lives in (an editable install): ``conf/`` is under it."""
-CONF_DIR = ROOT_DIR / "conf"
-RUN_CONFIG_FILE = "config_resolved.yaml"
 DECODER_KEYS = ("mask_token", "decoder_")
 """Names (or name prefixes) of the weights only an MAE with decoder has; an encoder-only file has none of them."""
 
@@ -70,8 +66,8 @@ def has_decoder(state: Mapping[str, torch.Tensor]) -> bool:
 
 
 def run_config_file(ckpt_path: str | Path) -> Path:
-    """``<run dir>/config_resolved.yaml`` for ``<run dir>/checkpoints/<file>``: two directories up."""
-    return Path(os.path.abspath(ckpt_path)).parent.parent / RUN_CONFIG_FILE
+    """``<run dir>/config_resolved.yaml`` for ``<run dir>/checkpoints/<file>``."""
+    return config_file(run_dir_of_checkpoint(ckpt_path))
 
 
 def architecture(ckpt_path: str | Path, checkpoint: Mapping, model_cfg: DictConfig,
@@ -109,12 +105,6 @@ def load_mae(ckpt_path: str | Path, model_cfg: DictConfig, use_run_config: bool 
     return model.eval(), source
 
 
-def masking_noise(num_images: int, num_patches: int, seed: int) -> torch.Tensor:
-    """``(num_images, num_patches)`` noise from a private generator seeded with ``seed`` (the pre-training grid
-    callback's, so ``seed`` hides the same patches there and here)."""
-    return torch.rand(num_images, num_patches, generator=torch.Generator().manual_seed(int(seed)))
-
-
 def check_mask_ratio(mask_ratio: float | None) -> float | None:
     if mask_ratio is not None and not 0.0 <= float(mask_ratio) < 1.0:
         raise ValueError(f"mask_ratio={mask_ratio} is outside [0, 1) (null: the model's own)")
@@ -135,7 +125,7 @@ class Inspection:
     mask_ratio: float | None
     mean: Sequence[float]
     std: Sequence[float]
-    """The data's normalisation, to display the views in pixels (:func:`mae.visualization.denormalize_images`)."""
+    """The data's normalisation, to display the views in pixels (:func:`mae.reconstruction_grid.denormalize_images`)."""
 
     def views(self) -> ReconstructionViews:
         """Original / masked / reconstruction / pasted views, de-normalised from norm_pix space when the model
@@ -146,10 +136,10 @@ class Inspection:
 def prepare(cfg: DictConfig) -> Inspection:
     """Load ``cfg.ckpt_path`` and ``cfg.num_images`` images of ``cfg.data``, and fix the mask from ``cfg.seed``.
 
-    Bad input (see the module docstring) is a :class:`~mae.runs.SetupError` whose ``str()`` is one line.
+    Bad input (see the module docstring) is a :class:`~mae.jobs.harness.SetupError` whose ``str()`` is one line.
     """
     if OmegaConf.is_missing(cfg, "ckpt_path"):
-        raise SetupError("ckpt_path is required: python -m mae.visualize ckpt_path=<checkpoint with decoder> "
+        raise SetupError("ckpt_path is required: python -m mae.jobs.visualize ckpt_path=<checkpoint with decoder> "
                          "[out=grid.png]")
     try:
         if int(cfg.num_images) < 1:
@@ -162,7 +152,7 @@ def prepare(cfg: DictConfig) -> Inspection:
     except SETUP_ERRORS as error:
         raise one_line_setup_error(error) from error
     return Inspection(model=model, architecture=source, imgs=imgs,
-                      noise=masking_noise(imgs.shape[0], model.num_patches, cfg.seed), mask_ratio=mask_ratio,
+                      noise=seeded_noise(imgs.shape[0], model.num_patches, cfg.seed), mask_ratio=mask_ratio,
                       mean=tuple(datamodule.mean), std=tuple(datamodule.std))
 
 
@@ -182,8 +172,8 @@ def compose_config(ckpt_path: str | Path, overrides: Sequence[str] = (), **value
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="visualize", overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
-        cfg.hydra.runtime.cwd = str(ROOT_DIR)
-        cfg.hydra.runtime.output_dir = str(ROOT_DIR)
+        cfg.hydra.runtime.cwd = str(REPO_DIR)
+        cfg.hydra.runtime.output_dir = str(REPO_DIR)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]

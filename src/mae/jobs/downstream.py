@@ -4,41 +4,29 @@ then evaluated on the data module's evaluation split (top-1/top-5 into ``results
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig
 
 from mae.callbacks.run_config import RunConfigInCheckpoint
-from mae.checkpoint import CheckpointError, check_resume_checkpoint, export_timm_state_dict, load_pretrained
-from mae.config import validate_schedule
+from mae.checkpoint import CheckpointError, export_timm_state_dict, load_pretrained
+from mae.config import instantiate_node
 from mae.evaluation.classifier import evaluate_classifier, summary_line
-from mae.runs import (
-    SETUP_ERRORS,
-    build_trainer,
+from mae.jobs.harness import (
+    TrainingRun,
+    build_training_run,
     fit,
-    instantiate_node,
     merge_results,
-    one_line_setup_error,
     output_dir,
     point_latest_at,
+    training_record,
     write_config,
 )
+from mae.run_directory import TIMM_CLASSIFIER_FILE
 from mae.training import FinetuneModule
 
 log = logging.getLogger(__name__)
-
-TIMM_EXPORT = "timm_classifier.pth"
-"""Fine-tuning runs also write the classifier as a timm state_dict (head included) under this name."""
-
-
-@dataclass
-class DownstreamRun:
-    datamodule: L.LightningDataModule
-    module: L.LightningModule
-    trainer: L.Trainer
-
 
 def initial_encoder(cfg: DictConfig):
     """The model group's MAE with the weights of ``cfg.pretrained`` (random initialisation when null)."""
@@ -54,18 +42,11 @@ def initial_encoder(cfg: DictConfig):
     return encoder
 
 
-def build(cfg: DictConfig) -> DownstreamRun:
-    """Instantiate data, encoder (with its pretrained weights), module and trainer; nothing is trained yet."""
-    try:
-        validate_schedule(cfg.schedule)
-        datamodule = instantiate_node(cfg.data)
-        module = instantiate_node(cfg.module, initial_encoder(cfg), num_classes=datamodule.num_classes)
-        if cfg.ckpt_path is not None:
-            check_resume_checkpoint(cfg.ckpt_path, module)
-        trainer = build_trainer(cfg, [RunConfigInCheckpoint(cfg)])
-    except SETUP_ERRORS as error:
-        raise one_line_setup_error(error) from error
-    return DownstreamRun(datamodule, module, trainer)
+def build(cfg: DictConfig) -> TrainingRun:
+    """Instantiate data, encoder (with its pretrained weights), the task's module node and trainer; nothing is
+    trained yet."""
+    return build_training_run(cfg, lambda: initial_encoder(cfg),
+                              lambda datamodule: {"num_classes": datamodule.num_classes}, [RunConfigInCheckpoint(cfg)])
 
 
 def downstream(cfg: DictConfig) -> dict:
@@ -79,15 +60,11 @@ def downstream(cfg: DictConfig) -> dict:
         "task": cfg.task_name,
         "pretrained": None if cfg.pretrained is None else str(cfg.pretrained),
         **evaluation,
-        "epochs": run.trainer.current_epoch,
-        "optimizer_steps": run.trainer.global_step,
-        "effective_batch_size": run.module.effective_batch_size,
-        "peak_lr": run.module.peak_lr,
-        "train_seconds": round(train_seconds, 1),
+        **training_record(run, train_seconds),
     })
     if run.trainer.is_global_zero:
         if isinstance(run.module, FinetuneModule):
-            export_timm_state_dict(run.module.model, output_dir(cfg) / TIMM_EXPORT)
+            export_timm_state_dict(run.module.model, output_dir(cfg) / TIMM_CLASSIFIER_FILE)
         print(f"{cfg.task_name} ({'from ' + str(cfg.pretrained) if cfg.pretrained else 'random init'}): "
               f"{summary_line(results)}")
     point_latest_at(cfg, run.trainer)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from mae.data.sampling import EpochSeededSampler, LoaderSettings, Splits, first_images, seeded_subset
+from mae.data.loaders import EpochSeededSampler, LoaderSettings, Splits, first_images, seeded_subset
 
 
 def order(seed: int, epoch: int, n: int = 100) -> list[int]:
