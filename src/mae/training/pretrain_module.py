@@ -7,6 +7,7 @@ import time
 import torch
 from torch import nn
 
+from mae.models.masking import seeded_noise
 from mae.training.optim import param_groups_weight_decay
 from mae.training.scheduled import ScheduledModule
 
@@ -84,8 +85,7 @@ class MAEPretrainModule(ScheduledModule):
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         imgs = batch[0]
         # A fixed mask per batch makes validation losses comparable across epochs.
-        generator = torch.Generator(device="cpu").manual_seed(batch_idx)
-        noise = torch.rand(imgs.shape[0], self.model.num_patches, generator=generator).to(imgs.device)
+        noise = seeded_noise(imgs.shape[0], self.model.num_patches, batch_idx).to(imgs.device)
         loss = self.model(imgs, noise=noise).loss
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=imgs.shape[0], sync_dist=True)
         return loss
