@@ -118,7 +118,7 @@ class ImageFolderDataModule(ImageDataModule):
 class ImageNetDataModule(ImageFolderDataModule):
     """ImageNet-1K in the standard layout: ``<root>/train/<wnid>/*.JPEG`` and ``<root>/val/<wnid>/*.JPEG``.
 
-    The generic module with ImageNet's defaults throughout; only its error messages speak of ImageNet.
+    The generic module (``conf/data/imagenet.yaml`` holds ImageNet's settings); only its error messages speak of ImageNet.
     """
 
     dataset_name = "ImageNet"

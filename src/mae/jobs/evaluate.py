@@ -22,8 +22,8 @@ from mae.checkpoint import (
     load_checkpoint_file,
     model_state_dict,
 )
-from mae.evaluation.classifier import evaluate_classifier, summary_line
 from mae.config import instantiate_node
+from mae.evaluation.classifier import evaluate_classifier, summary_line
 from mae.jobs.harness import (
     SETUP_ERRORS,
     SetupError,

@@ -37,7 +37,7 @@ class _CIFARDataModule(TransferDataModule):
 
     Args:
         root: folder holding ``folder`` (torchvision's download target).
-        eval_resize_ratio: 1 (default): evaluation resizes the whole 32 px image to ``img_size``.
+        eval_resize_ratio: 1 in ``conf/data/cifar*.yaml``: evaluation resizes the whole 32 px image to ``img_size``.
         settings: every other argument of :class:`~mae.data.transfer_datasets.base.TransferDataModule`.
     """
 

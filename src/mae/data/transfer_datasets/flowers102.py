@@ -5,8 +5,8 @@ setid.mat}``.
 the image ids (1-based) of the official splits: ``trnid`` (train, 10 per class), ``valid`` (val, 10 per class)
 and ``tstid`` (test, 6149 images). Labels are served 0-based.
 
-Splits: by default training uses train + val (2040 images) and evaluation uses test, the usual transfer protocol
-(the val split is too small to be worth holding out once hyper-parameters are fixed); ``train_splits`` and
+Splits: as configured (``conf/data/flowers102.yaml``) training uses train + val (2040 images) and evaluation uses
+test, the usual transfer protocol (the val split is too small to be worth holding out once hyper-parameters are fixed); ``train_splits`` and
 ``val_split`` select others, e.g. train on ``train`` and evaluate on ``val`` to tune. Class names are
 torchvision's.
 """
@@ -56,8 +56,8 @@ class Flowers102DataModule(TransferDataModule):
 
     Args:
         root: folder holding ``flowers-102/`` (torchvision's download target).
-        train_splits: official splits trained on ("train", "val", "test"); default train + val.
-        val_split: official split evaluated on; default test.
+        train_splits: official splits trained on ("train", "val", "test"); the config: train + val.
+        val_split: official split evaluated on; the config: test.
         settings: every other argument of :class:`~mae.data.transfer_datasets.base.TransferDataModule`.
     """
 
