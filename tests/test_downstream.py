@@ -52,7 +52,7 @@ def finetuned_run(pretrained_ckpt, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def pretrained_encoder(ckpt: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     return {k.removeprefix("model."): v for k, v in state.items()}
 
 
@@ -75,7 +75,7 @@ def test_finetuning_writes_test_split_results_and_a_timm_classifier(finetuned_ru
     schedule = OmegaConf.load(run_dir / CONFIG_FILE).schedule  # the lr scaling rule: blr x batch / 256
     assert results["optimizer_steps"] == 256 // 32 and results["peak_lr"] == pytest.approx(schedule.blr * 32 / 256)
     # The exported classifier is a timm ViT with its head: same logits as the fine-tuned module.
-    module_state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    module_state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     vit = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2,
                             num_heads=2, num_classes=10, global_pool="avg",
                             checkpoint_path=str(run_dir / TIMM_CLASSIFIER_FILE)).eval()
@@ -92,7 +92,7 @@ def test_linear_probe_trains_only_the_head(config_factory, pretrained_ckpt):
     results = downstream(cfg)
     assert results["task"] == "linprobe" and results["num_images"] == 10000
     state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=False)["state_dict"]
+                       weights_only=True)["state_dict"]
     weights = pretrained_encoder(pretrained_ckpt)
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     assert encoder and all(torch.equal(value, weights[key]) for key, value in encoder.items())
@@ -194,7 +194,7 @@ def test_resumed_finetuning_ends_with_the_weights_of_an_uninterrupted_run(config
 
     def last_state(cfg) -> dict[str, torch.Tensor]:
         path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
     uninterrupted = config_factory(common, name="uninterrupted")
     downstream(uninterrupted)
@@ -216,7 +216,7 @@ def test_pixel_probe_is_the_same_probe_on_the_raw_pixels(config_factory):
     results = downstream(cfg)
     assert results["task"] == "linprobe_pixels" and results["num_images"] == 10000
     state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=False)["state_dict"]
+                       weights_only=True)["state_dict"]
     assert state["head.1.weight"].shape == (10, 28 * 28)  # a linear classifier over every pixel
     assert not any(key.startswith("encoder.") for key in state)
     # 32 steps of the probe on 4096 images already classify the test split far above chance (10%).

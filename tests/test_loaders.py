@@ -119,6 +119,22 @@ def test_train_loader_shuffles_by_epoch_and_drops_the_last_partial_batch():
     assert not loader.persistent_workers  # requested, but meaningless (and refused) without workers
 
 
+def test_train_loader_resumed_mid_epoch_serves_the_rest_of_that_epoch_then_whole_ones():
+    splits = Splits(train=_Indices(12), train_eval=_Indices(12), val=_Indices(6))
+    loader = settings(batch_size=4, seed=5).train_loader(splits, epoch=2, batches_done=1)
+    assert torch.cat([labels for _, labels in loader]).tolist() == order(5, 2, n=12)[4:]
+    loader.sampler.set_epoch(3)
+    assert torch.cat([labels for _, labels in loader]).tolist() == order(5, 3, n=12)
+
+
+def test_train_loader_state_refuses_a_resume_that_would_change_the_order():
+    splits = Splits(train=_Indices(12), train_eval=_Indices(12), val=_Indices(6))
+    state = settings(batch_size=4, seed=5).train_loader(splits).state_dict()
+    settings(batch_size=4, seed=5).train_loader(splits).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"\(seed 5 -> 6, batch_size 4 -> 3\); resume with the data settings"):
+        settings(batch_size=3, seed=6).train_loader(splits).load_state_dict(state)
+
+
 def test_train_loader_refuses_a_dataset_smaller_than_a_batch():
     splits = Splits(train=_Indices(3), train_eval=_Indices(3), val=_Indices(3))
     with pytest.raises(ValueError, match="3 images, fewer than batch_size=4"):

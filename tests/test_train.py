@@ -50,7 +50,7 @@ def test_run_writes_checkpoints_grid_and_results(config_factory, tmp_path):
     assert results["optimizer_steps"] == 2 * (256 // 32) and results["effective_batch_size"] == 32
     assert results["peak_lr"] == pytest.approx(cfg.schedule.blr * 32 / 256)
     # The Lightning checkpoint's model weights are in the reference layout.
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     model = MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=2,
                                  decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=True)
@@ -97,6 +97,8 @@ def test_fast_dev_run_through_train_py(tmp_path):
 @pytest.mark.parametrize(("overrides", "message"), [
     (["model.mask_ratio=1.5"], "mask_ratio=1.5 is outside [0, 1)"),
     (["data.img_size=30"], "img_size=30 is not divisible by patch_size=7"),
+    (["model.decoder_depth=0"], "decoder_depth=0 must be at least 1"),
+    (["schedule.min_lr=1"], "schedule.min_lr=1 is above the peak lr"),
     (["schedule.batch_size=0"], "schedule.batch_size=0 must be at least 1"),
     (["data=image_folder", "data.root=/nonexistent/imagenet"], "/nonexistent/imagenet"),
     (["ckpt_path=/nonexistent/last.ckpt"], "checkpoint /nonexistent/last.ckpt does not exist"),

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from mae.atomic_files import replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -15,16 +20,52 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or does not fit the model; the message says which and why."""
 
 
-def load_checkpoint_file(path: str | Path, weights_only: bool = True) -> dict:
-    """Load a checkpoint onto the CPU, with a one-line error for a missing or unreadable file."""
+ALLOWED_GLOBALS = (argparse.Namespace,)
+"""The one class a checkpoint may ask for beyond tensors and plain containers: the reference MAE's ``.pth`` files
+store their command line as an ``argparse.Namespace``."""
+
+_GLOBAL_IN_ERROR = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint asks to run or build something other than tensors and plain containers; nothing was run."""
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """Load a checkpoint onto the CPU without executing anything it holds.
+
+    Every checkpoint the project reads comes through here: ``torch.load(weights_only=True)`` with
+    ``argparse.Namespace`` as the only extra class allowed. A file that asks for any other global (a class to
+    build, a function to call) is refused with one line naming the global, before anything is built; a missing or
+    unreadable file is one line too.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = _GLOBAL_IN_ERROR.search(str(error))
+        if found is None:
+            raise CheckpointError(f"cannot read checkpoint {path}: {_unpickler_reason(error)}") from error
+        raise UnsafeCheckpointError(
+            f"checkpoint {path} asks for the global {found.group(1)}, which this project never loads (allowed: "
+            "tensors, plain containers and argparse.Namespace); nothing in the file was run") from error
     except Exception as error:  # torch raises many kinds for a truncated or foreign file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from error
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(error)}") from error
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """torch's own reason, without its advice to load the file with ``weights_only=False``."""
+    for line in str(error).splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip()
+    return _first_line(error)
 
 
 def check_shapes(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> None:
@@ -58,7 +99,7 @@ def check_input_size(trained: tuple[int, int], datamodule, path: str | Path) -> 
 
 def check_resume_checkpoint(path: str | Path, module: torch.nn.Module) -> None:
     """Make sure a Lightning checkpoint can resume ``module`` before the trainer starts."""
-    checkpoint = load_checkpoint_file(path, weights_only=False)
+    checkpoint = load_checkpoint_file(path)
     if "state_dict" not in checkpoint or "loops" not in checkpoint:
         raise CheckpointError(f"checkpoint {path} is not a Lightning training checkpoint (no state_dict/loops); "
                               "resume from <run dir>/checkpoints/last.ckpt")
@@ -138,7 +179,7 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> dict[str, list[
     embeddings are resized to the model's grid. Encoder weights the file lacks, and keys the encoder has no use
     for, are logged by name and returned; a checkpoint none of whose weights fit is a :class:`CheckpointError`.
     """
-    checkpoint = load_checkpoint_file(path, weights_only=False)
+    checkpoint = load_checkpoint_file(path)
     state = model_state_dict(checkpoint)
     # A linear-probe or fine-tuning checkpoint of this project holds the encoder under its module's prefix.
     for prefix in ("encoder.", "model."):
@@ -165,7 +206,6 @@ def export_timm_state_dict(model: torch.nn.Module, path: str | Path) -> Path:
 
 
 def _save_tensors(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, path)
-    return path
+    with replaced_atomically(path) as tmp:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+    return Path(path)

@@ -75,3 +75,28 @@ def validate_schedule(schedule: DictConfig) -> None:
     _require(schedule.min_lr >= 0, f"schedule.min_lr={schedule.min_lr} must be non-negative")
     _require(schedule.clip_grad is None or schedule.clip_grad > 0,
              f"schedule.clip_grad={schedule.clip_grad} must be positive or null")
+    # On one device; more devices only raise the peak (the lr scales with the global batch).
+    peak = schedule.lr if schedule.lr is not None else (
+        schedule.blr * schedule.batch_size * schedule.accumulate_grad_batches / 256)
+    _require(schedule.min_lr <= peak,
+             f"schedule.min_lr={schedule.min_lr} is above the peak lr {peak:.4g} (schedule.lr, or schedule.blr x "
+             "batch_size x accumulate_grad_batches / 256); the cosine schedule decays from the peak to min_lr")
+    for key, allowed, rule in _SCHEDULE_RANGES:
+        if schedule.get(key) is not None:
+            _require(allowed(schedule[key]), f"schedule.{key}={schedule[key]} must be {rule}")
+    for beta in schedule.get("betas") or ():
+        _require(0 <= beta < 1, f"schedule.betas={list(schedule.betas)} must both be in [0, 1)")
+
+
+_SCHEDULE_RANGES = (
+    ("weight_decay", lambda value: value >= 0, "non-negative"),
+    ("layer_decay", lambda value: 0 < value <= 1, "in (0, 1] (1: no decay)"),
+    ("drop_path_rate", lambda value: 0 <= value < 1, "in [0, 1)"),
+    ("mixup", lambda value: value >= 0, "non-negative (0: off)"),
+    ("cutmix", lambda value: value >= 0, "non-negative (0: off)"),
+    ("label_smoothing", lambda value: 0 <= value < 1, "in [0, 1)"),
+    ("random_erasing", lambda value: 0 <= value <= 1, "a probability in [0, 1]"),
+    ("momentum", lambda value: 0 <= value < 1, "in [0, 1)"),
+    ("trust_coefficient", lambda value: value > 0, "positive"),
+)
+"""Ranges of the settings only some schedule groups have (fine-tuning, linear probing)."""

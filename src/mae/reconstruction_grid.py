@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
+from mae.atomic_files import replaced_atomically
 from mae.models.loss import denormalize_patches
 from mae.torch_state import eval_mode, model_device_and_dtype
 
@@ -115,6 +116,6 @@ def save_reconstruction_grid(
     """Reconstruct ``imgs`` and write their grid to ``path`` as a PNG; returns the path."""
     path = Path(path)
     grid = make_grid_image(reconstruct(model, imgs, noise=noise, mask_ratio=mask_ratio), mean, std)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path, format="png")
+    with replaced_atomically(path) as tmp:
+        save_image(grid, tmp, format="png")
     return path

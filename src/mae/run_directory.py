@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
+
+from mae.atomic_files import write_text_atomically
 
 
 RESULTS_FILE = "results.json"
@@ -24,6 +27,8 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 LATEST_LINK = "latest"
 TIMM_CLASSIFIER_FILE = "timm_classifier.pth"
+BAD_IMAGES_FILE = "bad_images.txt"
+"""The images ``data.on_bad_image=skip`` skipped, one path per line."""
 
 
 def config_file(run_dir: Path) -> Path:
@@ -68,8 +73,29 @@ def merge_json(path: Path, values: dict[str, Any]) -> dict[str, Any]:
         warnings.warn(f"{error}; writing a new one")
         merged = {}
     merged.update(values)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(merged, indent=2) + "\n")
     return merged
+
+
+def check_writable(directory: str | Path) -> None:
+    """Raise a one-line ``ValueError`` unless ``directory`` exists as a writable folder or can be created; creates
+    nothing (a file is created and removed in the nearest existing folder to find out)."""
+    directory = Path(directory).absolute()
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"output directory {directory} cannot be created: {existing} is a file; set "
+                         "hydra.run.dir=<folder> (or paths.log_dir=<folder>)")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(f"output directory {directory} is not writable ({existing}: {error.strerror}); set "
+                         "hydra.run.dir=<folder> (or paths.log_dir=<folder>)") from error
+
+
+def bad_images(run_dir: Path) -> list[str]:
+    """The distinct image files a run skipped as undecodable (each worker process lists what it met)."""
+    path = run_dir / BAD_IMAGES_FILE
+    return sorted(set(path.read_text().split("\n")) - {""}) if path.is_file() else []

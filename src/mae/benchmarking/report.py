@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mae.atomic_files import write_text_atomically
 from mae.benchmarking.step import MATMUL_DTYPES, StepResult
 
 Row = dict[str, Any]
@@ -195,7 +196,7 @@ def missing_fields(row: Row) -> list[str]:
 
 def write_json(rows: Sequence[Row], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(list(rows), indent=2) + "\n")
+    write_text_atomically(path, json.dumps(list(rows), indent=2) + "\n")
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -285,4 +286,4 @@ def note_of(markdown_text: str) -> str:
 
 def write_markdown(rows: Sequence[Row], path: Path, note: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown(rows, note=note))
+    write_text_atomically(path, markdown(rows, note=note))

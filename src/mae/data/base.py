@@ -13,8 +13,8 @@ from mae.data.errors import check_int, check_optional_limit
 from mae.data.loaders import (
     LoaderSettings,
     Splits,
-    current_epoch,
     first_images,
+    resume_position,
     seeded_subset,
 )
 from mae.data.transforms import (
@@ -79,13 +79,15 @@ class ImageDataModule(L.LightningDataModule):
         self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed,
                                       knn_train_samples, knn_val_samples)
 
-    def read_image_files(self, decoder: str, eval_resize_ratio: float) -> None:
-        """For datasets of image files: decode them with ``decoder`` into this module's channels, and resize to
+    def read_image_files(self, decoder: str, eval_resize_ratio: float, on_bad_image: str,
+                         max_bad_fraction: float) -> None:
+        """For datasets of image files: decode them with ``decoder`` into this module's channels (an undecodable
+        file handled as ``on_bad_image`` says, see :class:`~mae.data.decoding.ImageLoader`), and resize to
         ``img_size / eval_resize_ratio`` before the evaluation's centre crop."""
         if not 0.0 < eval_resize_ratio <= 1.0:
             raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
         self.eval_resize_ratio = float(eval_resize_ratio)
-        self.image_loader = ImageLoader.for_channels(self.in_chans, decoder)
+        self.image_loader = ImageLoader.for_channels(self.in_chans, decoder, on_bad_image, max_bad_fraction)
 
     @property
     def batch_size(self) -> int:
@@ -115,7 +117,8 @@ class ImageDataModule(L.LightningDataModule):
         return self._splits
 
     def train_dataloader(self) -> DataLoader:
-        return self.loaders.train_loader(self.splits, current_epoch(self))
+        batches_per_epoch = len(self.splits.train) // self.batch_size  # type: ignore[arg-type]
+        return self.loaders.train_loader(self.splits, *resume_position(self, batches_per_epoch))
 
     def val_dataloader(self) -> DataLoader:
         return self.loaders.eval_loader(self.splits.val)

@@ -9,7 +9,9 @@ resampling; the two resamplers differ by at most a couple of grey levels).
 
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -17,7 +19,10 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 
 from mae.data.errors import CorruptDataError, one_line
 
+log = logging.getLogger(__name__)
+
 DECODERS = ("torchvision", "pil")
+BAD_IMAGE_POLICIES = ("error", "skip")
 MODES = ("RGB", "L")
 # PIL's integer luma transform (ITU-R 601-2, 16-bit fixed point), so that "L" is the same in both decoders.
 _LUMA_WEIGHTS = torch.tensor((19595, 38470, 7471), dtype=torch.int32).view(3, 1, 1)
@@ -38,25 +43,59 @@ def pil_luma(rgb: torch.Tensor) -> torch.Tensor:
 
 
 class ImageLoader:
-    """Open an image file as ``mode`` ("RGB" or "L") with ``decoder``; an undecodable file raises
-    :class:`CorruptDataError` naming it.
+    """Open an image file as ``mode`` ("RGB" or "L") with ``decoder``.
 
     Returns a ``(C, H, W)`` uint8 tensor ("torchvision") or a PIL image ("pil"); the project's transforms take
-    either. A class rather than a closure so that it pickles into DataLoader worker processes.
+    either. An undecodable file raises :class:`CorruptDataError` naming it (``on_bad_image="error"``), or, with
+    ``"skip"``, is logged once, appended to ``report_file`` when set, and returned as ``None`` (the dataset view
+    serves the next image instead, see :class:`~mae.data.transforms.Transformed`); skipping stops with an error
+    once more than ``max_bad_fraction`` of the reads (counted per process, from ``1 / max_bad_fraction`` reads
+    on) failed. A class rather than a closure so that it pickles into DataLoader worker processes.
     """
 
-    def __init__(self, mode: str, decoder: str = "torchvision") -> None:
+    def __init__(self, mode: str, decoder: str = "torchvision", on_bad_image: str = "error",
+                 max_bad_fraction: float = 0.0) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} must be one of {', '.join(MODES)}")
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image={on_bad_image!r} must be one of {', '.join(BAD_IMAGE_POLICIES)}")
+        if not 0.0 <= max_bad_fraction < 1.0:
+            raise ValueError(f"max_bad_fraction={max_bad_fraction} must be in [0, 1)")
         self.mode = mode
         self.decoder = check_decoder(decoder)
+        self.on_bad_image, self.max_bad_fraction = on_bad_image, float(max_bad_fraction)
+        self.report_file: Path | None = None
+        self.reads, self.bad = 0, set()
 
     @classmethod
-    def for_channels(cls, in_chans: int, decoder: str) -> ImageLoader:
+    def for_channels(cls, in_chans: int, decoder: str, on_bad_image: str = "error",
+                     max_bad_fraction: float = 0.0) -> ImageLoader:
         """The loader of a data module serving ``in_chans`` channels: RGB for 3, greyscale for 1."""
-        return cls("RGB" if in_chans == 3 else "L", decoder)
+        return cls("RGB" if in_chans == 3 else "L", decoder, on_bad_image, max_bad_fraction)
 
-    def __call__(self, path: str) -> torch.Tensor | Image.Image:
+    def __call__(self, path: str) -> torch.Tensor | Image.Image | None:
+        self.reads += 1
+        try:
+            return self._decode(path)
+        except CorruptDataError as error:
+            if self.on_bad_image == "error":
+                raise
+            return self._skip(path, error)
+
+    def _skip(self, path: str, error: CorruptDataError) -> None:
+        if path not in self.bad:
+            self.bad.add(path)
+            log.warning("skipping %s (data.on_bad_image=skip)", error)
+            if self.report_file is not None:
+                with open(self.report_file, "a") as report:  # one short line per append: whole, across workers
+                    report.write(f"{path}\n")
+        enough_reads = self.reads * self.max_bad_fraction >= 1
+        if len(self.bad) > self.max_bad_fraction * self.reads and (enough_reads or self.max_bad_fraction == 0):
+            raise CorruptDataError(f"{len(self.bad)} of the {self.reads} images read so far could not be decoded, "
+                                   f"more than data.max_bad_fraction={self.max_bad_fraction}; the last: {error}")
+        return None
+
+    def _decode(self, path: str) -> torch.Tensor | Image.Image:
         if self.decoder == "pil":
             return self._decode_pil(path)
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from mae.data.base import ImageDataModule
 from mae.data.decoding import ImageLoader
@@ -37,6 +38,15 @@ class _FixedClassImageFolder(ImageFolder):
 def class_folders(directory: Path) -> list[str]:
     """Sorted names of the sub-directories (classes) of ``directory``, as torchvision orders them."""
     return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+
+
+def has_image_file(directory: Path) -> bool:
+    """Whether ``directory`` or a folder below it holds a file torchvision's ImageFolder would read (stops at the
+    first one, so a check of ImageNet's 1000 class folders stays cheap)."""
+    for _, _, files in os.walk(directory, followlinks=True):
+        if any(name.lower().endswith(IMG_EXTENSIONS) for name in files):
+            return True
+    return False
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -72,9 +82,9 @@ class ImageFolderDataModule(ImageDataModule):
     """How error messages show the expected image files."""
 
     def __init__(self, *, root: str, train_dir: str, val_dir: str, eval_resize_ratio: float, decoder: str,
-                 **settings: Any) -> None:
+                 on_bad_image: str, max_bad_fraction: float, **settings: Any) -> None:
         super().__init__(**settings)
-        self.read_image_files(decoder, eval_resize_ratio)
+        self.read_image_files(decoder, eval_resize_ratio, on_bad_image, max_bad_fraction)
         self.root = Path(root)
         self.train_path, self.val_path = self.root / train_dir, self.root / val_dir
         # Fail before any work, and cheaply: only the class folders are listed here; setup() scans the files.
@@ -99,6 +109,10 @@ class ImageFolderDataModule(ImageDataModule):
         if unknown:
             shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
             raise ValueError(f"{self.val_path} has {len(unknown)} class folders absent from {self.train_path}: {shown}")
+        for name in classes:
+            if not has_image_file(self.train_path / name):
+                raise ValueError(f"class folder {self.train_path / name} has no image files ({', '.join(IMG_EXTENSIONS)}); "
+                                 "add its images or remove the folder")
         return classes
 
     def setup(self, stage: str | None = None) -> None:

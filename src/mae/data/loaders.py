@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -43,13 +44,15 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
     Yields ``(index, sample_seed)`` pairs, which :class:`~mae.data.transforms.Transformed` understands. Lightning
     calls :meth:`set_epoch` at every epoch start (also through its distributed wrapper), and the loaders start at
     the trainer's current epoch, so a run resumed from a checkpoint at an epoch boundary sees exactly the images
-    and crops of an uninterrupted one, whatever the number of workers.
+    and crops of an uninterrupted one, whatever the number of workers. A run resumed mid-epoch starts with
+    ``skip`` samples of its first epoch already served: it sees the rest of that epoch's order, then whole epochs.
     """
 
-    def __init__(self, num_samples: int, seed: int, epoch: int = 0) -> None:
+    def __init__(self, num_samples: int, seed: int, epoch: int = 0, skip: int = 0) -> None:
         self.num_samples = check_int("num_samples", num_samples, 0)
         self.seed = check_int("seed", seed, 0)
         self.epoch = check_int("epoch", epoch, 0)
+        self.resumed_epoch, self.skip = self.epoch, check_int("skip", skip, 0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = check_int("epoch", epoch, 0)
@@ -58,10 +61,39 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
         order = torch.randperm(self.num_samples, generator=generator).tolist()
         sample_seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator).tolist()
-        return iter(zip(order, sample_seeds))
+        start = self.skip if self.epoch == self.resumed_epoch else 0
+        return iter(list(zip(order, sample_seeds))[start:])
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class TrainLoader(DataLoader):
+    """The training loader, stateful for Lightning so that it goes into checkpoints.
+
+    Where a resumed run continues is a pure function of (seed, epoch, batches done), and the trainer's restored
+    progress holds the last two (see :func:`resume_position`); the state holds what fixes the order, so that
+    resuming with another seed, training set or batch size, which would silently continue a different order, is
+    refused with one line.
+    """
+
+    def __init__(self, dataset: Dataset, *, order_seed: int, **kwargs: Any) -> None:
+        # A constructor argument rather than the sampler's attribute: under DDP Lightning rebuilds the loader from
+        # its arguments around a distributed sampler.
+        super().__init__(dataset, **kwargs)
+        self.order_seed = order_seed
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.order_seed, "num_samples": len(self.dataset),  # type: ignore[arg-type]
+                "batch_size": int(self.batch_size or 0)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        changed = {key: (value, self.state_dict()[key]) for key, value in state.items()
+                   if self.state_dict().get(key) != value}
+        if changed:
+            shown = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
+            raise ValueError(f"the checkpoint's training order does not fit this run's data ({shown}); resume with "
+                             "the data settings and seed it was trained with")
 
 
 @dataclass(frozen=True)
@@ -95,24 +127,26 @@ class LoaderSettings:
         check_optional_limit("knn_train_samples", self.knn_train_samples)
         check_optional_limit("knn_val_samples", self.knn_val_samples)
 
-    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: Dataset, loader: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
+        return loader(
             dataset, batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
             # DataLoader refuses persistent workers without workers; the flag is meaningless then anyway.
             persistent_workers=self.persistent_workers and self.num_workers > 0, **kwargs,
         )
 
-    def train_loader(self, splits: Splits, epoch: int = 0) -> DataLoader:
+    def train_loader(self, splits: Splits, epoch: int = 0, batches_done: int = 0) -> DataLoader:
         """Augmented training images, reshuffled per epoch by :class:`EpochSeededSampler`, full batches only.
 
         ``epoch`` is the epoch the loader is first iterated in: Lightning takes the first batch of a resumed run
-        before it calls ``set_epoch``.
+        before it calls ``set_epoch``. ``batches_done`` batches of that epoch were trained before an interruption
+        (see :func:`resume_position`) and are not served again.
         """
         size = len(splits.train)  # type: ignore[arg-type]
         if size < self.batch_size:
             # With drop_last an epoch would be empty and training would silently do nothing.
             raise ValueError(f"the training set has {size} images, fewer than batch_size={self.batch_size}")
-        return self._loader(splits.train, sampler=EpochSeededSampler(size, self.seed, epoch), drop_last=True)
+        sampler = EpochSeededSampler(size, self.seed, epoch, skip=batches_done * self.batch_size)
+        return self._loader(splits.train, TrainLoader, sampler=sampler, drop_last=True, order_seed=self.seed)
 
     def eval_loader(self, dataset: Dataset) -> DataLoader:
         """Unaugmented images in dataset order, every image served."""
@@ -125,9 +159,15 @@ class LoaderSettings:
         return self.eval_loader(train), self.eval_loader(val)
 
 
-def current_epoch(module: L.LightningDataModule) -> int:
-    """The epoch a data module's trainer is at (0 without a trainer), for :meth:`LoaderSettings.train_loader`."""
-    return module.trainer.current_epoch if module.trainer is not None else 0
+def resume_position(module: L.LightningDataModule, batches_per_epoch: int) -> tuple[int, int]:
+    """(epoch, batches of it already trained) where a data module's trainer starts: ``(0, 0)`` without a trainer,
+    ``(e, 0)`` at an epoch boundary, ``(e, k)`` for a run resumed from a checkpoint saved after ``k`` batches of
+    epoch ``e`` (what the restored loop progress says; Lightning itself would serve those batches again)."""
+    trainer = module.trainer
+    if trainer is None:
+        return 0, 0
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer.fit_loop.restarting else 0
+    return trainer.current_epoch, done if done < batches_per_epoch else 0
 
 
 def first_images(dataset: Dataset, n: int) -> torch.Tensor:

@@ -185,6 +185,11 @@ class Transformed(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         img, label = self.dataset[index]
+        for offset in range(1, len(self)):
+            if img is not None:
+                break
+            # An image skipped by data.on_bad_image=skip: serve the next one, so batches keep their size.
+            img, label = self.dataset[(index + offset) % len(self)]
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         return self.transform(img, generator), label
 

@@ -30,15 +30,20 @@ from mae.jobs.harness import (
     build_trainer,
     merge_results,
     one_line_setup_error,
+    output_dir,
     write_config,
 )
+from mae.run_directory import check_writable
+from mae.stored_config import MODEL_TARGETS, MODULE_TARGETS, trusted_node
 
 
 def module_config(checkpoint: Mapping, cfg: DictConfig) -> tuple[DictConfig, DictConfig, dict[str, torch.Tensor]]:
     """(model node, module node, module state_dict) for a checkpoint: its own config when it carries one."""
     stored = checkpoint.get(RUN_CONFIG_KEY)
     if stored is not None:
-        return OmegaConf.create(stored["model"]), OmegaConf.create(stored["module"]), dict(checkpoint["state_dict"])
+        source = f"the run config stored in {cfg.ckpt_path}"
+        return (trusted_node(stored.get("model"), MODEL_TARGETS, source),
+                trusted_node(stored.get("module"), MODULE_TARGETS, source), dict(checkpoint["state_dict"]))
     # A classifier state_dict in timm's layout (reference fine-tuned .pth, timm file): the fine-tuning module's.
     state = {f"model.{key}": value for key, value in model_state_dict(checkpoint).items()}
     return cfg.model, cfg.module, state
@@ -47,7 +52,7 @@ def module_config(checkpoint: Mapping, cfg: DictConfig) -> tuple[DictConfig, Dic
 def restore_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
     """The classification module of ``cfg.ckpt_path`` with its weights, checked against the data first."""
     path = str(cfg.ckpt_path)
-    checkpoint = load_checkpoint_file(path, weights_only=False)
+    checkpoint = load_checkpoint_file(path)
     model_cfg, module_cfg, state = module_config(checkpoint, cfg)
     check_input_size((model_cfg.img_size, model_cfg.in_chans), datamodule, path)
     module = instantiate_node(module_cfg, instantiate_node(model_cfg), num_classes=datamodule.num_classes)
@@ -63,6 +68,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise SetupError("ckpt_path is required: python eval.py ckpt_path=<fine-tuning or linear-probe checkpoint> "
                          "[data=...]")
     try:
+        check_writable(output_dir(cfg))
         if not Path(str(cfg.ckpt_path)).is_file():
             raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not exist; give a fine-tuning or linear-probe "
                                   "checkpoint, e.g. outputs/finetune/latest/checkpoints/last.ckpt")

@@ -5,6 +5,7 @@ directory's files."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -13,14 +14,27 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from mae.atomic_files import write_text_atomically
+from mae.callbacks.preemption import Preempted, PreemptionCheckpoint
 from mae.callbacks.tracking import LogResolvedConfig
 from mae.callbacks.wandb_run import finish_wandb_run
 from mae.checkpoint import check_resume_checkpoint
 from mae.config import instantiate_node, validate_schedule
 from mae.data.errors import CorruptDataError
-from mae.run_directory import CHECKPOINT_DIR, RESULTS_FILE, config_file, latest_link, merge_json, read_json_object
+from mae.run_directory import (
+    BAD_IMAGES_FILE,
+    CHECKPOINT_DIR,
+    RESULTS_FILE,
+    bad_images,
+    check_writable,
+    config_file,
+    latest_link,
+    merge_json,
+    read_json_object,
+)
 from mae.training.scheduled import ScheduledModule
 
 log = logging.getLogger(__name__)
@@ -34,9 +48,11 @@ class SetupError(Exception):
 
 
 def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """The entry points' wrapper: bad input ends the program with ``error: <one line>`` and exit code 2; the job's
-    W&B run, if any, ends with the job (see :func:`finish_wandb_run`), marked failed when the job failed. Returns
-    what the job returns (a sweeper such as Optuna reads its objective from it)."""
+    """The entry points' wrapper: bad input ends the program with ``error: <one line>`` and exit code 2, a job
+    stopped by SIGTERM or SIGUSR1 with ``interrupted: <one line>`` and ``128 + signal`` (see
+    :mod:`mae.callbacks.preemption`); the job's W&B run, if any, ends with the job (see
+    :func:`finish_wandb_run`), marked failed when the job failed. Returns what the job returns (a sweeper such as
+    Optuna reads its objective from it)."""
     exit_code = 1
     try:
         result = job(cfg)
@@ -46,6 +62,14 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         exit_code = 2
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as stop:
+        exit_code = stop.exit_code
+        print(f"interrupted: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except SIGTERMException:  # outside training (evaluation): nothing to save, but never a success
+        exit_code = 128 + signal.SIGTERM
+        print("interrupted: stopped by SIGTERM outside training", file=sys.stderr)
+        sys.exit(exit_code)
     finally:
         finish_wandb_run(exit_code)
 
@@ -88,8 +112,11 @@ def build_training_run(cfg: DictConfig, model: Callable[[], Any],
     the number of classes), and the trainer; every constructor's bad-input error becomes one :class:`SetupError`
     before anything is trained or written, as does a resume checkpoint that does not fit the module."""
     try:
+        check_writable(output_dir(cfg))
         validate_schedule(cfg.schedule)
         datamodule = instantiate_node(cfg.data)
+        if getattr(datamodule, "image_loader", None) is not None:
+            datamodule.image_loader.report_file = output_dir(cfg) / BAD_IMAGES_FILE
         module = instantiate_node(cfg.module, model(), **module_arguments(datamodule))
         if cfg.ckpt_path is not None:
             check_resume_checkpoint(cfg.ckpt_path, module)
@@ -102,11 +129,13 @@ def build_training_run(cfg: DictConfig, model: Callable[[], Any],
 def training_record(run: TrainingRun, train_seconds: float) -> dict[str, Any]:
     """How much was trained, at which batch and lr, in how long: every training job's ``results.json`` has it."""
     return {
+        "status": "finished",  # replaces "interrupted" when a preempted run was resumed to its end
         "epochs": run.trainer.current_epoch,
         "optimizer_steps": run.trainer.global_step,
         "effective_batch_size": run.module.effective_batch_size,
         "peak_lr": run.module.peak_lr,
         "train_seconds": round(train_seconds, 1),
+        "bad_images": len(bad_images(Path(run.trainer.default_root_dir))),
     }
 
 
@@ -119,7 +148,7 @@ def write_config(cfg: DictConfig, trainer: L.Trainer) -> None:
     if trainer.is_global_zero:
         directory = output_dir(cfg)
         directory.mkdir(parents=True, exist_ok=True)
-        config_file(directory).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomically(config_file(directory), OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def merge_results(cfg: DictConfig, trainer: L.Trainer, results: dict) -> dict:
@@ -148,7 +177,12 @@ def fit(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodu
     returns the wall-clock seconds it took (end-of-training callbacks such as the kNN evaluation included)."""
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    except SIGTERMException as stop:
+        saved = [callback.preempted for callback in trainer.callbacks
+                 if isinstance(callback, PreemptionCheckpoint) and callback.preempted is not None]
+        raise (saved[0] if saved else Preempted(signal.SIGTERM, trainer.current_epoch, trainer.global_step,
+                                                None)) from stop
     except CorruptDataError as error:
         # Checkpoints written so far stay; fix or remove the file and resume from last.ckpt.
         raise SetupError(f"{data_error_message(error)} (checkpoints so far are in "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mae.atomic_files import write_text_atomically
 from mae.config import REPO_DIR
 from mae.run_directory import read_json_object
 from mae.sweeps.summary import mean_std
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.readme} is out of date: run python -m mae.jobs.results_tables {args.readme}", file=sys.stderr)
             return 1
         return 0
-    args.readme.write_text(updated)
+    write_text_atomically(args.readme, updated)
     return 0
 
 

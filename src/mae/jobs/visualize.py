@@ -47,7 +47,8 @@ from mae.jobs.harness import (
 )
 from mae.models.masking import seeded_noise
 from mae.reconstruction_grid import ReconstructionViews, reconstruct, save_reconstruction_grid
-from mae.run_directory import config_file, run_dir_of_checkpoint
+from mae.run_directory import check_writable, config_file, run_dir_of_checkpoint
+from mae.stored_config import MODEL_TARGETS, trusted_node
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def architecture(ckpt_path: str | Path, checkpoint: Mapping, model_cfg: DictConf
     if use_run_config and "state_dict" in checkpoint and config_file.is_file():
         node = OmegaConf.load(config_file).get("model")
         if isinstance(node, DictConfig) and "_target_" in node:
-            return node, str(config_file)
+            return trusted_node(node, MODEL_TARGETS, str(config_file)), str(config_file)
         log.warning("%s has no model node; the architecture comes from the model group", config_file)
     return model_cfg, "the model group"
 
@@ -91,7 +92,7 @@ def load_mae(ckpt_path: str | Path, model_cfg: DictConfig, use_run_config: bool 
     without decoder weights and :class:`~mae.checkpoint.CheckpointError` for a missing or unreadable file or
     weights that do not fit the architecture (one line each).
     """
-    checkpoint = load_checkpoint_file(ckpt_path, weights_only=False)
+    checkpoint = load_checkpoint_file(ckpt_path)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"checkpoint {ckpt_path} holds a {type(checkpoint).__name__}, not a state_dict")
     state = model_state_dict(checkpoint)
@@ -145,6 +146,7 @@ def prepare(cfg: DictConfig) -> Inspection:
         if int(cfg.num_images) < 1:
             raise ValueError(f"num_images={cfg.num_images} must be at least 1")
         mask_ratio = check_mask_ratio(cfg.mask_ratio)
+        check_writable(Path(str(cfg.out)).parent)
         model, source = load_mae(cfg.ckpt_path, cfg.model, cfg.get("use_run_config", True))
         datamodule = instantiate_node(cfg.data)
         check_input_size((model.img_size, model.in_chans), datamodule, cfg.ckpt_path)

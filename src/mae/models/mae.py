@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mae.models.loss import masked_mse_loss, normalize_patches
-from mae.models.masking import random_masking
+from mae.models.masking import check_trainable_mask_ratio, random_masking
 from mae.models.patches import patchify, unpatchify
 from mae.models.pos_embed import sincos_2d
 
@@ -38,19 +38,26 @@ class MAEOutput:
     """``(N, L)`` indices that put the shuffled token sequence back into original order."""
 
 
-def _check_config(img_size: int, patch_size: int, embed_dim: int, num_heads: int, decoder_embed_dim: int,
-                  decoder_num_heads: int, mask_ratio: float, in_chans: int) -> None:
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio={mask_ratio} is outside [0, 1)")
-    if patch_size < 1 or img_size % patch_size:
+def _check_config(img_size: int, patch_size: int, in_chans: int, embed_dim: int, depth: int, num_heads: int,
+                  decoder_embed_dim: int, decoder_depth: int, decoder_num_heads: int, mlp_ratio: float,
+                  mask_ratio: float, layer_norm_eps: float) -> None:
+    """Every rule the constructor's arguments must meet, each broken one a one-line ``ValueError`` naming it."""
+    for name, value in (("img_size", img_size), ("patch_size", patch_size), ("in_chans", in_chans),
+                        ("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads),
+                        ("decoder_embed_dim", decoder_embed_dim), ("decoder_depth", decoder_depth),
+                        ("decoder_num_heads", decoder_num_heads)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be at least 1")
+    if img_size % patch_size:
         raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}")
-    if in_chans < 1:
-        raise ValueError(f"in_chans={in_chans} must be at least 1")
     for name, width, heads in (("embed_dim", embed_dim, num_heads), ("decoder_embed_dim", decoder_embed_dim, decoder_num_heads)):
-        if heads < 1 or width % heads:
+        if width % heads:
             raise ValueError(f"{name}={width} is not divisible by its number of heads ({heads})")
         if width % 4:
             raise ValueError(f"{name}={width} must be a multiple of 4 for 2-D sin-cos position embeddings")
+    if mlp_ratio <= 0 or layer_norm_eps <= 0:
+        raise ValueError(f"mlp_ratio={mlp_ratio} and layer_norm_eps={layer_norm_eps} must both be positive")
+    check_trainable_mask_ratio(mask_ratio, (img_size // patch_size) ** 2)
 
 
 class MaskedAutoencoderViT(nn.Module):
@@ -63,7 +70,8 @@ class MaskedAutoencoderViT(nn.Module):
         embed_dim, depth, num_heads: encoder width, number of blocks, attention heads.
         decoder_embed_dim, decoder_depth, decoder_num_heads: the same for the decoder.
         mlp_ratio: hidden width of each block's MLP relative to its width.
-        mask_ratio: default fraction of patches removed, in [0, 1).
+        mask_ratio: fraction of patches removed in training; it must remove at least one patch and keep at least
+            one (``forward`` takes any ratio in [0, 1), e.g. 0 for features of the whole image).
         norm_pix_loss: regress per-patch normalised pixels instead of raw ones.
         layer_norm_eps: epsilon of every LayerNorm.
         grad_checkpointing: in training, keep only each transformer block's input and recompute the block in the
@@ -89,8 +97,8 @@ class MaskedAutoencoderViT(nn.Module):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        _check_config(img_size, patch_size, embed_dim, num_heads, decoder_embed_dim, decoder_num_heads,
-                      mask_ratio, in_chans)
+        _check_config(img_size, patch_size, in_chans, embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth,
+                      decoder_num_heads, mlp_ratio, mask_ratio, layer_norm_eps)
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss

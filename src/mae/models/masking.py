@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """Number of visible patches, truncated exactly as the reference (49 of 196 at 0.75)."""
     return int(num_patches * (1 - mask_ratio))
+
+
+def check_trainable_mask_ratio(mask_ratio: float, num_patches: int) -> None:
+    """A training mask ratio must remove at least one of ``num_patches`` patches (the loss averages over the
+    removed ones) and keep at least one (the encoder needs an input)."""
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio={mask_ratio} is outside [0, 1)")
+    kept = num_kept(num_patches, mask_ratio)
+    if not 1 <= kept < num_patches:
+        highest = math.floor((1 - 1 / num_patches) * 1e4) / 1e4
+        raise ValueError(f"mask_ratio={mask_ratio} keeps {kept} of the {num_patches} patches visible; training needs "
+                         f"at least one masked and one visible patch: 0 < mask_ratio <= {highest}")
 
 
 def random_masking(

@@ -19,6 +19,8 @@ matplotlib.use("Agg")  # files only: no display on servers and in sweeps
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.figure import Figure  # noqa: E402
 
+from mae.atomic_files import replaced_atomically  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Point:
@@ -77,7 +79,8 @@ def plot_parameter(rows: list[dict[str, Any]], parameter: str, parameters: list[
     figure = parameter_figure(rows, parameter, parameters, metrics, labels)
     if figure is None:
         return None
-    figure.savefig(path)
+    with replaced_atomically(path) as tmp:
+        figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(figure)
     return path
 

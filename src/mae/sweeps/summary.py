@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mae.atomic_files import replaced_atomically, write_text_atomically
 from mae.sweeps.sweep_runs import Job, load_jobs, swept_parameters
 from mae.sweeps.plots import plot_parameter
 
@@ -169,7 +170,7 @@ def write_summary(sweep_dir: Path) -> list[Path]:
     csv_path, md_path, runs_path = sweep_dir / "summary.csv", sweep_dir / "summary.md", sweep_dir / "runs.csv"
     _write_csv(csv_path, *_points_table(summary))
     _write_csv(runs_path, *_runs_table(summary))
-    md_path.write_text(markdown(summary, sweep_dir.name, plots, runs_path.name))
+    write_text_atomically(md_path, markdown(summary, sweep_dir.name, plots, runs_path.name))
     return [csv_path, md_path, runs_path, *plots]
 
 
@@ -254,7 +255,7 @@ def _runs_table(summary: Summary) -> tuple[list[str], list[list[str]]]:
 
 
 def _write_csv(path: Path, header: list[str], rows: Iterable[list[str]]) -> None:
-    with open(path, "w", newline="") as handle:
+    with replaced_atomically(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)

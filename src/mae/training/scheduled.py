@@ -34,6 +34,8 @@ class ScheduledModule(L.LightningModule):
             raise ValueError(f"epochs={epochs} must be at least 1 and not below warmup_epochs={warmup_epochs}")
         if lr is not None and lr <= 0:
             raise ValueError(f"lr={lr} must be positive (or null to derive it from blr)")
+        if lr is not None and min_lr > lr:
+            raise ValueError(f"min_lr={min_lr} is above the peak lr={lr}")
 
     @property
     def effective_batch_size(self) -> int:
@@ -48,8 +50,10 @@ class ScheduledModule(L.LightningModule):
 
     def lr_at_step(self, step: int) -> float:
         """Learning rate of optimiser step ``step`` (0-based), the reference's per-iteration schedule."""
-        steps_per_epoch = self.trainer.estimated_stepping_batches / self.trainer.max_epochs
-        return warmup_cosine_lr(step / steps_per_epoch, self.peak_lr, self.hparams.min_lr,
+        # Step 0 needs no epoch length: the scheduler asks for it when built, and asking the trainer then would
+        # build the training loader before a resumed run's position is restored (see mae.data.loaders).
+        epoch = 0.0 if step == 0 else step / (self.trainer.estimated_stepping_batches / self.trainer.max_epochs)
+        return warmup_cosine_lr(epoch, self.peak_lr, self.hparams.min_lr,
                                 self.hparams.warmup_epochs, self.hparams.epochs)
 
     def with_schedule(self, optimizer: torch.optim.Optimizer) -> dict:

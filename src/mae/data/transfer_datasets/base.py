@@ -88,9 +88,10 @@ class TransferDataModule(ImageDataModule):
     release_classes: int | None = None
     """Classes of the official release: ``num_classes`` while a download is pending (the model is built first)."""
 
-    def __init__(self, *, root: str, download: bool, eval_resize_ratio: float, decoder: str, **settings: Any) -> None:
+    def __init__(self, *, root: str, download: bool, eval_resize_ratio: float, decoder: str, on_bad_image: str,
+                 max_bad_fraction: float, **settings: Any) -> None:
         super().__init__(**settings)
-        self.read_image_files(decoder, eval_resize_ratio)
+        self.read_image_files(decoder, eval_resize_ratio, on_bad_image, max_bad_fraction)
         self.root = Path(root)
         self.download = bool(download)
         if self.download and self.source is not None:

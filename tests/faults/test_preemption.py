@@ -1,0 +1,125 @@
+"""Preemption and crashes: SIGTERM/SIGUSR1 mid-epoch save the current step and exit 128 + signal, SIGKILL loses
+at most the periodic checkpoint interval, and a resumed run ends with the weights of an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+# 256 images in batches of 32: 8 steps per epoch, 2 epochs. A signal sent as step 11 begins (epoch 1, batch 3) stops
+# the run once that batch has trained: at step 12.
+RUN = [
+    "data.train_samples=256", "schedule.batch_size=32", "schedule.epochs=2", "schedule.warmup_epochs=1",
+    "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_embed_dim=16",
+    "model.decoder_depth=1", "model.decoder_num_heads=2", "trainer.limit_val_batches=2",
+    "callbacks.knn_evaluation=null", "callbacks.reconstruction_grid=null", "callbacks.progress_bar=null",
+    "trainer.log_every_n_steps=1",
+]
+STEPS = 16
+
+
+def train(run_dir: Path, *overrides: str, signal_at: tuple[int, int] | None = None) -> subprocess.CompletedProcess:
+    extra = []
+    if signal_at is not None:
+        extra = ["+callbacks.signal._target_=signal_at_step.SignalAtStep", f"+callbacks.signal.step={signal_at[0]}",
+                 f"+callbacks.signal.signum={signal_at[1]}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
+                           f"paths.log_dir={run_dir.parent / 'outputs'}", *RUN, *overrides, *extra],
+                          cwd=run_dir.parent, capture_output=True, text=True, env=env, timeout=600)
+
+
+def checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(run_dir: Path, reference: Path) -> None:
+    resumed, full = checkpoint(run_dir), checkpoint(reference)
+    assert resumed["global_step"] == full["global_step"] == STEPS
+    assert resumed["state_dict"].keys() == full["state_dict"].keys()
+    different = [key for key, value in full["state_dict"].items() if not torch.equal(value, resumed["state_dict"][key])]
+    assert not different, different[:5]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("full") / "run"
+    result = train(run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_sigterm_mid_epoch_saves_the_step_and_resume_is_exact(tmp_path, uninterrupted, num_workers):
+    run_dir = tmp_path / "run"
+    stopped = train(run_dir, f"data.num_workers={num_workers}", signal_at=(11, signal.SIGTERM))
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    lines = [line for line in stopped.stderr.splitlines() if line.startswith("interrupted:")]
+    assert len(lines) == 1 and "stopped by SIGTERM at epoch 1, step 12" in lines[0], stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["signal"] == "SIGTERM"
+    assert results["optimizer_steps"] == 12 and checkpoint(run_dir)["global_step"] == 12
+
+    resumed = train(run_dir, f"data.num_workers={num_workers}", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stderr
+    assert_same_weights(run_dir, uninterrupted)
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
+
+
+def test_sigusr1_stops_like_sigterm_with_its_own_exit_code(tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = train(run_dir, signal_at=(5, signal.SIGUSR1))
+    assert stopped.returncode == 128 + signal.SIGUSR1 == 138, stopped.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["signal"] == "SIGUSR1" and results["optimizer_steps"] == 6
+    assert checkpoint(run_dir)["global_step"] == 6
+
+
+def test_sigkill_loses_at_most_the_periodic_interval(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    killed = train(run_dir, "callbacks.preemption.every_n_train_steps=4", signal_at=(11, signal.SIGKILL))
+    assert killed.returncode == -signal.SIGKILL
+    assert checkpoint(run_dir)["global_step"] == 8  # the last multiple of 4 before the kill
+    assert not [path.name for path in (run_dir / "checkpoints").iterdir() if ".tmp" in path.name]
+    resumed = train(run_dir, "callbacks.preemption.every_n_train_steps=4",
+                    f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(run_dir, uninterrupted)
+
+
+def test_lightning_slurm_requeue_keeps_its_sigusr1_handler(tmp_path):
+    """Under SLURM (auto-requeue on), SIGUSR1 is Lightning's: it saves hpc_ckpt_1.ckpt and asks `scontrol requeue`
+    (a stand-in here that records its arguments); the job then runs on until SLURM's SIGTERM, which is ours."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls"
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    scontrol.chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "mae", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
+             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    run_dir = tmp_path / "run"
+    saved = {key: os.environ.get(key) for key in slurm}
+    os.environ.update(slurm)
+    try:
+        result = train(run_dir, signal_at=(5, signal.SIGUSR1))
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)["global_step"] in (5, 6)
