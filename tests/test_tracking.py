@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -25,6 +25,7 @@ from mae.callbacks import LogResolvedConfig, wandb_run
 from mae.callbacks.wandb_run import run_name
 from mae.jobs.harness import SetupError, build_trainer, run_job
 from mae.jobs.pretrain import build, pretrain
+from mae.loggers import ResumableCSVLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -263,7 +264,7 @@ def test_several_loggers_compose_and_all_get_the_config(config_factory, wandb_of
     cfg = config_factory(["logger=[csv,tensorboard,wandb]"])
     assert list(cfg.logger) == ["csv", "tensorboard", "wandb"]
     trainer = build_trainer(cfg)
-    assert [type(logger) for logger in trainer.loggers] == [CSVLogger, TensorBoardLogger, WandbLogger]
+    assert [type(logger) for logger in trainer.loggers] == [ResumableCSVLogger, TensorBoardLogger, WandbLogger]
     [callback] = [c for c in trainer.callbacks if isinstance(c, LogResolvedConfig)]
     assert callback.config["model"]["mask_ratio"] == cfg.model.mask_ratio
 

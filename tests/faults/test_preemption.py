@@ -3,6 +3,7 @@ at most the periodic checkpoint interval, and a resumed run ends with the weight
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -38,6 +39,12 @@ def train(run_dir: Path, *overrides: str, signal_at: tuple[int, int] | None = No
     return subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
                            f"paths.log_dir={run_dir.parent / 'outputs'}", *RUN, *overrides, *extra],
                           cwd=run_dir.parent, capture_output=True, text=True, env=env, timeout=600)
+
+
+def step_losses(run_dir: Path) -> list[tuple[int, float]]:
+    with open(run_dir / "csv" / "metrics.csv") as handle:
+        return [(int(row["step"]), float(row["train/loss_step"])) for row in csv.DictReader(handle)
+                if row.get("train/loss_step")]
 
 
 def checkpoint(run_dir: Path) -> dict:
@@ -77,6 +84,10 @@ def test_sigterm_mid_epoch_saves_the_step_and_resume_is_exact(tmp_path, uninterr
     assert "not resumable" not in resumed.stderr
     assert_same_weights(run_dir, uninterrupted)
     assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
+    # Resumed in its own directory, the run appends to the metrics of its first attempt: one curve, every step once.
+    stitched, full = step_losses(run_dir), step_losses(uninterrupted)
+    assert [step for step, _ in stitched] == [step for step, _ in full] == list(range(STEPS))
+    assert [loss for _, loss in stitched] == pytest.approx([loss for _, loss in full], rel=1e-6)
 
 
 def test_sigusr1_stops_like_sigterm_with_its_own_exit_code(tmp_path):

@@ -76,7 +76,8 @@ def check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
 def _pretrain_stage(cfg: DictConfig, run_dir: Path) -> dict:
     last = last_checkpoint(run_dir)
     if cfg.ckpt_path is None and last.is_file():
-        # An interrupted attempt: Lightning resumes exactly (schedule, data order, masks) from its last epoch.
+        # An interrupted attempt resumes exactly (schedule, data order, masks) from its last checkpoint: an epoch's
+        # end, or the step at which a signal stopped it (mae.callbacks.preemption).
         log.info("Resuming the interrupted pre-training from %s", last)
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
