@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from mae.data.loaders import EpochSeededSampler, LoaderSettings, Splits, first_images, seeded_subset
+from mae.data.loaders import EpochSeededSampler, LoaderSettings, Splits, first_images, resume_position, seeded_subset
 
 
 def order(seed: int, epoch: int, n: int = 100) -> list[int]:
@@ -194,3 +196,20 @@ def test_lightning_sets_the_epoch_of_the_sampler():
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, train_dataloaders=loader)
     assert module.seen == [order(3, 0, n=6), order(3, 1, n=6)]
+
+
+def _resuming(epoch: int, processed: int, restarting: bool, world_size: int) -> SimpleNamespace:
+    progress = SimpleNamespace(current=SimpleNamespace(processed=processed))
+    fit_loop = SimpleNamespace(restarting=restarting, epoch_loop=SimpleNamespace(batch_progress=progress))
+    return SimpleNamespace(trainer=SimpleNamespace(fit_loop=fit_loop, current_epoch=epoch, world_size=world_size))
+
+
+@pytest.mark.parametrize(("epoch", "processed", "restarting", "world_size", "position"), [
+    (3, 5, True, 1, (3, 5)),   # resumed mid-epoch: the batches done are skipped
+    (3, 8, True, 1, (3, 0)),   # a checkpoint at the epoch's end: nothing to skip
+    (3, 5, False, 1, (3, 0)),  # not resuming
+    (3, 5, True, 2, (3, 0)),   # several processes: the epoch is served whole again
+])
+def test_resume_position(epoch, processed, restarting, world_size, position):
+    assert resume_position(_resuming(epoch, processed, restarting, world_size), batches_per_epoch=8) == position
+    assert resume_position(SimpleNamespace(trainer=None), batches_per_epoch=8) == (0, 0)

@@ -6,6 +6,7 @@ global RNG, so data order and subsets are reproducible across processes, resumes
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from mae.data.errors import check_int, check_optional_limit
+
+log = logging.getLogger(__name__)
 
 
 def mixed_seed(*values: int) -> int:
@@ -162,11 +165,19 @@ class LoaderSettings:
 def resume_position(module: L.LightningDataModule, batches_per_epoch: int) -> tuple[int, int]:
     """(epoch, batches of it already trained) where a data module's trainer starts: ``(0, 0)`` without a trainer,
     ``(e, 0)`` at an epoch boundary, ``(e, k)`` for a run resumed from a checkpoint saved after ``k`` batches of
-    epoch ``e`` (what the restored loop progress says; Lightning itself would serve those batches again)."""
+    epoch ``e`` (what the restored loop progress says; Lightning itself would serve those batches again).
+
+    With several processes the interrupted epoch is served from its start (Lightning's distributed sampler needs
+    whole epochs), so such a resume is not exact; one process resumes exactly.
+    """
     trainer = module.trainer
     if trainer is None:
         return 0, 0
     done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer.fit_loop.restarting else 0
+    if 0 < done < batches_per_epoch and trainer.world_size > 1:
+        log.warning("resuming epoch %d after %d batches on %d processes: the epoch is served again from its start "
+                    "(exact mid-epoch resume needs one process)", trainer.current_epoch, done, trainer.world_size)
+        done = 0
     return trainer.current_epoch, done if done < batches_per_epoch else 0
 
 
