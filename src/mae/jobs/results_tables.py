@@ -69,7 +69,7 @@ def seeds(stem: str, count: int) -> tuple[str, ...]:
     return tuple(f"{stem}_seed{seed}.json" for seed in range(count))
 
 
-FINETUNE_SEEDS = 2  # runs of the pre-trained fine-tuning row so far (seeds 0 .. N-1); a further seed adds a file
+FINETUNE_SEEDS = 2  # runs of each fine-tuning row (seeds 0 .. N-1); a further seed adds a file per row
 
 
 PRETRAIN = ("pretrain.json",)
@@ -91,6 +91,7 @@ TABLES = (
           )),
     Table("finetune", "initialisation", ACCURACY, (
         Row("MAE pre-trained (`make finetune`)", seeds("finetune_pretrained", FINETUNE_SEEDS)),
+        Row("the same recipe from scratch (`pretrained=null`), equal budget", seeds("finetune_scratch", FINETUNE_SEEDS)),
         Row("previous recipe (12 epochs, blr 1e-3, layer decay 0.75, drop path 0.1), MAE pre-trained",
             ("finetune_previous_recipe_pretrained.json",)),
         Row("previous recipe, from scratch (`pretrained=null`)", ("finetune_previous_recipe_scratch.json",)),
