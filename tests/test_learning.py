@@ -31,8 +31,9 @@ def test_pretraining_on_fashion_mnist_learns_useful_features(pretraining):
     assert len(losses) == 5 * (30000 // 256)
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.7 * first, (first, last)
-    # The random encoder is the baseline; pre-training must add clearly more than noise between runs.
-    assert results["knn_top1_pretrained"] > results["knn_top1_random_init"] + 0.03, results
+    # The random encoder is the baseline. Measured with this procedure: 74.5% against 65.9% (seed 0) and 74.9%
+    # against 64.1% (seed 1), margins of 8.6 and 10.8 points; 5 points leaves room for run-to-run noise.
+    assert results["knn_top1_pretrained"] > results["knn_top1_random_init"] + 0.05, results
 
 
 @pytest.mark.slow
@@ -44,5 +45,6 @@ def test_linear_probe_of_the_pretrained_encoder_clearly_beats_a_random_one(pretr
     pretrained = downstream(compose_config(probe + [f"pretrained={ckpt}"], output_dir=tmp_path / "pretrained"))
     random = downstream(compose_config(probe + ["pretrained=null"], output_dir=tmp_path / "random"))
     assert pretrained["num_images"] == random["num_images"] == 10000
-    # Measured: about 70% against 37% (15000 images, full pre-training); 10 points is far outside run noise.
+    # Measured with this procedure: 65.0% against 46.4% (seed 0) and 67.0% against 48.2% (seed 1), margins of 18.6
+    # and 18.8 points; 10 points is far outside run noise.
     assert pretrained["top1"] > random["top1"] + 10.0, (pretrained, random)
