@@ -55,7 +55,7 @@ KINDS = ("peak", "step", "speedup", "loader", "fast_path")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mae.benchmarking", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings for tests: the tiny preset only (batch 4), 1 repeat, no compile, "
                              "small peak matmuls and loader run")

@@ -29,7 +29,7 @@ def profile_step(step: TrainStep, steps: int = 1, warmup: int = 1, row_limit: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mae.benchmarking.profiling", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="mae_vit_base_patch16")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
