@@ -195,7 +195,6 @@ def missing_fields(row: Row) -> list[str]:
 
 
 def write_json(rows: Sequence[Row], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, json.dumps(list(rows), indent=2) + "\n")
 
 
@@ -285,5 +284,4 @@ def note_of(markdown_text: str) -> str:
 
 
 def write_markdown(rows: Sequence[Row], path: Path, note: str = "") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, markdown(rows, note=note))

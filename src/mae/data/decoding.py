@@ -68,8 +68,7 @@ class ImageLoader:
         self.reads, self.bad = 0, set()
 
     @classmethod
-    def for_channels(cls, in_chans: int, decoder: str, on_bad_image: str = "error",
-                     max_bad_fraction: float = 0.0) -> ImageLoader:
+    def for_channels(cls, in_chans: int, decoder: str, on_bad_image: str, max_bad_fraction: float) -> ImageLoader:
         """The loader of a data module serving ``in_chans`` channels: RGB for 3, greyscale for 1."""
         return cls("RGB" if in_chans == 3 else "L", decoder, on_bad_image, max_bad_fraction)
 

@@ -91,8 +91,8 @@ class TrainLoader(DataLoader):
                 "batch_size": int(self.batch_size or 0)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        changed = {key: (value, self.state_dict()[key]) for key, value in state.items()
-                   if self.state_dict().get(key) != value}
+        current = self.state_dict()
+        changed = {key: (value, current.get(key)) for key, value in state.items() if current.get(key) != value}
         if changed:
             shown = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
             raise ValueError(f"the checkpoint's training order does not fit this run's data ({shown}); resume with "
@@ -174,11 +174,13 @@ def resume_position(module: L.LightningDataModule, batches_per_epoch: int) -> tu
     if trainer is None:
         return 0, 0
     done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer.fit_loop.restarting else 0
-    if 0 < done < batches_per_epoch and trainer.world_size > 1:
+    if done >= batches_per_epoch:
+        done = 0  # saved at the epoch's end
+    elif done and trainer.world_size > 1:
         log.warning("resuming epoch %d after %d batches on %d processes: the epoch is served again from its start "
                     "(exact mid-epoch resume needs one process)", trainer.current_epoch, done, trainer.world_size)
         done = 0
-    return trainer.current_epoch, done if done < batches_per_epoch else 0
+    return trainer.current_epoch, done
 
 
 def first_images(dataset: Dataset, n: int) -> torch.Tensor:

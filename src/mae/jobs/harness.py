@@ -146,9 +146,7 @@ def output_dir(cfg: DictConfig) -> Path:
 def write_config(cfg: DictConfig, trainer: L.Trainer) -> None:
     """The resolved config, first thing in the run directory (rank 0 only)."""
     if trainer.is_global_zero:
-        directory = output_dir(cfg)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(config_file(directory), OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomically(config_file(output_dir(cfg)), OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def merge_results(cfg: DictConfig, trainer: L.Trainer, results: dict) -> dict:
