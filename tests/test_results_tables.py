@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mae.jobs.results_tables import RESULTS_DIR, TABLES, Row, Table, main, mean_and_spread, render, seeds, update
 
@@ -51,6 +52,17 @@ def test_the_run_table_reports_the_budget_it_spent(tmp_path):
     write(tmp_path, "pretrain.json", epochs_trained=7, optimizer_steps=1638, train_loss_last_epoch=0.51234,
           train_seconds=643.6)
     assert render(table("pretrain_run"), tmp_path).splitlines()[2] == "| `make pretrain` | 7 | 1638 | 0.5123 | 644 |"
+
+
+def test_the_mask_ratio_table_has_the_sweeps_points_each_the_mean_of_its_seeds(tmp_path):
+    params = yaml.safe_load((ROOT / "conf/experiment/sweep_mask_ratio.yaml").read_text())["hydra"]["sweeper"]["params"]
+    sweep = table("sweep_mask_ratio")
+    assert [row.label for row in sweep.rows] == params["model.mask_ratio"].split(",")
+    assert all(len(row.files) == len(params["seed"].split(",")) for row in sweep.rows)
+    for row in sweep.rows:
+        for seed, name in enumerate(row.files):
+            write(tmp_path, name, knn_top1_pretrained=0.70 + 0.01 * seed, pretrain_seconds=100.0 + seed)
+    assert render(sweep, tmp_path).splitlines()[2] == "| 0.1 | 71.00 ± 1.00 (n=3) | 101 ± 1 (n=3) |"
 
 
 def test_a_missing_results_file_is_named(tmp_path):

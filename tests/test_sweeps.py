@@ -89,7 +89,7 @@ def test_ablation_task_runs_the_sweep_job_in_a_stable_sweep_directory():
 
 
 @pytest.mark.parametrize(("experiment", "key", "values", "built"), [
-    ("sweep_mask_ratio", "model.mask_ratio", "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", lambda m: m.mask_ratio),
+    ("sweep_mask_ratio", "model.mask_ratio", "0.1,0.3,0.5,0.75,0.9", lambda m: m.mask_ratio),
     ("sweep_decoder_depth", "model.decoder_depth", "1,2,4,8", lambda m: len(m.decoder_blocks)),
     ("sweep_decoder_width", "model.decoder_embed_dim", "64,128,256,512", lambda m: m.mask_token.shape[-1]),
     ("sweep_norm_pix_loss", "model.norm_pix_loss", "true,false", lambda m: m.norm_pix_loss),
@@ -105,6 +105,14 @@ def test_sweep_configs_sweep_one_model_knob_over_three_seeds_at_cpu_scale(experi
     for value in values.split(","):
         model = instantiate(compose_with_hydra([f"experiment={experiment}", f"{key}={value}"]).model)
         assert built(model) == yaml.safe_load(value)
+
+
+def test_mask_ratio_sweep_scores_by_knn_alone_and_includes_the_papers_ratio():
+    cfg = compose_with_hydra(["experiment=sweep_mask_ratio"])
+    assert list(cfg.ablation.downstream) == []
+    assert "0.75" in cfg.hydra.sweeper.params["model.mask_ratio"].split(",")
+    # The other sweeps keep their probe (the Optuna sweep maximises it).
+    assert list(compose_with_hydra(["experiment=sweep_decoder_depth"]).ablation.downstream) == ["linprobe"]
 
 
 def test_slurm_launcher_config_extends_the_submitit_plugin():
@@ -497,10 +505,13 @@ def test_summary_callback_writes_into_the_sweep_directory(seeded_sweep):
 def run_sweep(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     # The tiny settings stay out of the job directories' names, as experiment= does.
     # No paths override: the sweep directory resolves from where train.py starts (tmp_path), as with `make sweep`.
-    excluded = ["experiment"] + [override.split("=")[0] for override in SMALL]
+    # The mask-ratio sweep scores by kNN alone; the probe is added back so that the aggregation of a downstream stage
+    # is tested too.
+    small = [*SMALL, "ablation.downstream=[linprobe]"]
+    excluded = ["experiment"] + [override.split("=")[0] for override in small]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "experiment=sweep_mask_ratio",
-                           *SMALL, *overrides,
+                           *small, *overrides,
                            f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"],
                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import netrc
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 """The checkout this package lives in (an editable install): ``conf/`` and ``docs/`` are under it."""
@@ -42,6 +43,26 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("launch_dir", launch_dir)
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", lambda: os.environ.get("WANDB_MODE") != "online" and not wandb_logged_in())
+
+
+def compose_in_repo(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/<config_name>.yaml`` composed with ``overrides`` (Hydra's syntax) for a command that is not a Hydra
+    app: ``paths.*`` resolve as if it ran from the checkout's root, and the ``hydra`` node is left out."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.cwd = str(REPO_DIR)
+        cfg.hydra.runtime.output_dir = str(REPO_DIR)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def instantiate_node(node: DictConfig, *args: Any, **kwargs: Any) -> Any:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +30,8 @@ RUN = [
 STEPS = 16
 
 
-def train(run_dir: Path, *overrides: str, signal_at: tuple[int, int] | None = None) -> subprocess.CompletedProcess:
+def train(run_dir: Path, *overrides: str, signal_at: tuple[int, int] | None = None,
+          base: list[str] = RUN) -> subprocess.CompletedProcess:
     extra = []
     if signal_at is not None:
         extra = ["+callbacks.signal._target_=signal_at_step.SignalAtStep", f"+callbacks.signal.step={signal_at[0]}",
@@ -37,7 +39,7 @@ def train(run_dir: Path, *overrides: str, signal_at: tuple[int, int] | None = No
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
-                           f"paths.log_dir={run_dir.parent / 'outputs'}", *RUN, *overrides, *extra],
+                           f"paths.log_dir={run_dir.parent / 'outputs'}", *base, *overrides, *extra],
                           cwd=run_dir.parent, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -88,6 +90,41 @@ def test_sigterm_mid_epoch_saves_the_step_and_resume_is_exact(tmp_path, uninterr
     stitched, full = step_losses(run_dir), step_losses(uninterrupted)
     assert [step for step, _ in stitched] == [step for step, _ in full] == list(range(STEPS))
     assert [loss for _, loss in stitched] == pytest.approx([loss for _, loss in full], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def fashion_shards(tmp_path_factory) -> Path:
+    """litdata shards of a Fashion-MNIST-format dataset of 256 training images (random pixels)."""
+    from mae.data.fashion_mnist import FILES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
+    from mae.data.shards.__main__ import main as convert
+
+    root = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 256), ("val", 16)):
+        arrays = {"images": (rng.integers(0, 256, (count, 28, 28)), IDX_IMAGES_MAGIC),
+                  "labels": (rng.integers(0, 10, count), IDX_LABELS_MAGIC)}
+        for kind, (array, magic) in arrays.items():
+            header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+            (root / FILES[f"{split}_{kind}"]).write_bytes(header + array.astype(np.uint8).tobytes())
+    assert convert(["data=fashion_mnist", str(root / "shards"), f"data.root={root}", "num_workers=1"]) == 0
+    return root / "shards"
+
+
+def test_a_streamed_run_stopped_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, fashion_shards):
+    """data=fashion_mnist_stream with 2 loader workers: litdata's loader state travels in the checkpoint."""
+    base = [o for o in RUN if not o.startswith("data.train_samples")]
+    stream = ["data=fashion_mnist_stream", f"data.input_dir={fashion_shards}", "data.num_workers=2"]
+    full = tmp_path / "full" / "run"
+    full.parent.mkdir()
+    assert train(full, *stream, base=base).returncode == 0
+    run_dir = tmp_path / "run"
+    stopped = train(run_dir, *stream, base=base, signal_at=(11, signal.SIGTERM))
+    assert stopped.returncode == 143 and checkpoint(run_dir)["global_step"] == 12, stopped.stderr[-3000:]
+    resumed = train(run_dir, *stream, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", base=base)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(run_dir, full)
+    stitched, expected = step_losses(run_dir), step_losses(full)
+    assert [loss for _, loss in stitched] == pytest.approx([loss for _, loss in expected], rel=1e-6)
 
 
 def test_sigusr1_stops_like_sigterm_with_its_own_exit_code(tmp_path):

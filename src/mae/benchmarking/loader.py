@@ -8,7 +8,9 @@ DataLoader worker, file -> augmented normalised tensor for:
   modules' default) followed by :func:`mae.data.transforms.pretrain_transform` (RandomResizedCrop(224,
   scale=(0.2, 1), bicubic), flip, normalise), what the project's ImageNet data module runs;
 - ``project_pil``: the same with ``decoder="pil"`` (PIL decode and PIL resampling, the reference's pixels);
-- ``pil_torchvision``: the plain baseline, PIL + a torchvision transforms v1 ``Compose``.
+- ``pil_torchvision``: the plain baseline, PIL + a torchvision transforms v1 ``Compose``;
+- ``project_stream``: the same JPEGs as litdata shards (``python -m mae.data.shards``) read through the training
+  stream of ``data=imagenet_stream`` (chunk read, the same decoder and transform), in one process.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -101,7 +104,34 @@ def images_per_second(pipeline: Callable[[str], torch.Tensor], paths: Sequence[P
     return len(paths) / (time.perf_counter() - start)
 
 
-def measure_loaders(num_images: int = 64, repeats: int = 3, names: Sequence[str] = tuple(PIPELINES),
+STREAM = "project_stream"
+
+
+def write_stream(paths: Sequence[Path], out_dir: Path):
+    """``paths`` as litdata shards (the converter's item function, one chunk) and the training stream reading
+    them: a callable that serves every image once, decoded and augmented, and returns how many it served."""
+    from litdata import optimize
+
+    from mae.data.shards.writer import encode_item
+    from mae.data.streaming import AugmentedShards
+
+    report = out_dir / "unreadable.txt"
+    optimize(fn=partial(encode_item, report_file=str(report)), inputs=[(i, str(p), 0) for i, p in enumerate(paths)],
+             output_dir=str(out_dir / "train"), chunk_bytes="64MB", num_workers=1, keep_data_ordered=True,
+             verbose=False)
+    transform = pretrain_transform(IMG_SIZE, CROP_SCALE, True, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
+    stream = AugmentedShards(str(out_dir / "train"), loader=ImageLoader("RGB"), augment=transform, seed=0,
+                             cache_dir=None)
+    return lambda: sum(1 for _ in stream)
+
+
+def stream_images_per_second(serve_epoch) -> float:
+    start = time.perf_counter()
+    count = serve_epoch()
+    return count / (time.perf_counter() - start)
+
+
+def measure_loaders(num_images: int = 64, repeats: int = 3, names: Sequence[str] = (*PIPELINES, STREAM),
                     seed: int = 0) -> list[dict[str, Any]]:
     """Median images/s per worker of each pipeline over ``repeats`` passes, the pipelines interleaved so that
     a change in machine load hits them all alike. Returns ``{pipeline, img_per_s_per_worker, ...}`` dicts."""
@@ -109,14 +139,19 @@ def measure_loaders(num_images: int = 64, repeats: int = 3, names: Sequence[str]
     with tempfile.TemporaryDirectory(prefix="mae-bench-jpeg-") as folder:
         paths = write_jpegs(Path(folder), num_images, seed=seed)
         mean_kb = statistics.mean(path.stat().st_size for path in paths) / 1024
-        pipelines = {name: PIPELINES[name]() for name in names}
+        pipelines = {name: PIPELINES[name]() for name in names if name != STREAM}
+        stream = write_stream(paths, Path(folder) / "shards") if STREAM in names else None
         rates: dict[str, list[float]] = {name: [] for name in names}
         with one_thread():
             for pipeline in pipelines.values():  # warm-up: first-call costs, file cache
                 pipeline(str(paths[0]))
+            if stream is not None:
+                stream()
             for _ in range(repeats):
                 for name, pipeline in pipelines.items():
                     rates[name].append(images_per_second(pipeline, paths))
+                if stream is not None:
+                    rates[STREAM].append(stream_images_per_second(stream))
     return [
         {"pipeline": name, "img_per_s_per_worker": statistics.median(values), "images": num_images,
          "mean_jpeg_kb": round(mean_kb, 1)}

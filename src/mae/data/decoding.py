@@ -9,6 +9,7 @@ resampling; the two resamplers differ by at most a couple of grey levels).
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from pathlib import Path
@@ -73,13 +74,21 @@ class ImageLoader:
         return cls("RGB" if in_chans == 3 else "L", decoder, on_bad_image, max_bad_fraction)
 
     def __call__(self, path: str) -> torch.Tensor | Image.Image | None:
+        return self._load(path, path)
+
+    def decode_bytes(self, data: bytes | memoryview, name: str) -> torch.Tensor | Image.Image | None:
+        """The image encoded in ``data`` (a file's bytes, e.g. from a shard; ``name`` says where it came from in
+        errors), exactly as reading that file would give it."""
+        return self._load(bytes(data), name)
+
+    def _load(self, source: str | bytes, name: str) -> torch.Tensor | Image.Image | None:
         self.reads += 1
         try:
-            return self._decode(path)
+            return self._decode(source, name)
         except CorruptDataError as error:
             if self.on_bad_image == "error":
                 raise
-            return self._skip(path, error)
+            return self._skip(name, error)
 
     def _skip(self, path: str, error: CorruptDataError) -> None:
         if path not in self.bad:
@@ -94,19 +103,24 @@ class ImageLoader:
                                    f"more than data.max_bad_fraction={self.max_bad_fraction}; the last: {error}")
         return None
 
-    def _decode(self, path: str) -> torch.Tensor | Image.Image:
+    def _decode(self, source: str | bytes, name: str) -> torch.Tensor | Image.Image:
+        """``source`` is a file's path or its bytes."""
         if self.decoder == "pil":
-            return self._decode_pil(path)
+            return self._decode_pil(source if isinstance(source, str) else io.BytesIO(source), name)
         try:
-            rgb = decode_image(read_file(path), mode=ImageReadMode.RGB)
-        except RuntimeError as error:  # what torchvision raises for empty, unknown, corrupt or truncated files
+            if isinstance(source, str):
+                encoded = read_file(source)
+            else:
+                encoded = torch.frombuffer(bytearray(source), dtype=torch.uint8)
+            rgb = decode_image(encoded, mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError) as error:  # torchvision on empty, unknown, corrupt or truncated data
             reason = _CPP_LOCATION.sub("", one_line(error))
-            raise CorruptDataError(f"cannot decode image {path}: {reason}") from error
+            raise CorruptDataError(f"cannot decode image {name}: {reason}") from error
         return rgb if self.mode == "RGB" else pil_luma(rgb)
 
-    def _decode_pil(self, path: str) -> Image.Image:
+    def _decode_pil(self, source: str | io.BytesIO, name: str) -> Image.Image:
         try:
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 return img.convert(self.mode)  # convert() decodes the whole file, so truncation shows here
         except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for unreadable/corrupt files
-            raise CorruptDataError(f"cannot decode image {path}: {one_line(error)}") from error
+            raise CorruptDataError(f"cannot decode image {name}: {one_line(error)}") from error

@@ -6,7 +6,10 @@ import lightning as L
 
 
 def evaluate_classifier(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict:
-    """Run ``trainer.validate`` over the whole evaluation split; accuracies in percent, as the paper reports them."""
+    """Run ``trainer.validate`` over the whole evaluation split; accuracies in percent, as the paper reports them.
+
+    The whole split whatever share of it the training watched each epoch (``trainer.limit_val_batches``)."""
+    trainer.limit_val_batches = 1.0
     [metrics] = trainer.validate(module, datamodule=datamodule, verbose=False)
     expected = len(datamodule.splits.val)
     seen = int(metrics["val/num_images"])

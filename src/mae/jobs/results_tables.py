@@ -51,6 +51,11 @@ def recorded(key: str) -> Reader:
     return lambda results, row: results.get(key)
 
 
+def percent(key: str) -> Reader:
+    """The fraction in [0, 1] under ``key`` (the kNN callback's), as a percentage."""
+    return lambda results, row: None if results.get(key) is None else 100.0 * results[key]
+
+
 def row_key_percent(results: dict[str, Any], row: Row) -> float | None:
     """The row's own key, a fraction in [0, 1] (the kNN callback's), as a percentage."""
     return None if results.get(row.key) is None else 100.0 * results[row.key]
@@ -70,6 +75,8 @@ def seeds(stem: str, count: int) -> tuple[str, ...]:
 
 
 FINETUNE_SEEDS = 2  # runs of each fine-tuning row (seeds 0 .. N-1); a further seed adds a file per row
+SWEEP_SEEDS = 3  # seeds of each point of the mask-ratio sweep (its config's seed: 0,1,2)
+MASK_RATIOS = ("0.1", "0.3", "0.5", "0.75", "0.9")  # the points of conf/experiment/sweep_mask_ratio.yaml
 
 
 PRETRAIN = ("pretrain.json",)
@@ -92,6 +99,8 @@ TABLES = (
     Table("finetune", "initialisation", ACCURACY, (
         Row("MAE pre-trained (`make finetune`)", seeds("finetune_pretrained", FINETUNE_SEEDS)),
         Row("the same recipe from scratch (`pretrained=null`), equal budget", seeds("finetune_scratch", FINETUNE_SEEDS)),
+        Row("one epoch fewer (`schedule.epochs=15`), MAE pre-trained",
+            seeds("finetune_15_epochs_pretrained", FINETUNE_SEEDS)),
         Row("previous recipe (12 epochs, blr 1e-3, layer decay 0.75, drop path 0.1), MAE pre-trained",
             ("finetune_previous_recipe_pretrained.json",)),
         Row("previous recipe, from scratch (`pretrained=null`)", ("finetune_previous_recipe_scratch.json",)),
@@ -102,6 +111,10 @@ TABLES = (
         Row("random initialisation, mean of the patch tokens (`pretrained=null`)", ("linprobe_random_mean.json",)),
         Row("raw pixels (`experiment=linprobe_pixels`)", ("linprobe_pixels.json",)),
     )),
+    Table("sweep_mask_ratio", "mask ratio", (
+        Column("kNN top-1 (%)", percent("knn_top1_pretrained")),
+        Column("pre-training + kNN (s)", recorded("pretrain_seconds"), digits=0),
+    ), tuple(Row(ratio, seeds(f"sweep_mask_ratio_{ratio}", SWEEP_SEEDS)) for ratio in MASK_RATIOS)),
 )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from mae.checkpoint import (
     CheckpointError,
@@ -38,7 +38,7 @@ from mae.checkpoint import (
     load_checkpoint_file,
     model_state_dict,
 )
-from mae.config import CONF_DIR, REPO_DIR, instantiate_node, register_resolvers
+from mae.config import CONF_DIR, compose_in_repo, instantiate_node, register_resolvers
 from mae.jobs.harness import (
     SETUP_ERRORS,
     SetupError,
@@ -166,19 +166,7 @@ def compose_config(ckpt_path: str | Path, overrides: Sequence[str] = (), **value
     under ``paths.data_dir``) resolve as if the command ran from the checkout's root, wherever the caller runs;
     ``ckpt_path`` and ``out`` stay relative to the caller's working directory.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="visualize", overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.cwd = str(REPO_DIR)
-        cfg.hydra.runtime.output_dir = str(REPO_DIR)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = compose_in_repo("visualize", overrides)
     unknown = sorted(set(values) - set(cfg))
     if unknown:
         raise KeyError(f"visualize config has no key(s) {unknown}; set nested ones through overrides")
