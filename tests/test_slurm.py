@@ -43,19 +43,24 @@ def test_the_sbatch_script_runs_one_task_per_gpu_with_the_requeue_signal_and_the
     assert cfg.schedule.batch_size * cfg.schedule.accumulate_grad_batches * gpus == 4096
 
 
-def keep_rank_zero(monkeypatch) -> None:
+def keep_process_state(monkeypatch) -> None:
     """A trainer of global rank 3 makes this process rank 3 for Lightning's rank-zero-only helpers (which then skip
-    writing results): put them back after the test."""
+    writing results) and sets the master's address: put all of it back after the test."""
     import lightning.fabric.utilities.rank_zero as fabric_rank_zero
     import lightning.pytorch.utilities.rank_zero as pytorch_rank_zero
     import lightning_utilities.core.rank_zero as utilities_rank_zero
 
     for module in (fabric_rank_zero, pytorch_rank_zero, utilities_rank_zero):
         monkeypatch.setattr(module.rank_zero_only, "rank", getattr(module.rank_zero_only, "rank", 0))
+    # Lightning's SLURM environment writes the master address and port into os.environ when asked for them: left
+    # there, a later DDP run on this machine would wait for gpu017.
+    for name in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK", "GLOBAL_RANK"):
+        monkeypatch.setenv(name, "")  # recorded, so that teardown restores the variable's absence or value
+        monkeypatch.delenv(name)
 
 
 def test_under_srun_lightning_takes_ranks_world_size_and_master_from_slurm(monkeypatch, tmp_path):
-    keep_rank_zero(monkeypatch)
+    keep_process_state(monkeypatch)
     for name, value in SLURM_TASK_3.items():
         monkeypatch.setenv(name, value)
     cfg = compose_config(["trainer=slurm", "trainer.accelerator=cpu", "trainer.precision=32-true"],
