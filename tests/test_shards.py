@@ -150,6 +150,22 @@ def test_stream_module_refuses_missing_or_mismatched_shards_before_any_work(fold
         stream_module(shards, persistent_workers=True)
 
 
+def test_a_remote_input_dir_has_its_info_fetched_and_checked_like_a_local_one(folder_shards, tmp_path):
+    """litdata's ``local:`` prefix goes through its downloaders, as s3:// and gs:// do."""
+    from mae.data.streaming import read_info
+
+    _, shards = folder_shards
+    assert read_info(f"local:{shards}") == read_shard_info(shards)
+    with pytest.raises(FileNotFoundError, match=r"cannot fetch local:.*absent/mae_shards.json"):
+        read_info(f"local:{tmp_path / 'absent'}")
+    future = tmp_path / "future"
+    shutil.copytree(shards, future)
+    info = json.loads((future / INFO_FILE).read_text())
+    (future / INFO_FILE).write_text(json.dumps({**info, "format_version": 99}))
+    with pytest.raises(ValueError, match=r"mae_shards.json has format_version=99, this version reads 1"):
+        read_info(f"local:{future}")
+
+
 def test_stream_module_refuses_shards_of_another_image_size(fashion_shards):
     with pytest.raises(ValueError, match=r"hold 28 px images, but data.img_size=32; set data.img_size=28"):
         data_module("fashion_mnist_stream", input_dir=str(fashion_shards[1]), img_size=32)

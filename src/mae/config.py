@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import netrc
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException

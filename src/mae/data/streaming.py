@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import json
-
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
 from torch.utils.data import Dataset
@@ -23,27 +21,25 @@ from torch.utils.data import Dataset
 from mae.data.base import ImageDataModule
 from mae.data.decoding import ImageLoader
 from mae.data.loaders import Splits, mixed_seed
-from mae.data.shards.info import INFO_FILE, ShardInfo, is_remote, read_shard_info
+from mae.data.shards.info import INFO_FILE, ShardInfo, is_remote, parse_shard_info, read_shard_info
 from mae.data.transforms import Transformed
 
 
-def read_info(input_dir: str, cache_dir: str | None) -> ShardInfo:
+def read_info(input_dir: str) -> ShardInfo:
     """The shard directory's ``mae_shards.json``, fetched first when ``input_dir`` is remote."""
     if not is_remote(input_dir):
         return read_shard_info(input_dir)
     from litdata.streaming.downloader import get_downloader
 
     remote = f"{input_dir.rstrip('/')}/{INFO_FILE}"
-    local = Path(cache_dir or tempfile.mkdtemp(prefix="mae_shards_")) / INFO_FILE
-    local.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        get_downloader(input_dir, str(local.parent), []).download_file(remote, str(local))
-        return ShardInfo(**json.loads(local.read_text()))
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{remote} is not a shard info file ({error})") from error
-    except Exception as error:  # each storage backend raises its own kinds
-        raise FileNotFoundError(f"cannot fetch {remote} ({type(error).__name__}: {error}); write the shards with "
-                                f"`python -m mae.data.shards <source> <dir>` and upload the directory") from error
+    make = "write the shards with `python -m mae.data.shards <source> <dir>` and upload the directory"
+    with tempfile.TemporaryDirectory(prefix="mae_shards_") as folder:  # read at once: no copy to keep
+        local = Path(folder) / INFO_FILE
+        try:
+            get_downloader(input_dir, folder, []).download_file(remote, str(local))
+        except Exception as error:  # each storage backend raises its own kinds
+            raise FileNotFoundError(f"cannot fetch {remote} ({type(error).__name__}: {error}); {make}") from error
+        return parse_shard_info(local, remote, make)
 
 
 class ShardImages(Dataset):
@@ -101,7 +97,7 @@ class ShardsDataModule(ImageDataModule):
                              "set data.train_samples=null, or write shards of a subset")
         self.read_image_files(decoder, eval_resize_ratio, on_bad_image="error", max_bad_fraction=0.0)
         self.input_dir, self.cache_dir = str(input_dir).rstrip("/"), cache_dir
-        self.info = read_info(self.input_dir, cache_dir)
+        self.info = read_info(self.input_dir)
         self._check_format()
         self.classes = list(self.info.classes)
         self.num_classes = len(self.classes)

@@ -58,7 +58,7 @@ def percent(key: str) -> Reader:
 
 def row_key_percent(results: dict[str, Any], row: Row) -> float | None:
     """The row's own key, a fraction in [0, 1] (the kNN callback's), as a percentage."""
-    return None if results.get(row.key) is None else 100.0 * results[row.key]
+    return percent(row.key)(results, row)
 
 
 @dataclass(frozen=True)

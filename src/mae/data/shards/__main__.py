@@ -15,8 +15,6 @@ from mae.config import compose_in_repo, instantiate_node
 from mae.data.errors import CorruptDataError, one_line
 from mae.data.shards.writer import write_shards
 
-log = logging.getLogger(__name__)
-
 
 def data_overrides(source: str) -> list[str]:
     """``data=<group>`` as given; a folder becomes the image_folder group rooted there."""

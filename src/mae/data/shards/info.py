@@ -49,12 +49,17 @@ def read_shard_info(input_dir: str | Path) -> ShardInfo:
     path = root / INFO_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {root} was not written by this project's converter; {make}")
+    return parse_shard_info(path, str(path), make)
+
+
+def parse_shard_info(path: Path, shown_as: str, make: str) -> ShardInfo:
+    """The info file at ``path`` (``shown_as`` in errors: where it came from); one line when it is not one, or is
+    of another format version, ending with ``make`` (how to write the shards)."""
     try:
-        values = json.loads(path.read_text())
-        info = ShardInfo(**values)
+        info = ShardInfo(**json.loads(path.read_text()))
     except (ValueError, TypeError) as error:
-        raise ValueError(f"{path} is not a shard info file ({error}); {make}") from error
+        raise ValueError(f"{shown_as} is not a shard info file ({error}); {make}") from error
     if info.format_version != FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version={info.format_version}, this version reads "
+        raise ValueError(f"{shown_as} has format_version={info.format_version}, this version reads "
                          f"{FORMAT_VERSION}; {make}")
     return info
