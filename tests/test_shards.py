@@ -156,7 +156,7 @@ def test_a_remote_input_dir_has_its_info_fetched_and_checked_like_a_local_one(fo
 
     _, shards = folder_shards
     assert read_info(f"local:{shards}") == read_shard_info(shards)
-    with pytest.raises(FileNotFoundError, match=r"cannot fetch local:.*absent/mae_shards.json"):
+    with pytest.raises(FileNotFoundError, match=r"cannot fetch local:.*absent/train/index.json"):
         read_info(f"local:{tmp_path / 'absent'}")
     future = tmp_path / "future"
     shutil.copytree(shards, future)
@@ -164,6 +164,20 @@ def test_a_remote_input_dir_has_its_info_fetched_and_checked_like_a_local_one(fo
     (future / INFO_FILE).write_text(json.dumps({**info, "format_version": 99}))
     with pytest.raises(ValueError, match=r"mae_shards.json has format_version=99, this version reads 1"):
         read_info(f"local:{future}")
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_shards_whose_items_would_be_unpickled_are_refused_before_any_read(folder_shards, tmp_path, remote):
+    from mae.data.streaming import read_info
+
+    _, shards = folder_shards
+    hostile = tmp_path / "hostile"
+    shutil.copytree(shards, hostile)
+    index = json.loads((hostile / "val" / "index.json").read_text())
+    index["config"]["data_format"] = ["int", "pickle", "int"]
+    (hostile / "val" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"val/index.json stores items as pickle, which can run code when read"):
+        read_info(f"local:{hostile}" if remote else str(hostile))
 
 
 def test_stream_module_refuses_shards_of_another_image_size(fashion_shards):

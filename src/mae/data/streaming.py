@@ -21,25 +21,42 @@ from torch.utils.data import Dataset
 from mae.data.base import ImageDataModule
 from mae.data.decoding import ImageLoader
 from mae.data.loaders import Splits, mixed_seed
-from mae.data.shards.info import INFO_FILE, ShardInfo, is_remote, parse_shard_info, read_shard_info
+from mae.data.shards.info import (
+    INFO_FILE,
+    SPLITS,
+    ShardInfo,
+    check_item_format,
+    is_remote,
+    parse_shard_info,
+    read_shard_info,
+)
 from mae.data.transforms import Transformed
 
 
 def read_info(input_dir: str) -> ShardInfo:
-    """The shard directory's ``mae_shards.json``, fetched first when ``input_dir`` is remote."""
+    """The shard directory's ``mae_shards.json``, fetched first when ``input_dir`` is remote, after checking that
+    its splits store only safe item formats (:func:`~mae.data.shards.info.check_item_format`)."""
     if not is_remote(input_dir):
         return read_shard_info(input_dir)
     from litdata.streaming.downloader import get_downloader
 
-    remote = f"{input_dir.rstrip('/')}/{INFO_FILE}"
+    root = input_dir.rstrip("/")
     make = "write the shards with `python -m mae.data.shards <source> <dir>` and upload the directory"
     with tempfile.TemporaryDirectory(prefix="mae_shards_") as folder:  # read at once: no copy to keep
-        local = Path(folder) / INFO_FILE
-        try:
-            get_downloader(input_dir, folder, []).download_file(remote, str(local))
-        except Exception as error:  # each storage backend raises its own kinds
-            raise FileNotFoundError(f"cannot fetch {remote} ({type(error).__name__}: {error}); {make}") from error
-        return parse_shard_info(local, remote, make)
+        downloader = get_downloader(input_dir, folder, [])
+
+        def fetch(name: str) -> Path:
+            local = Path(folder) / name.replace("/", "_")
+            try:
+                downloader.download_file(f"{root}/{name}", str(local))
+            except Exception as error:  # each storage backend raises its own kinds
+                raise FileNotFoundError(f"cannot fetch {root}/{name} ({type(error).__name__}: {error}); "
+                                        f"{make}") from error
+            return local
+
+        for split in SPLITS:
+            check_item_format(fetch(f"{split}/index.json"), f"{root}/{split}/index.json")
+        return parse_shard_info(fetch(INFO_FILE), f"{root}/{INFO_FILE}", make)
 
 
 class ShardImages(Dataset):

@@ -12,6 +12,8 @@ INFO_FILE = "mae_shards.json"
 SPLITS = ("train", "val")
 FORMAT_VERSION = 1
 REMOTE_PREFIXES = ("s3://", "gs://", "azure://", "hf://", "local:")
+ITEM_FORMATS = ("int", "bytes")
+"""The litdata serializers of the converter's items; others (``pickle``, ``graph``, ...) can run code when read."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,23 @@ def read_shard_info(input_dir: str | Path) -> ShardInfo:
     path = root / INFO_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {root} was not written by this project's converter; {make}")
+    for split in SPLITS:
+        check_item_format(root / split / "index.json", str(root / split / "index.json"))
     return parse_shard_info(path, str(path), make)
+
+
+def check_item_format(index_path: Path, shown_as: str) -> None:
+    """Refuse a litdata index whose items are stored with a serializer other than :data:`ITEM_FORMATS`, before any
+    item is read: litdata unpickles ``pickle`` items, so a shard directory one is handed could run code."""
+    try:
+        formats = json.loads(index_path.read_text())["config"]["data_format"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{shown_as} is not a litdata index ({type(error).__name__}: {error})") from error
+    unsafe = sorted({str(name) for name in formats} - set(ITEM_FORMATS))
+    if unsafe:
+        raise ValueError(f"{shown_as} stores items as {', '.join(unsafe)}, which can run code when read; this "
+                         f"project reads only {' and '.join(ITEM_FORMATS)} items (what python -m mae.data.shards "
+                         "writes)")
 
 
 def parse_shard_info(path: Path, shown_as: str, make: str) -> ShardInfo:
