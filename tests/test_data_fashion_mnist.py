@@ -207,8 +207,10 @@ def test_debian_package_is_the_default_source():
 def test_loader_shapes_dtypes_and_normalisation(data_fmnist_root):
     root, arrays = data_fmnist_root
     dm = module(root, batch_size=5)
-    imgs, labels = next(iter(dm.train_dataloader()))
+    imgs, labels, seeds = next(iter(dm.train_dataloader()))
     assert imgs.shape == (5, 1, 28, 28) and imgs.dtype == torch.float32 and labels.dtype == torch.int64
+    # Each training sample carries its own seed (its augmentation's and its mask's), distinct within the batch.
+    assert seeds.dtype == torch.int64 and len(set(seeds.tolist())) == 5
     assert len(dm.train_dataloader()) == N_TRAIN // 5  # drop_last
     val_imgs, _ = next(iter(dm.val_dataloader()))
     expected = (torch.from_numpy(arrays["val_images"][:5]).float() / 255 - 0.2860) / 0.3530
@@ -254,7 +256,7 @@ def test_augmentation_keeps_the_shape_and_changes_the_image(data_fmnist_root):
 def test_other_image_sizes_and_three_channels(data_fmnist_root):
     root, _ = data_fmnist_root
     dm = module(root, img_size=32, in_chans=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    train_imgs, _ = next(iter(dm.train_dataloader()))
+    train_imgs, _, _ = next(iter(dm.train_dataloader()))
     val_imgs, _ = next(iter(dm.val_dataloader()))
     assert train_imgs.shape == val_imgs.shape == (4, 3, 32, 32)
     assert torch.equal(val_imgs[:, 0], val_imgs[:, 2])  # the gray channel, repeated
@@ -273,7 +275,7 @@ def test_loading_in_a_worker_process(data_fmnist_root):
     root, _ = data_fmnist_root
     loader = module(root, num_workers=1, persistent_workers=True).train_dataloader()
     assert loader.persistent_workers
-    imgs, _ = next(iter(loader))
+    imgs = next(iter(loader))[0]
     assert imgs.shape == (4, 1, 28, 28) and torch.isfinite(imgs).all()
 
 

@@ -91,7 +91,7 @@ ONE_GREY_LEVEL = 1 / 255 / min(IMAGENET_STD) + 1e-5
 @pytest.mark.parametrize("decoder", ["pil", "torchvision"])
 def test_loader_shapes_and_normalisation(data_imagenet_root, decoder):
     dm = module(data_imagenet_root, decoder=decoder)
-    imgs, labels = next(iter(dm.train_dataloader()))
+    imgs, labels, _ = next(iter(dm.train_dataloader()))
     assert imgs.shape == (4, 3, 32, 32) and imgs.dtype == torch.float32 and labels.dtype == torch.int64
     assert len(dm.train_dataloader()) == 12 // 4
     val_imgs, val_labels = next(iter(dm.val_dataloader()))
@@ -156,7 +156,7 @@ def test_grayscale_and_cmyk_files_are_served_as_rgb(data_imagenet_root):
 
 def test_single_channel_mode(data_imagenet_root):
     dm = module(data_imagenet_root, in_chans=1, mean=(0.5,), std=(0.5,))
-    imgs, _ = next(iter(dm.train_dataloader()))
+    imgs, _, _ = next(iter(dm.train_dataloader()))
     assert imgs.shape == (4, 1, 32, 32)
 
 

@@ -296,7 +296,7 @@ def test_every_served_image_carries_its_label(data_tiny):
 
 def test_loader_batches(data_tiny):
     dm = module(data_tiny.cls, data_tiny.root, **data_tiny.args)
-    imgs, labels = next(iter(dm.train_dataloader()))
+    imgs, labels, _ = next(iter(dm.train_dataloader()))
     assert imgs.shape == (2, 3, 32, 32) and imgs.dtype == torch.float32 and labels.dtype == torch.int64
     assert len(dm.train_dataloader()) == data_tiny.sizes[0] // 2
     val = torch.cat([imgs for imgs, _ in dm.val_dataloader()])

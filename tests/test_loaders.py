@@ -106,8 +106,9 @@ class _Indices(Dataset):
         return self.n
 
     def __getitem__(self, key):
-        index = key[0] if isinstance(key, tuple) else key  # samplers may pair an index with a seed
-        return torch.tensor([float(index)]), index
+        if isinstance(key, tuple):  # the training sampler pairs an index with a seed, served like Transformed
+            return torch.tensor([float(key[0])]), key[0], key[1]
+        return torch.tensor([float(key)]), key
 
 
 def test_train_loader_shuffles_by_epoch_and_drops_the_last_partial_batch():
@@ -116,7 +117,7 @@ def test_train_loader_shuffles_by_epoch_and_drops_the_last_partial_batch():
     assert isinstance(loader.sampler, EpochSeededSampler) and loader.drop_last
     assert len(loader) == 2
     loader.sampler.set_epoch(1)
-    served = torch.cat([labels for _, labels in loader]).tolist()
+    served = torch.cat([labels for _, labels, _ in loader]).tolist()
     assert served == order(5, 1, n=10)[:8]
     assert not loader.persistent_workers  # requested, but meaningless (and refused) without workers
 
@@ -124,17 +125,57 @@ def test_train_loader_shuffles_by_epoch_and_drops_the_last_partial_batch():
 def test_train_loader_resumed_mid_epoch_serves_the_rest_of_that_epoch_then_whole_ones():
     splits = Splits(train=_Indices(12), train_eval=_Indices(12), val=_Indices(6))
     loader = settings(batch_size=4, seed=5).train_loader(splits, epoch=2, batches_done=1)
-    assert torch.cat([labels for _, labels in loader]).tolist() == order(5, 2, n=12)[4:]
+    assert torch.cat([labels for _, labels, _ in loader]).tolist() == order(5, 2, n=12)[4:]
     loader.sampler.set_epoch(3)
-    assert torch.cat([labels for _, labels in loader]).tolist() == order(5, 3, n=12)
+    assert torch.cat([labels for _, labels, _ in loader]).tolist() == order(5, 3, n=12)
 
 
 def test_train_loader_state_refuses_a_resume_that_would_change_the_order():
     splits = Splits(train=_Indices(12), train_eval=_Indices(12), val=_Indices(6))
     state = settings(batch_size=4, seed=5).train_loader(splits).state_dict()
     settings(batch_size=4, seed=5).train_loader(splits).load_state_dict(state)
-    with pytest.raises(ValueError, match=r"\(seed 5 -> 6, batch_size 4 -> 3\); resume with the data settings"):
+    with pytest.raises(ValueError, match=r"\(seed 5 -> 6, global_batch_size 4 -> 3\); resume with the data settings"):
         settings(batch_size=3, seed=6).train_loader(splits).load_state_dict(state)
+
+
+def test_a_state_written_before_global_batches_still_resumes():
+    splits = Splits(train=_Indices(12), train_eval=_Indices(12), val=_Indices(6))
+    settings(batch_size=4, seed=5).train_loader(splits).load_state_dict({"seed": 5, "num_samples": 12, "batch_size": 4})
+    with pytest.raises(ValueError, match="global_batch_size 4 -> 8"):
+        settings(batch_size=4, seed=5).train_loader(splits, world_size=2).load_state_dict(
+            {"seed": 5, "num_samples": 12, "batch_size": 4})
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_processes_split_each_global_batch_of_one_process(world_size):
+    """Batch k of W processes together holds the samples (and seeds) of batch k of one process with a W times
+    larger batch, in every epoch; the processes' shares are disjoint and equally long."""
+    n, batch = 50, 4
+    splits = Splits(train=_Indices(n), train_eval=_Indices(n), val=_Indices(6))
+    one = settings(batch_size=batch * world_size, seed=5).train_loader(splits)
+    shares = [settings(batch_size=batch, seed=5).train_loader(splits, rank=rank, world_size=world_size)
+              for rank in range(world_size)]
+    assert len({len(loader) for loader in shares}) == 1 and len(shares[0]) == len(one)
+    for epoch in (0, 1):
+        for loader in [one, *shares]:
+            loader.sampler.set_epoch(epoch)
+        for big, *small in zip(one, *shares):
+            assert sorted(big[1].tolist()) == sorted(sum((part[1].tolist() for part in small), []))
+            assert sorted(big[2].tolist()) == sorted(sum((part[2].tolist() for part in small), []))
+        served = [set(torch.cat([labels for _, labels, _ in loader]).tolist()) for loader in shares]
+        assert all(not a & b for i, a in enumerate(served) for b in served[i + 1:])
+
+
+def test_processes_resumed_mid_epoch_serve_what_the_uninterrupted_ones_would_have():
+    """2 processes interrupted after 2 batches each resume (as 2 processes, or as 1 with the same global batch)
+    with exactly the samples the uninterrupted run would have served next."""
+    splits = Splits(train=_Indices(40), train_eval=_Indices(40), val=_Indices(6))
+    shares = [settings(batch_size=4, seed=5).train_loader(splits, epoch=1, rank=rank, world_size=2) for rank in (0, 1)]
+    rest = [[batch[1].tolist() for batch in loader][2:] for loader in shares]
+    resumed = [settings(batch_size=4, seed=5).train_loader(splits, 1, 2, rank, 2) for rank in (0, 1)]
+    assert [[batch[1].tolist() for batch in loader] for loader in resumed] == rest
+    alone = settings(batch_size=8, seed=5).train_loader(splits, epoch=1, batches_done=2)
+    assert [sorted(batch[1].tolist()) for batch in alone] == [sorted(a + b) for a, b in zip(*rest)]
 
 
 def test_train_loader_refuses_a_dataset_smaller_than_a_batch():
@@ -208,7 +249,7 @@ def _resuming(epoch: int, processed: int, restarting: bool, world_size: int) -> 
     (3, 5, True, 1, (3, 5)),   # resumed mid-epoch: the batches done are skipped
     (3, 8, True, 1, (3, 0)),   # a checkpoint at the epoch's end: nothing to skip
     (3, 5, False, 1, (3, 0)),  # not resuming
-    (3, 5, True, 2, (3, 0)),   # several processes: the epoch is served whole again
+    (3, 5, True, 2, (3, 5)),   # several processes: each skips its batches done too
 ])
 def test_resume_position(epoch, processed, restarting, world_size, position):
     assert resume_position(_resuming(epoch, processed, restarting, world_size), batches_per_epoch=8) == position

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mae.models.masking import num_kept, random_masking, seeded_noise
+from mae.models.masking import num_kept, per_sample_noise, random_masking, seeded_noise
 from mae.models.patches import patchify, unpatchify
 
 
@@ -66,3 +66,14 @@ def test_seeded_noise_is_fixed_by_the_seed_and_leaves_the_global_stream_alone():
     first, same, other = (seeded_noise(4, 16, seed) for seed in (0, 0, 1))
     assert torch.equal(torch.get_rng_state(), state)
     assert first.shape == (4, 16) and torch.equal(first, same) and not torch.equal(first, other)
+
+
+def test_per_sample_noise_rows_depend_on_their_own_seed_only():
+    together = per_sample_noise([11, 22, 33], 16)
+    assert together.shape == (3, 16)
+    assert torch.equal(per_sample_noise([33, 11], 16), together[[2, 0]])  # another batch, same rows
+    assert not torch.equal(together[0], together[1])
+    state = torch.get_rng_state()
+    per_sample_noise([11], 16)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert per_sample_noise([], 16).shape == (0, 16)

@@ -169,3 +169,18 @@ def test_compiled_model_matches_eager_and_keeps_the_key_layout():
     assert torch.equal(compiled_out.mask, eager_out.mask)
     assert torch.allclose(compiled_out.pred, eager_out.pred, atol=1e-5)
     assert compiled_out.loss.item() == pytest.approx(eager_out.loss.item(), rel=1e-5)
+
+
+def test_a_samples_mask_comes_from_its_seed_whatever_batch_it_is_in():
+    """The third item of a training batch, the samples' seeds, draws each sample's mask: the same sample is masked
+    alike in a batch of 4 and in a batch of 2 (as on one process or split over two); without seeds the mask comes
+    from the per-batch stream."""
+    module = MAEPretrainModule(tiny_model(), epochs=1, warmup_epochs=0)
+    imgs, seeds = torch.randn(4, 1, 8, 8), torch.tensor([5, 6, 7, 8])
+    whole = module.training_noise((imgs, torch.zeros(4), seeds))
+    half = module.training_noise((imgs[2:], torch.zeros(2), seeds[2:]))
+    assert whole.shape == (4, module.model.num_patches) and torch.equal(half, whole[2:])
+    masks = module.model(imgs, noise=whole).mask
+    assert torch.equal(module.model(imgs[2:], noise=half).mask, masks[2:])
+    assert not torch.equal(whole[0], whole[1])
+    assert module.training_noise((imgs, torch.zeros(4))) is None

@@ -12,7 +12,7 @@ import torch
 from litdata import StreamingDataset
 from PIL import Image
 
-from mae.data.loaders import mixed_seed
+from mae.data.loaders import sample_seed
 from mae.data.shards import INFO_FILE, read_shard_info
 from mae.data.shards.__main__ import main as convert
 from mae.data.streaming import ShardsDataModule
@@ -112,9 +112,9 @@ def test_fashion_mnist_shards_decode_to_the_same_pixels_and_augment_like_the_in_
     assert list(labels) == arrays["val_labels"].tolist()
     # A training sample: the memory module's augmentation with the seed the stream derives from (seed, epoch, index).
     stream.splits.train.set_epoch(3)
-    augmented, label = stream.splits.train[7]
-    seed = mixed_seed(stream.loaders.seed, 3, 7)
-    expected, expected_label = memory.splits.train[(7, seed)]
+    augmented, label, seed = stream.splits.train[7]
+    assert seed == sample_seed(stream.loaders.seed, 3, 7)
+    expected, expected_label, _ = memory.splits.train[(7, seed)]
     assert torch.equal(augmented, expected) and label == expected_label == int(arrays["train_labels"][7])
 
 
@@ -185,7 +185,7 @@ def test_stream_module_refuses_shards_of_another_image_size(fashion_shards):
         data_module("fashion_mnist_stream", input_dir=str(fashion_shards[1]), img_size=32)
 
 
-def batches(loader, count: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def batches(loader, count: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     served = []
     for batch in loader:
         served.append(batch)
@@ -197,13 +197,13 @@ def batches(loader, count: int | None = None) -> list[tuple[torch.Tensor, torch.
 def test_an_epoch_serves_every_sample_once_reshuffled_per_epoch_with_the_runs_seed(folder_shards):
     _, shards = folder_shards
     loader = stream_module(shards, num_workers=2).train_dataloader()
-    epochs = [torch.cat([labels for _, labels in batches(loader)]).tolist() for _ in range(2)]
+    epochs = [torch.cat([labels for _, labels, _ in batches(loader)]).tolist() for _ in range(2)]
     assert all(sorted(epoch) == list(range(CLASSES)) for epoch in epochs)
     assert epochs[0] != epochs[1]
     again = stream_module(shards, num_workers=2).train_dataloader()
-    assert torch.cat([labels for _, labels in batches(again)]).tolist() == epochs[0]
+    assert torch.cat([labels for _, labels, _ in batches(again)]).tolist() == epochs[0]
     other_seed = stream_module(shards, num_workers=2, seed=1).train_dataloader()
-    assert torch.cat([labels for _, labels in batches(other_seed)]).tolist() != epochs[0]
+    assert torch.cat([labels for _, labels, _ in batches(other_seed)]).tolist() != epochs[0]
 
 
 def test_a_loader_restored_mid_epoch_serves_exactly_what_the_uninterrupted_one_would_have(folder_shards):
@@ -218,5 +218,6 @@ def test_a_loader_restored_mid_epoch_serves_exactly_what_the_uninterrupted_one_w
     resumed = stream_module(shards, num_workers=2).train_dataloader()
     resumed.load_state_dict(state)
     served += batches(resumed) + batches(resumed)
-    assert [labels.tolist() for _, labels in served] == [labels.tolist() for _, labels in reference]
-    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(served, reference))
+    assert [labels.tolist() for _, labels, _ in served] == [labels.tolist() for _, labels, _ in reference]
+    assert all(torch.equal(a, b) for (a, *_), (b, *_) in zip(served, reference))
+    assert [seeds.tolist() for *_, seeds in served] == [seeds.tolist() for *_, seeds in reference]

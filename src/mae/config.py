@@ -3,6 +3,7 @@ and up-front validation of a composed config."""
 
 from __future__ import annotations
 
+import math
 import netrc
 import os
 from collections.abc import Sequence
@@ -41,6 +42,8 @@ def register_resolvers() -> None:
     """Resolvers used by ``conf/``; safe to call more than once."""
     if not OmegaConf.has_resolver("launch_dir"):
         OmegaConf.register_new_resolver("launch_dir", launch_dir)
+    if not OmegaConf.has_resolver("product"):  # e.g. the processes of a job: devices x nodes
+        OmegaConf.register_new_resolver("product", lambda *factors: math.prod(int(factor) for factor in factors))
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", lambda: os.environ.get("WANDB_MODE") != "online" and not wandb_logged_in())
 
@@ -86,6 +89,9 @@ def _require(ok: bool, message: str) -> None:
 def validate_schedule(schedule: DictConfig) -> None:
     """Check the schedule group, which no object validates on construction (model and data check their own)."""
     _require(schedule.batch_size >= 1, f"schedule.batch_size={schedule.batch_size} must be at least 1")
+    global_batch = schedule.get("global_batch_size")
+    _require(global_batch is None or global_batch >= 1,
+             f"schedule.global_batch_size={global_batch} must be at least 1, or null to use schedule.batch_size")
     _require(schedule.accumulate_grad_batches >= 1,
              f"schedule.accumulate_grad_batches={schedule.accumulate_grad_batches} must be at least 1")
     _require(schedule.epochs >= 1, f"schedule.epochs={schedule.epochs} must be at least 1")
@@ -107,6 +113,20 @@ def validate_schedule(schedule: DictConfig) -> None:
             _require(allowed(schedule[key]), f"schedule.{key}={schedule[key]} must be {rule}")
     for beta in schedule.get("betas") or ():
         _require(0 <= beta < 1, f"schedule.betas={list(schedule.betas)} must both be in [0, 1)")
+
+
+def process_batch_size(schedule: DictConfig, world_size: int) -> int | None:
+    """Each process's batch when ``schedule.global_batch_size`` is set: the global batch split over ``world_size``
+    processes and ``accumulate_grad_batches`` steps (a one-line ``ValueError`` when it does not divide); None
+    otherwise (the data group's ``batch_size`` is per process)."""
+    global_batch = schedule.get("global_batch_size")
+    if global_batch is None:
+        return None
+    parts = world_size * schedule.accumulate_grad_batches
+    _require(global_batch % parts == 0,
+             f"schedule.global_batch_size={global_batch} is not divisible by {world_size} processes x "
+             f"accumulate_grad_batches={schedule.accumulate_grad_batches}; use a multiple of {parts}")
+    return global_batch // parts
 
 
 _SCHEDULE_RANGES = (

@@ -8,9 +8,12 @@ import lightning as L
 
 
 class SignalAtStep(L.Callback):
-    def __init__(self, step: int, signum: int) -> None:
-        self.step, self.signum = step, signum
+    """``rank``: signal only that global rank's process (as a scheduler that signals the launching process), or
+    every process when None."""
+
+    def __init__(self, step: int, signum: int, rank: int | None = None) -> None:
+        self.step, self.signum, self.rank = step, signum, rank
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), self.signum)

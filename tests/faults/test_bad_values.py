@@ -69,6 +69,13 @@ def test_the_largest_ratio_the_message_allows_trains(num_patches):
     (["model.mask_ratio=0"], "mask_ratio=0 keeps 16 of the 16 patches visible"),
     (["model.decoder_depth=0"], "decoder_depth=0 must be at least 1"),
     (["model.depth=0"], "depth=0 must be at least 1"),
+    (["schedule.global_batch_size=0"], "schedule.global_batch_size=0 must be at least 1"),
+    (["schedule.global_batch_size=100", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=3",
+      "trainer.precision=32-true"],
+     "schedule.global_batch_size=100 is not divisible by 3 processes x accumulate_grad_batches=1; use a multiple of 3"),
+    (["schedule.global_batch_size=200", "schedule.accumulate_grad_batches=4", "trainer=ddp", "trainer.accelerator=cpu",
+      "trainer.devices=2", "trainer.num_nodes=2", "trainer.precision=32-true"],
+     "schedule.global_batch_size=200 is not divisible by 4 processes x accumulate_grad_batches=4; use a multiple of 16"),
 ])
 def test_schedule_and_model_values_of_the_composed_config(tmp_path, overrides, message):
     cfg = compose_config(overrides + ["pretrained=null"] * any(o.startswith("task=") for o in overrides),

@@ -127,6 +127,33 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_to_the_uninterrupted_weights(t
     assert [loss for _, loss in stitched] == pytest.approx([loss for _, loss in expected], rel=1e-6)
 
 
+@pytest.mark.slow
+def test_two_processes_stopped_mid_epoch_resume_exactly_on_two_and_closely_on_one(tmp_path):
+    """DDP over 2 CPU processes at a global batch of 32. SIGTERM reaches the launching process (Lightning forwards
+    it to the other); resuming on 2 processes gives the uninterrupted weights exactly, and resuming on 1 process
+    with the same global batch continues the same experiment (same samples, crops and masks) to float tolerance."""
+    base = [o for o in RUN if o != "schedule.batch_size=32"] + ["schedule.global_batch_size=32"]
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+    full = tmp_path / "full" / "run"
+    full.parent.mkdir()
+    assert train(full, *ddp, base=base).returncode == 0
+    two, one = tmp_path / "two" / "run", tmp_path / "one" / "run"
+    two.parent.mkdir(), one.parent.mkdir()
+    stopped = train(two, *ddp, "+callbacks.signal.rank=0", base=base, signal_at=(11, signal.SIGTERM))
+    assert stopped.returncode == 143 and checkpoint(two)["global_step"] == 12, stopped.stderr[-3000:]
+    (one / "checkpoints").mkdir(parents=True)
+    (one / "checkpoints" / "last.ckpt").write_bytes((two / "checkpoints" / "last.ckpt").read_bytes())
+    resumed = train(two, *ddp, f"ckpt_path={two / 'checkpoints' / 'last.ckpt'}", base=base)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(two, full)
+    alone = train(one, f"ckpt_path={one / 'checkpoints' / 'last.ckpt'}", base=base)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    resumed_alone, expected = checkpoint(one), checkpoint(full)
+    assert resumed_alone["global_step"] == STEPS
+    for key, value in expected["state_dict"].items():
+        torch.testing.assert_close(resumed_alone["state_dict"][key], value, rtol=0, atol=1e-5, msg=key)
+
+
 def test_sigusr1_stops_like_sigterm_with_its_own_exit_code(tmp_path):
     run_dir = tmp_path / "run"
     stopped = train(run_dir, signal_at=(5, signal.SIGUSR1))

@@ -9,7 +9,8 @@ import lightning as L
 from torch import nn
 
 from mae.callbacks.reconstruction import check_every_n_epochs, epoch_is_due
-from mae.evaluation.knn import check_pool, evaluate_encoder, random_init_copy
+from mae.evaluation.knn import check_pool, knn_top1, random_init_copy
+from mae.evaluation.sharded import sharded_features
 from mae.evaluation.pixels import pixel_knn_top1
 from mae.run_directory import merge_json
 from mae.torch_state import model_device_and_dtype, preserved_rng
@@ -18,7 +19,8 @@ from mae.torch_state import model_device_and_dtype, preserved_rng
 class KNNEvaluationCallback(L.Callback):
     """Weighted kNN top-1 accuracy of the encoder's features (see :mod:`mae.evaluation.knn`).
 
-    At the end of training, on global rank 0: the trained encoder's accuracy and, with
+    At the end of training (features computed by all processes together, the vote run once on all of them, see
+    :meth:`score`): the trained encoder's accuracy and, with
     ``compare_random_init``, that of a randomly initialised copy (the baseline that shows what pre-training
     added) and, with ``compare_pixels``, the raw pixels themselves under the same protocol (same bank, same
     queries, ``k`` and temperature; raw and per-pixel standardised, the better of the two being the baseline).
@@ -59,28 +61,37 @@ class KNNEvaluationCallback(L.Callback):
         self.results_file = results_file
         self.last_results: dict[str, Any] = {}
 
-    def score(self, trainer: L.Trainer, model: nn.Module) -> float:
-        """kNN top-1 of ``model`` on the datamodule's kNN loaders, without touching the global random state."""
+    def score(self, trainer: L.Trainer, model: nn.Module) -> float | None:
+        """kNN top-1 of ``model`` on the datamodule's kNN loaders, without touching the global random state.
+
+        Every process calls it: each encodes its share of the bank and the queries, the features are gathered in
+        dataset order (:mod:`mae.evaluation.sharded`), and global rank 0 runs the vote a single process would run
+        and returns its score; the other processes return None."""
         datamodule = trainer.datamodule
         with preserved_rng(model_device_and_dtype(model)[0]):
             train_loader, val_loader = datamodule.knn_dataloaders()
-            return evaluate_encoder(model, train_loader, val_loader, datamodule.num_classes, k=self.k,
-                                    temperature=self.temperature, pool=self.pool)
+            bank, bank_labels = sharded_features(trainer, model, train_loader, self.pool)
+            queries, query_labels = sharded_features(trainer, model, val_loader, self.pool)
+        if not trainer.is_global_zero:
+            return None
+        return knn_top1(bank, bank_labels, queries, query_labels, datamodule.num_classes, k=self.k,
+                        temperature=self.temperature)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or not epoch_is_due(self.every_n_epochs, trainer.current_epoch):
+        if not epoch_is_due(self.every_n_epochs, trainer.current_epoch):
             return
         top1 = self.score(trainer, pl_module.model)
-        self.last_results = {"knn/top1": top1, "epoch": trainer.current_epoch}
-        log_to_all(trainer, {"knn/top1": top1})
+        if top1 is not None:
+            self.last_results = {"knn/top1": top1, "epoch": trainer.current_epoch}
+            log_to_all(trainer, {"knn/top1": top1})
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
         model = pl_module.model
         results: dict[str, Any] = {"knn_top1_pretrained": self.score(trainer, model)}
         if self.compare_random_init:
             results["knn_top1_random_init"] = self.score(trainer, random_init_copy(model, self.seed))
+        if not trainer.is_global_zero:
+            return
         if self.compare_pixels:
             results.update(self.pixel_scores(trainer))
         train_loader, val_loader = trainer.datamodule.knn_dataloaders()

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+from torchvision.utils import save_image
 
+from mae.atomic_files import replaced_atomically
 from mae.callbacks.tracking import log_image_file
 from mae.models.masking import seeded_noise
-from mae.reconstruction_grid import save_reconstruction_grid
+from mae.reconstruction_grid import make_grid_image, reconstruct
 from mae.torch_state import preserved_rng
 
 
@@ -29,9 +31,10 @@ class ReconstructionGridCallback(L.Callback):
 
     Always at the end of training as ``<default_root_dir>/<filename>.png``, and every ``every_n_epochs``
     epochs as ``<filename>_epoch{E:03d}.png`` (``E`` 0-based, like the checkpoints). The masking noise is drawn
-    once from ``seed``, so every grid of a run hides the same patches and grids compare across epochs. Runs
-    on global rank 0 only; a grid is also logged, under ``reconstruction`` at the current step, to every logger that
-    takes images (W&B, TensorBoard; see :func:`mae.callbacks.tracking.log_image_file`).
+    once from ``seed``, so every grid of a run hides the same patches and grids compare across epochs. Every
+    process reconstructs (see :meth:`write_grid`), global rank 0 alone writes; a grid is also logged, under
+    ``reconstruction`` at the current step, to every logger that takes images (W&B, TensorBoard; see
+    :func:`mae.callbacks.tracking.log_image_file`).
 
     The trainer's datamodule must provide ``mean``, ``std`` and ``sample_images(n)``.
 
@@ -62,16 +65,20 @@ class ReconstructionGridCallback(L.Callback):
         self.write_grid(trainer, pl_module, f"{self.filename}.png")
 
     def write_grid(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> Path | None:
-        """Write one grid named ``name`` into the run directory (rank 0 only) and log it; returns its path."""
-        if not trainer.is_global_zero:
-            return None
+        """Write one grid named ``name`` into the run directory and log it; returns its path on global rank 0 and
+        None elsewhere. Every process runs the reconstruction (a sharded model's forward needs all of them, and
+        the others' is cheap); only rank 0 writes and logs."""
         datamodule = trainer.datamodule
         model = pl_module.model
         with preserved_rng(pl_module.device):
             imgs = datamodule.sample_images(self.num_images)
             noise = seeded_noise(imgs.shape[0], model.num_patches, self.seed)
-            path = save_reconstruction_grid(model, imgs, Path(trainer.default_root_dir) / name,
-                                            datamodule.mean, datamodule.std, noise=noise)
+            views = reconstruct(model, imgs, noise=noise)
+        if not trainer.is_global_zero:
+            return None
+        path = Path(trainer.default_root_dir) / name
+        with replaced_atomically(path) as tmp:
+            save_image(make_grid_image(views, datamodule.mean, datamodule.std), tmp, format="png")
         log_image_file(trainer.loggers, "reconstruction", path, trainer.global_step)
         self.last_path = path
         return path

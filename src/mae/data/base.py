@@ -14,6 +14,7 @@ from mae.data.loaders import (
     LoaderSettings,
     Splits,
     first_images,
+    process_slot,
     resume_position,
     seeded_subset,
 )
@@ -117,8 +118,10 @@ class ImageDataModule(L.LightningDataModule):
         return self._splits
 
     def train_dataloader(self) -> DataLoader:
-        batches_per_epoch = len(self.splits.train) // self.batch_size  # type: ignore[arg-type]
-        return self.loaders.train_loader(self.splits, *resume_position(self, batches_per_epoch))
+        rank, world_size = process_slot(self)
+        batches_per_epoch = len(self.splits.train) // world_size // self.batch_size  # type: ignore[arg-type]
+        epoch, batches_done = resume_position(self, batches_per_epoch)
+        return self.loaders.train_loader(self.splits, epoch, batches_done, rank, world_size)
 
     def val_dataloader(self) -> DataLoader:
         return self.loaders.eval_loader(self.splits.val)

@@ -6,7 +6,6 @@ global RNG, so data order and subsets are reproducible across processes, resumes
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,16 +13,19 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from mae.data.errors import check_int, check_optional_limit
-
-log = logging.getLogger(__name__)
 
 
 def mixed_seed(*values: int) -> int:
     """A well-mixed 64-bit seed from several non-negative ints (``seed + epoch`` would make (0, 1) == (1, 0))."""
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0])
+
+
+def sample_seed(*values: int) -> int:
+    """A sample's 62-bit seed from ``(seed, epoch, index)``-like values; it fits a collated int64 tensor."""
+    return mixed_seed(*values) >> 2
 
 
 def seeded_permutation(n: int, seed: int) -> torch.Tensor:
@@ -40,35 +42,53 @@ def seeded_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     return Subset(dataset, seeded_permutation(size, seed)[:limit].tolist())
 
 
-class EpochSeededSampler(Sampler[tuple[int, int]]):
-    """Shuffles ``range(num_samples)`` anew each epoch and gives every sample an augmentation seed; order and
-    seeds of epoch ``e`` are a pure function of ``(seed, e)``.
+class EpochSeededSampler(DistributedSampler):
+    """Shuffles ``range(num_samples)`` anew each epoch, gives every sample an augmentation seed, and hands process
+    ``rank`` of ``num_replicas`` its share; order and seeds of epoch ``e`` are a pure function of ``(seed, e)``.
 
-    Yields ``(index, sample_seed)`` pairs, which :class:`~mae.data.transforms.Transformed` understands. Lightning
-    calls :meth:`set_epoch` at every epoch start (also through its distributed wrapper), and the loaders start at
-    the trainer's current epoch, so a run resumed from a checkpoint at an epoch boundary sees exactly the images
-    and crops of an uninterrupted one, whatever the number of workers. A run resumed mid-epoch starts with
-    ``skip`` samples of its first epoch already served: it sees the rest of that epoch's order, then whole epochs.
+    Yields ``(index, sample_seed)`` pairs, which :class:`~mae.data.transforms.Transformed` understands. The
+    epoch's order is cut to a multiple of ``num_replicas`` and process ``r`` serves its positions ``r, r + W, ...``:
+    batch ``k`` of all processes together holds the positions that batch ``k`` of one process with a ``W`` times
+    larger batch holds, so a run computes the same thing on any number of processes (masks come from the sample
+    seeds too). Lightning calls :meth:`set_epoch` at every epoch start, and the loaders start at the trainer's
+    current epoch, so a run resumed from a checkpoint at an epoch boundary sees exactly the images and crops of an
+    uninterrupted one, whatever the number of workers. A run resumed mid-epoch starts with ``skip`` samples of its
+    first epoch's order already served (by all processes together): it sees the rest of that epoch, then whole
+    epochs.
+
+    A ``DistributedSampler`` only by type (its constructor is not used): that is how Lightning knows the loader is
+    already split over the processes and leaves it alone; its own replacement would reshuffle the order.
     """
 
-    def __init__(self, num_samples: int, seed: int, epoch: int = 0, skip: int = 0) -> None:
+    def __init__(self, num_samples: int, seed: int, epoch: int = 0, skip: int = 0, rank: int = 0,
+                 num_replicas: int = 1) -> None:
         self.num_samples = check_int("num_samples", num_samples, 0)
         self.seed = check_int("seed", seed, 0)
         self.epoch = check_int("epoch", epoch, 0)
         self.resumed_epoch, self.skip = self.epoch, check_int("skip", skip, 0)
+        self.num_replicas = check_int("num_replicas", num_replicas, 1)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} is outside [0, num_replicas={num_replicas})")
+        self.rank = rank
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = check_int("epoch", epoch, 0)
+
+    @property
+    def served_per_epoch(self) -> int:
+        """Samples of an epoch's order that the processes serve: a multiple of ``num_replicas``."""
+        return self.num_samples - self.num_samples % self.num_replicas
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
         order = torch.randperm(self.num_samples, generator=generator).tolist()
         sample_seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator).tolist()
         start = self.skip if self.epoch == self.resumed_epoch else 0
-        return iter(list(zip(order, sample_seeds))[start:])
+        served = list(zip(order, sample_seeds))[start:self.served_per_epoch]
+        return iter(served[self.rank::self.num_replicas])
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.served_per_epoch // self.num_replicas
 
 
 class TrainLoader(DataLoader):
@@ -76,21 +96,22 @@ class TrainLoader(DataLoader):
 
     Where a resumed run continues is a pure function of (seed, epoch, batches done), and the trainer's restored
     progress holds the last two (see :func:`resume_position`); the state holds what fixes the order, so that
-    resuming with another seed, training set or batch size, which would silently continue a different order, is
-    refused with one line.
+    resuming with another seed, training set or global batch, which would silently continue a different order, is
+    refused with one line. The number of processes may change if the global batch does not.
     """
 
-    def __init__(self, dataset: Dataset, *, order_seed: int, **kwargs: Any) -> None:
-        # A constructor argument rather than the sampler's attribute: under DDP Lightning rebuilds the loader from
-        # its arguments around a distributed sampler.
+    def __init__(self, dataset: Dataset, *, order_seed: int, global_batch_size: int, **kwargs: Any) -> None:
         super().__init__(dataset, **kwargs)
-        self.order_seed = order_seed
+        self.order_seed, self.global_batch_size = order_seed, global_batch_size
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.order_seed, "num_samples": len(self.dataset),  # type: ignore[arg-type]
-                "batch_size": int(self.batch_size or 0)}
+                "global_batch_size": self.global_batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        state = dict(state)
+        if "batch_size" in state:  # written before global batches: by one process
+            state["global_batch_size"] = state.pop("batch_size")
         current = self.state_dict()
         changed = {key: (value, current.get(key)) for key, value in state.items() if current.get(key) != value}
         if changed:
@@ -137,19 +158,25 @@ class LoaderSettings:
             persistent_workers=self.persistent_workers and self.num_workers > 0, **kwargs,
         )
 
-    def train_loader(self, splits: Splits, epoch: int = 0, batches_done: int = 0) -> DataLoader:
-        """Augmented training images, reshuffled per epoch by :class:`EpochSeededSampler`, full batches only.
+    def train_loader(self, splits: Splits, epoch: int = 0, batches_done: int = 0, rank: int = 0,
+                     world_size: int = 1) -> DataLoader:
+        """Process ``rank`` of ``world_size``'s augmented training images, reshuffled per epoch by
+        :class:`EpochSeededSampler`, full batches only.
 
         ``epoch`` is the epoch the loader is first iterated in: Lightning takes the first batch of a resumed run
-        before it calls ``set_epoch``. ``batches_done`` batches of that epoch were trained before an interruption
-        (see :func:`resume_position`) and are not served again.
+        before it calls ``set_epoch``. ``batches_done`` batches of that epoch were trained by each process before
+        an interruption (see :func:`resume_position`) and are not served again.
         """
         size = len(splits.train)  # type: ignore[arg-type]
-        if size < self.batch_size:
+        global_batch = self.batch_size * world_size
+        if size < global_batch:
             # With drop_last an epoch would be empty and training would silently do nothing.
-            raise ValueError(f"the training set has {size} images, fewer than batch_size={self.batch_size}")
-        sampler = EpochSeededSampler(size, self.seed, epoch, skip=batches_done * self.batch_size)
-        return self._loader(splits.train, TrainLoader, sampler=sampler, drop_last=True, order_seed=self.seed)
+            raise ValueError(f"the training set has {size} images, fewer than batch_size={self.batch_size} x "
+                             f"{world_size} process(es)")
+        sampler = EpochSeededSampler(size, self.seed, epoch, skip=batches_done * global_batch, rank=rank,
+                                     num_replicas=world_size)
+        return self._loader(splits.train, TrainLoader, sampler=sampler, drop_last=True, order_seed=self.seed,
+                            global_batch_size=global_batch)
 
     def eval_loader(self, dataset: Dataset) -> DataLoader:
         """Unaugmented images in dataset order, every image served."""
@@ -162,24 +189,23 @@ class LoaderSettings:
         return self.eval_loader(train), self.eval_loader(val)
 
 
-def resume_position(module: L.LightningDataModule, batches_per_epoch: int) -> tuple[int, int]:
-    """(epoch, batches of it already trained) where a data module's trainer starts: ``(0, 0)`` without a trainer,
-    ``(e, 0)`` at an epoch boundary, ``(e, k)`` for a run resumed from a checkpoint saved after ``k`` batches of
-    epoch ``e`` (what the restored loop progress says; Lightning itself would serve those batches again).
+def process_slot(module: L.LightningDataModule) -> tuple[int, int]:
+    """(global rank, world size) of the process a data module's trainer runs in; ``(0, 1)`` without a trainer."""
+    trainer = module.trainer
+    return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
 
-    With several processes the interrupted epoch is served from its start (Lightning's distributed sampler needs
-    whole epochs), so such a resume is not exact; one process resumes exactly.
-    """
+
+def resume_position(module: L.LightningDataModule, batches_per_epoch: int) -> tuple[int, int]:
+    """(epoch, batches of it already trained by each process) where a data module's trainer starts: ``(0, 0)``
+    without a trainer, ``(e, 0)`` at an epoch boundary, ``(e, k)`` for a run resumed from a checkpoint saved after
+    ``k`` batches of epoch ``e`` (what the restored loop progress says; Lightning itself would serve those batches
+    again)."""
     trainer = module.trainer
     if trainer is None:
         return 0, 0
     done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer.fit_loop.restarting else 0
     if done >= batches_per_epoch:
         done = 0  # saved at the epoch's end
-    elif done and trainer.world_size > 1:
-        log.warning("resuming epoch %d after %d batches on %d processes: the epoch is served again from its start "
-                    "(exact mid-epoch resume needs one process)", trainer.current_epoch, done, trainer.world_size)
-        done = 0
     return trainer.current_epoch, done
 
 

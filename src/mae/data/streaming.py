@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from mae.data.base import ImageDataModule
 from mae.data.decoding import ImageLoader
-from mae.data.loaders import Splits, mixed_seed
+from mae.data.loaders import Splits, sample_seed
 from mae.data.shards.info import (
     INFO_FILE,
     SPLITS,
@@ -60,14 +60,16 @@ def read_info(input_dir: str) -> ShardInfo:
 
 
 class ShardImages(Dataset):
-    """Random access to one split's shards: ``(decoded image, label)`` by position (evaluation, kNN bank)."""
+    """Random access to one split's ``num_samples`` shards: ``(decoded image, label)`` by position (evaluation, kNN
+    bank). Every process sees the whole split: litdata's ``len()`` counts only this process's share under
+    ``torch.distributed``, while its positions are global."""
 
-    def __init__(self, split_dir: str, loader: ImageLoader, cache_dir: str | None) -> None:
-        self.split_dir, self.loader = split_dir, loader
+    def __init__(self, split_dir: str, num_samples: int, loader: ImageLoader, cache_dir: str | None) -> None:
+        self.split_dir, self.num_samples, self.loader = split_dir, num_samples, loader
         self.shards = StreamingDataset(split_dir, cache_dir=cache_dir, shuffle=False)
 
     def __len__(self) -> int:
-        return len(self.shards)
+        return self.num_samples
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         item = self.shards[index]
@@ -75,8 +77,9 @@ class ShardImages(Dataset):
 
 
 class AugmentedShards(StreamingDataset):
-    """The training stream: litdata's shuffled ``StreamingDataset`` whose items are ``(augmented image, label)``,
-    each augmented with a generator seeded by (seed, epoch, the sample's index in its split)."""
+    """The training stream: litdata's shuffled ``StreamingDataset`` whose items are ``(augmented image, label,
+    sample seed)``, the seed a function of (seed, epoch, the sample's index in its split) that drives the
+    augmentation (and the sample's mask, as for the other data modules)."""
 
     def __init__(self, split_dir: str, *, loader: ImageLoader, augment, seed: int, cache_dir: str | None) -> None:
         super().__init__(split_dir, cache_dir=cache_dir, shuffle=True, drop_last=True, seed=seed)
@@ -87,8 +90,8 @@ class AugmentedShards(StreamingDataset):
         if not isinstance(item, dict):  # a slice: litdata's own use
             return item
         image = self.loader.decode_bytes(item["image"], f"{self.split_dir} sample {item['index']}")
-        generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.current_epoch, item["index"]))
-        return self.augment(image, generator), item["label"]
+        seed = sample_seed(self.seed, self.current_epoch, item["index"])
+        return self.augment(image, torch.Generator().manual_seed(seed)), item["label"], seed
 
 
 class ShardsDataModule(ImageDataModule):
@@ -131,6 +134,9 @@ class ShardsDataModule(ImageDataModule):
     def split_dir(self, split: str) -> str:
         return f"{self.input_dir}/{split}"
 
+    def shard_images(self, split: str) -> ShardImages:
+        return ShardImages(self.split_dir(split), self.info.num_samples[split], self.image_loader, self.cache_dir)
+
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
@@ -139,8 +145,8 @@ class ShardsDataModule(ImageDataModule):
                                 seed=self.loaders.seed, cache_dir=self.cache_dir)
         self._splits = Splits(
             train=train,
-            train_eval=Transformed(ShardImages(self.split_dir("train"), self.image_loader, self.cache_dir), evaluate),
-            val=Transformed(ShardImages(self.split_dir("val"), self.image_loader, self.cache_dir), evaluate),
+            train_eval=Transformed(self.shard_images("train"), evaluate),
+            val=Transformed(self.shard_images("val"), evaluate),
         )
 
     def train_dataloader(self) -> StreamingDataLoader:

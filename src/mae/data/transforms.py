@@ -171,8 +171,10 @@ class Transformed(Dataset):
     """A view of a dataset of ``(image, label)`` pairs with ``transform`` applied to the image.
 
     Lets one scanned or loaded split serve both augmented and unaugmented images without a second copy. A key
-    may be an index or an ``(index, seed)`` pair (what :class:`~mae.data.loaders.EpochSeededSampler` yields):
-    the seed drives the transform's randomness, independent of worker processes and global RNG state.
+    may be an index, giving ``(image, label)``, or an ``(index, seed)`` pair (what
+    :class:`~mae.data.loaders.EpochSeededSampler` yields), giving ``(image, label, seed)``: the seed drives the
+    transform's randomness, independent of worker processes and global RNG state, and travels with the sample so
+    that the training step draws the sample's mask from it too (see :mod:`mae.training.pretrain_module`).
     """
 
     def __init__(self, dataset: Dataset, transform: Callable[[Any], torch.Tensor]) -> None:
@@ -182,7 +184,7 @@ class Transformed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         img, label = self.dataset[index]
         for offset in range(1, len(self)):
@@ -190,8 +192,9 @@ class Transformed(Dataset):
                 break
             # An image skipped by data.on_bad_image=skip: serve the next one, so batches keep their size.
             img, label = self.dataset[(index + offset) % len(self)]
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
-        return self.transform(img, generator), label
+        if seed is None:
+            return self.transform(img, None), label
+        return self.transform(img, torch.Generator().manual_seed(seed)), label, seed
 
 
 class FinetuneTransform:

@@ -6,7 +6,6 @@ training samples and every neighbour votes for its class with weight ``exp(simil
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from mae.sharding import unsharded_copy
 from mae.torch_state import eval_mode, model_device_and_dtype
 
 POOLS = ("cls", "mean")
@@ -166,11 +166,13 @@ def random_init_copy(model: nn.Module, seed: int = 0) -> nn.Module:
 
     The copy is initialised on the CPU, so the same seed gives the same weights on any device, and inside
     ``fork_rng``, so the caller's global random stream is left exactly where it was. ``model`` is untouched.
+    An FSDP2-sharded ``model`` gives an unsharded copy (see :func:`unsharded_copy`; every process must call this
+    then), the same weights as the copy of the unsharded model: each process can run it on its own.
     """
     if not callable(getattr(model, "initialize_weights", None)):
         raise TypeError(f"{type(model).__name__} has no initialize_weights() to draw a random initialisation from")
     device, _ = model_device_and_dtype(model)
-    baseline = copy.deepcopy(model).cpu()
+    baseline = unsharded_copy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         baseline.initialize_weights()

@@ -22,7 +22,7 @@ from mae.callbacks.preemption import Preempted, PreemptionCheckpoint
 from mae.callbacks.tracking import LogResolvedConfig
 from mae.callbacks.wandb_run import finish_wandb_run
 from mae.checkpoint import check_resume_checkpoint
-from mae.config import instantiate_node, validate_schedule
+from mae.config import instantiate_node, process_batch_size, validate_schedule
 from mae.data.errors import CorruptDataError
 from mae.run_directory import (
     BAD_IMAGES_FILE,
@@ -114,13 +114,14 @@ def build_training_run(cfg: DictConfig, model: Callable[[], Any],
     try:
         check_writable(output_dir(cfg))
         validate_schedule(cfg.schedule)
-        datamodule = instantiate_node(cfg.data)
+        trainer = build_trainer(cfg, list(extra_callbacks))
+        batch_size = process_batch_size(cfg.schedule, trainer.world_size)
+        datamodule = instantiate_node(cfg.data, **({} if batch_size is None else {"batch_size": batch_size}))
         if getattr(datamodule, "image_loader", None) is not None:
             datamodule.image_loader.report_file = output_dir(cfg) / BAD_IMAGES_FILE
         module = instantiate_node(cfg.module, model(), **module_arguments(datamodule))
         if cfg.ckpt_path is not None:
             check_resume_checkpoint(cfg.ckpt_path, module)
-        trainer = build_trainer(cfg, list(extra_callbacks))
     except SETUP_ERRORS as error:
         raise one_line_setup_error(error) from error
     return TrainingRun(datamodule, module, trainer)

@@ -54,3 +54,15 @@ def seeded_noise(num_images: int, num_patches: int, seed: int) -> torch.Tensor:
     hides the same patches in every caller (the pre-training's grid callback, the visualisation job), and the
     global random stream is not touched."""
     return torch.rand(num_images, num_patches, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def per_sample_noise(seeds: torch.Tensor | list[int], num_patches: int) -> torch.Tensor:
+    """``(len(seeds), num_patches)`` masking noise whose row ``i`` depends on ``seeds[i]`` alone.
+
+    A sample's mask then does not depend on which batch, process or node drew it: a run gives the same result on
+    any number of processes for the same global batch, and resumes the same experiment on another one.
+    """
+    rows = [torch.rand(num_patches, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+    if not rows:
+        return torch.empty(0, num_patches)
+    return torch.stack(rows)

@@ -66,7 +66,7 @@ class FinetuneModule(ClassificationModule):
         return self.with_schedule(torch.optim.AdamW(groups, lr=peak, fused=self.hparams.fused))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        imgs, labels = batch
+        imgs, labels = batch[0], batch[1]  # a third item, the samples' seeds, is for masks
         if self.mixup is not None and imgs.shape[0] % 2 == 0:  # timm's Mixup pairs images, so batches are even
             imgs, targets = self.mixup(imgs, labels)
             loss = self.soft_target_loss(self(imgs), targets)

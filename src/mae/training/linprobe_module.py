@@ -70,7 +70,7 @@ class LinearProbeModule(ClassificationModule):
         return self.with_schedule(optimizer)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        imgs, labels = batch
+        imgs, labels = batch[0], batch[1]  # a third item, the samples' seeds, is for masks
         loss = F.cross_entropy(self(imgs), labels)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)

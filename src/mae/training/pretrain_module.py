@@ -7,9 +7,15 @@ import time
 import torch
 from torch import nn
 
-from mae.models.masking import seeded_noise
+from mae.data.loaders import mixed_seed
+from mae.models.masking import per_sample_noise, seeded_noise
+from mae.sharding import shard_blocks
 from mae.training.optim import param_groups_weight_decay
 from mae.training.scheduled import ScheduledModule
+
+
+MASK_STREAM = 1
+"""Mixed into a sample's seed for its mask, so that mask and augmentation draw from unrelated streams."""
 
 
 class MAEPretrainModule(ScheduledModule):
@@ -25,7 +31,8 @@ class MAEPretrainModule(ScheduledModule):
         warmup_epochs: linear warmup length (fractional epochs allowed).
         epochs: length of the lr schedule; independent of the trainer's ``max_epochs`` so that a run can
             stop early and be resumed on the same schedule.
-        seed: base seed of the masking noise; each batch reseeds from it, so a resumed run repeats exactly.
+        seed: base seed of the per-batch random stream (masks of batches that carry no sample seeds); each batch
+            reseeds from it, so a resumed run repeats exactly.
         compile: ``torch.compile`` the model before training.
         fused: AdamW's fused kernel (one pass over all parameters instead of about ten ops per parameter
             tensor; the same update up to float rounding, 3x faster on the CPU, see ``make bench``).
@@ -52,6 +59,18 @@ class MAEPretrainModule(ScheduledModule):
         self._step_started = 0.0
 
     def configure_model(self) -> None:
+        # Lightning's ModelParallelStrategy (FSDP2) hands over a device mesh and leaves the sharding to the module;
+        # every other strategy (DDP, one device) has none and keeps the model as it is. Lightning may call this
+        # hook more than once, hence the flags.
+        if self.device_mesh is not None and not getattr(self, "_sharded", False):
+            tensor_parallel = self.device_mesh["tensor_parallel"].size()
+            if tensor_parallel > 1:
+                # With no tensor-parallel plan, each rank of a tensor-parallel group would train its own copy.
+                raise ValueError(f"tensor_parallel_size={tensor_parallel}: the MAE has no tensor parallelism; set "
+                                 "the strategy's tensor_parallel_size to 1 and data_parallel_size to the number of "
+                                 "processes")
+            shard_blocks(self.model, self.device_mesh["data_parallel"])
+            self._sharded = True
         if self.hparams.compile and not getattr(self, "_compiled", False):
             # In-place compile keeps parameter names, so checkpoints stay in the reference layout.
             self.model.compile()
@@ -65,12 +84,21 @@ class MAEPretrainModule(ScheduledModule):
 
     # -- steps -------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)  # seeds this batch's masks
+        super().on_train_batch_start(batch, batch_idx)  # seeds the masks of batches without sample seeds
         self._step_started = time.perf_counter()
+
+    def training_noise(self, batch) -> torch.Tensor | None:
+        """The batch's masking noise, row ``i`` drawn from sample ``i``'s seed (the third item of a training batch,
+        a function of (seed, epoch, sample index)), so a sample is masked alike on any number of processes;
+        None for batches without seeds (the model then draws from the per-batch seeded global stream)."""
+        if len(batch) < 3:
+            return None
+        seeds = [mixed_seed(int(seed), MASK_STREAM) for seed in batch[2].tolist()]
+        return per_sample_noise(seeds, self.model.num_patches).to(batch[0].device)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         imgs = batch[0]
-        loss = self.model(imgs).loss
+        loss = self.model(imgs, noise=self.training_noise(batch)).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; stopping")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=imgs.shape[0])

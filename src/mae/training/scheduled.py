@@ -64,8 +64,9 @@ class ScheduledModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # A batch's random draws (masks, mixup, drop path) are a pure function of (seed, epoch, batch, rank),
-        # whatever the data loader drew before: a resumed run repeats those of a run that never stopped.
+        # A batch's random draws from the global stream (mixup, drop path; masks only of batches that carry no
+        # sample seeds) are a pure function of (seed, epoch, batch, rank), whatever the data loader drew before: a
+        # resumed run repeats those of a run that never stopped.
         seed = batch_seed(self.hparams.seed, self.current_epoch, batch_idx, self.global_rank)
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)  # timm's Mixup draws from NumPy
