@@ -1,3 +1,8 @@
 """Masked Autoencoders (He et al., 2021) with PyTorch Lightning and Hydra."""
 
+from mae.features import Features, extract_features
+from mae.loading import load_model
+
 __version__ = "0.1.0"
+
+__all__ = ["Features", "extract_features", "load_model"]

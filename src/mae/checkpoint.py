@@ -174,17 +174,14 @@ def _listed(keys: list[str], limit: int = 8) -> str:
 def load_pretrained(model: torch.nn.Module, path: str | Path) -> dict[str, list[str]]:
     """Initialise the encoder of an MAE ``model`` from any checkpoint this project reads, in place.
 
-    Accepted: this project's Lightning checkpoint (pre-training, fine-tuning or linear probing), a reference MAE
-    ``.pth`` (encoder-only, full with decoder, or a fine-tuned classifier), or a timm ViT state_dict. Position
+    Accepted: whatever :func:`mae.loading.load_model` reads (this project's Lightning checkpoints and
+    ``.safetensors`` exports, a reference MAE ``.pth``, a timm ViT state_dict, a ``transformers`` directory). Position
     embeddings are resized to the model's grid. Encoder weights the file lacks, and keys the encoder has no use
     for, are logged by name and returned; a checkpoint none of whose weights fit is a :class:`CheckpointError`.
     """
-    checkpoint = load_checkpoint_file(path)
-    state = model_state_dict(checkpoint)
-    # A linear-probe or fine-tuning checkpoint of this project holds the encoder under its module's prefix.
-    for prefix in ("encoder.", "model."):
-        if any(key.startswith(prefix + "blocks.") for key in state):
-            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    from mae.loading import read_source  # it builds on this module
+
+    state, _ = read_source(path)
     missing, unexpected = load_encoder_weights(model, state, f"checkpoint {path}", model.grid_size)
     encoder_keys = set(model.encoder_state_dict())
     missing_encoder = sorted(key for key in missing if key in encoder_keys)

@@ -1,0 +1,106 @@
+"""``python -m mae.export FORMAT CKPT OUT``: write a checkpoint's MAE for other code, as files that load without
+running anything (safetensors and JSON), except the ``.pth`` a user asks for.
+
+Formats:
+  mae               OUT.safetensors: the whole MAE (encoder and decoder, reference names) + OUT.json (architecture);
+                    ``mae.load_model(OUT)`` rebuilds it.
+  timm              the encoder as a timm ``VisionTransformer`` (``num_classes=0``) state_dict: OUT.safetensors
+                    (+ OUT.json) or OUT.pth; ``timm.create_model(..., checkpoint_path=OUT)`` loads either.
+  transformers      a ``transformers.ViTMAEForPreTraining`` directory (config.json + model.safetensors).
+  transformers-vit  the encoder alone as a ``transformers.ViTModel`` directory.
+
+CKPT is anything :func:`mae.loading.load_model` reads; ``key=value`` arguments after OUT are its overrides
+(constructor arguments, e.g. ``num_heads=16`` for a file that does not state its architecture).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mae.atomic_files import replaced_atomically, write_text_atomically
+from mae.checkpoint import CheckpointError, export_timm_encoder
+from mae.loading import CONFIG_SUFFIX, load_model, model_architecture
+from mae.models import MaskedAutoencoderViT
+
+FORMAT_NAME = "mae-lightning"
+
+
+def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path, kind: str,
+                     architecture: Mapping[str, Any]) -> Path:
+    """``state`` as ``path`` (``.safetensors``) and, beside it, ``{"format", "kind", "architecture"}`` as JSON."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path} must end in .safetensors")
+    with replaced_atomically(path) as tmp:
+        save_file({key: value.detach().cpu().contiguous() for key, value in state.items()}, str(tmp))
+    config = {"format": FORMAT_NAME, "kind": kind, "architecture": dict(architecture)}
+    write_text_atomically(path.with_suffix(CONFIG_SUFFIX), json.dumps(config, indent=1) + "\n")
+    return path
+
+
+def save_mae(model: MaskedAutoencoderViT, path: str | Path) -> Path:
+    """The whole MAE, decoder included, as safetensors + JSON architecture."""
+    return save_safetensors(model.state_dict(), path, "mae", model_architecture(model))
+
+
+def save_timm_encoder(model: MaskedAutoencoderViT, path: str | Path) -> Path:
+    """The encoder as a timm ViT state_dict: safetensors (+ JSON) for ``.safetensors``, else a ``.pth``."""
+    if Path(path).suffix == ".safetensors":
+        return save_safetensors(model.encoder_state_dict(), path, "timm_encoder", model_architecture(model))
+    return export_timm_encoder(model, path)
+
+
+def write(format_name: str, model: MaskedAutoencoderViT, out: Path) -> Path:
+    if format_name == "mae":
+        return save_mae(model, out)
+    if format_name == "timm":
+        return save_timm_encoder(model, out)
+    from mae.interop.transformers_format import save_transformers, save_transformers_vit
+
+    save = save_transformers if format_name == "transformers" else save_transformers_vit
+    save(model, out)
+    return out
+
+
+def overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` arguments, values read as YAML scalars (``16``, ``true``, ``0.75``)."""
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{pair!r} is not key=value")
+        parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mae.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("format", choices=["mae", "timm", "transformers", "transformers-vit"])
+    parser.add_argument("ckpt", type=Path, help="a checkpoint, .pth, .safetensors or transformers directory")
+    parser.add_argument("out", type=Path, help="the file (mae, timm) or directory (transformers*) to write")
+    parser.add_argument("overrides", nargs="*", help="architecture overrides for load_model, e.g. num_heads=16")
+    args = parser.parse_args(argv)
+    try:
+        model = load_model(args.ckpt, **overrides(args.overrides))
+        written = write(args.format, model, args.out)
+    except (CheckpointError, ValueError, TypeError, ImportError) as error:
+        message = str(error).strip().splitlines()
+        print(f"error: {message[0] if message else type(error).__name__}", file=sys.stderr)
+        return 2
+    print(f"wrote {written} ({args.format})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
