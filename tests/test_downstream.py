@@ -2,6 +2,7 @@
 
 import json
 import os
+from functools import partial
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import timm
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer
 
 from mae.checkpoint import export_timm_state_dict
 from mae.jobs.downstream import build, downstream
@@ -85,6 +88,16 @@ def test_finetuning_writes_test_split_results_and_a_timm_classifier(finetuned_ru
     imgs = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(vit(imgs), reference(imgs), atol=1e-5)
+    # The same classifier as safetensors, rebuilt from the JSON beside it alone.
+    safe = run_dir / "timm_classifier.safetensors"
+    arch = json.loads(safe.with_suffix(".json").read_text())
+    assert arch["kind"] == "timm_classifier"
+    settings = dict(arch["architecture"])
+    eps = settings.pop("layer_norm_eps")
+    rebuilt = VisionTransformer(**settings, norm_layer=partial(torch.nn.LayerNorm, eps=eps)).eval()
+    rebuilt.load_state_dict(load_file(safe))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(imgs), vit(imgs))
 
 
 def test_linear_probe_trains_only_the_head(config_factory, pretrained_ckpt):

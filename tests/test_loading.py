@@ -9,9 +9,9 @@ import timm
 import torch
 
 from mae.callbacks.run_config import RUN_CONFIG_KEY
-from mae.checkpoint import CheckpointError
+from mae.checkpoint import CheckpointError, load_pretrained
 from mae.export import main as export_main
-from mae.export import save_mae, save_timm_encoder
+from mae.export import save_mae, save_timm_classifier, save_timm_encoder
 from mae.loading import architecture_from_weights, load_model, model_architecture
 from mae.models import MaskedAutoencoderViT, mae_vit_tiny_patch7
 from mae.models.classifier import vit_classifier_from_mae
@@ -140,3 +140,15 @@ def test_a_transformers_directory_and_the_export_command_to_it(tmp_path):
     assert loaded.norm_pix_loss  # from config.json
     expected, got = source(IMAGES, noise=NOISE), loaded(IMAGES, noise=NOISE)
     torch.testing.assert_close(got.pred, expected.pred, rtol=0, atol=1e-5)
+
+
+def test_a_classifier_export_gives_its_encoder_and_pretrained_reads_exports(tmp_path):
+    source = trained_like()
+    save_timm_classifier(vit_classifier_from_mae(source, num_classes=5), tmp_path / "classifier.safetensors")
+    loaded = load_model(tmp_path / "classifier.safetensors", decoder_embed_dim=128, decoder_depth=2,
+                        decoder_num_heads=4)  # its JSON describes timm's ViT: the encoder comes from the weights
+    assert torch.equal(loaded.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    save_mae(source, tmp_path / "mae.safetensors")
+    fresh = mae_vit_tiny_patch7(in_chans=1)
+    assert load_pretrained(fresh, tmp_path / "mae.safetensors") == {"missing": [], "unexpected": []}
+    assert torch.equal(fresh.forward_features(IMAGES), source.forward_features(IMAGES))

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 import yaml
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from mae.atomic_files import replaced_atomically, write_text_atomically
 from mae.checkpoint import CheckpointError, export_timm_encoder
@@ -58,6 +60,23 @@ def save_timm_encoder(model: MaskedAutoencoderViT, path: str | Path) -> Path:
     if Path(path).suffix == ".safetensors":
         return save_safetensors(model.encoder_state_dict(), path, "timm_encoder", model_architecture(model))
     return export_timm_encoder(model, path)
+
+
+def classifier_architecture(vit: VisionTransformer) -> dict[str, Any]:
+    """The ``timm.models.vision_transformer.VisionTransformer`` arguments that rebuild a fine-tuned classifier."""
+    block = vit.blocks[0]
+    norm = vit.fc_norm if isinstance(vit.fc_norm, nn.LayerNorm) else vit.norm
+    return {"img_size": list(vit.patch_embed.img_size), "patch_size": list(vit.patch_embed.patch_size),
+            "in_chans": vit.patch_embed.proj.in_channels, "num_classes": vit.num_classes,
+            "global_pool": vit.global_pool, "embed_dim": vit.embed_dim, "depth": len(vit.blocks),
+            "num_heads": block.attn.num_heads, "mlp_ratio": block.mlp.fc1.out_features / vit.embed_dim,
+            "qkv_bias": True, "layer_norm_eps": norm.eps}
+
+
+def save_timm_classifier(vit: VisionTransformer, path: str | Path) -> Path:
+    """A fine-tuned classifier, head included, as safetensors + JSON (``kind: timm_classifier``): timm's
+    ``VisionTransformer(**architecture, norm_layer=partial(nn.LayerNorm, eps=layer_norm_eps))`` loads it."""
+    return save_safetensors(vit.state_dict(), path, "timm_classifier", classifier_architecture(vit))
 
 
 def write(format_name: str, model: MaskedAutoencoderViT, out: Path) -> Path:

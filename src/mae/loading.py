@@ -34,6 +34,8 @@ HEADS_BY_WIDTH = {128: 4, 192: 3, 256: 8, 384: 6, 512: 16, 768: 12, 1024: 16, 12
 decoders): the one architecture number that weights do not show."""
 
 DECODER_PREFIXES = ("decoder_", "mask_token")
+MAE_KINDS = ("mae", "timm_encoder")
+"""Exports whose ``.json`` holds MAE constructor arguments (``python -m mae.export``)."""
 
 
 def model_architecture(model: MaskedAutoencoderViT) -> dict[str, Any]:
@@ -126,7 +128,9 @@ def read_source(path: str | Path) -> tuple[dict[str, torch.Tensor], DictConfig |
         from safetensors.torch import load_file
 
         sidecar = path.with_suffix(CONFIG_SUFFIX)
-        architecture = json.loads(sidecar.read_text())["architecture"] if sidecar.is_file() else None
+        config = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        # A classifier's config describes timm's ViT, not the MAE: its weights say what the encoder is.
+        architecture = config.get("architecture") if config.get("kind") in MAE_KINDS else None
         return encoder_and_decoder(load_file(path)), architecture
     checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint, Mapping):

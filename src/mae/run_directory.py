@@ -6,6 +6,7 @@ writers (callbacks, jobs) merge their numbers.
     <run dir>/checkpoints/last.ckpt            the Lightning checkpoint to resume from (and the next task's input)
     <run dir>/results.json                     the numbers the run measured
     <run dir>/timm_classifier.pth              fine-tuning: the classifier as a timm state_dict, head included
+    <run dir>/timm_classifier.safetensors      the same as safetensors, timm_classifier.json beside it
 """
 
 from __future__ import annotations

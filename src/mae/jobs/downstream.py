@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from mae.callbacks.run_config import RunConfigInCheckpoint
 from mae.checkpoint import CheckpointError, export_timm_state_dict, load_pretrained
+from mae.export import save_timm_classifier
 from mae.config import instantiate_node
 from mae.evaluation.classifier import evaluate_classifier, summary_line
 from mae.jobs.harness import (
@@ -65,6 +66,7 @@ def downstream(cfg: DictConfig) -> dict:
     if run.trainer.is_global_zero:
         if isinstance(run.module, FinetuneModule):
             export_timm_state_dict(run.module.model, output_dir(cfg) / TIMM_CLASSIFIER_FILE)
+            save_timm_classifier(run.module.model, (output_dir(cfg) / TIMM_CLASSIFIER_FILE).with_suffix(".safetensors"))
         print(f"{cfg.task_name} ({'from ' + str(cfg.pretrained) if cfg.pretrained else 'random init'}): "
               f"{summary_line(results)}")
     point_latest_at(cfg, run.trainer)
