@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import tempfile
 import time
@@ -97,6 +98,7 @@ def trainer_check(name: str, strategy: Strategy, accelerator: str = "gpu",
     images = TensorDataset(torch.randn(IMAGES, 3, 28, 28), torch.zeros(IMAGES, dtype=torch.long))
     recorder = LossRecorder()
     started = time.perf_counter()
+    environment = dict(os.environ)
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(accelerator=accelerator, devices=1, strategy=strategy, precision=precision,
                             max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -109,6 +111,10 @@ def trainer_check(name: str, strategy: Strategy, accelerator: str = "gpu",
             # Each check starts its own process group, so that the next one may use another backend.
             if torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
+            # Lightning's DDP leaves MASTER_ADDR/PORT, NODE_RANK and LOCAL_RANK behind: a later launch in this
+            # process would take LOCAL_RANK as "already launched" and never start its other processes.
+            os.environ.clear()
+            os.environ.update(environment)
     change = max((after[key].float().cpu() - value.float().cpu()).abs().max().item()
                  for key, value in before.items() if key in after and value.is_floating_point())
     losses = recorder.losses

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,16 @@ def data_module(group: str, **settings: Any) -> Any:
     """The data module of ``conf/data/<group>.yaml`` exactly as the composed config builds it, with ``settings``
     in place of the file's values (the modules take no defaults in Python)."""
     return instantiate_node(_data_node(group), **settings)
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment():
+    """Each test leaves os.environ as it found it: Lightning writes launch variables (MASTER_ADDR/PORT, NODE_RANK,
+    LOCAL_RANK) into it, and a later test's 2-process launch would take a leaked LOCAL_RANK as already launched."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,10 +74,13 @@ def test_a_raising_check_fails_with_the_first_line_of_its_error():
 
 
 def test_ddp_check_trains_on_the_cpu_and_leaves_no_process_group():
+    environment = dict(os.environ)
     check = gpu_check.trainer_check("ddp", gpu_check.config_strategy("ddp"), accelerator="cpu")
     assert check.passed, check.line()
     assert check.line().startswith("PASS ddp: 12 steps bf16-mixed, loss ")
     assert not torch.distributed.is_initialized()
+    # Nor Lightning's launch variables: a leaked LOCAL_RANK made a later 2-process run start only one process.
+    assert dict(os.environ) == environment
 
 
 @pytest.mark.slow  # inductor compiles C++ on the CPU: ~35 s on 2 cores with a cold cache
