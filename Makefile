@@ -17,9 +17,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(INSTALLED): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --quiet --no-cache-dir --upgrade pip
+	$(BIN)/pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --no-cache-dir -e '.[dev]'
 	touch $@
 
 ## data: Debian's dataset-fashion-mnist, the embedded default dataset
