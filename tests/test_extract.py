@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import mae
 import mae.extract
 from mae.evaluation import knn
+from mae.export import write
 from mae.extract import main
 from mae.models import MaskedAutoencoderViT
 
@@ -257,6 +258,19 @@ def test_an_encoder_only_file_with_the_model_group(checkpoint, fmnist, tmp_path)
                                mae.extract_features(model, split_images(arrays, "val")).features, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("export_format", ["mae", "transformers"])
+def test_exports_are_read_with_the_architecture_they_state(checkpoint, fmnist, tmp_path, export_format):
+    """A safetensors export and a transformers directory give the checkpoint's features, with no model overrides
+    (the default model group, 192 wide, would not fit)."""
+    root, arrays = fmnist
+    model = trained_model(checkpoint)
+    exported = write(export_format, model, tmp_path / ("mae.safetensors" if export_format == "mae" else "hf"))
+    out = tmp_path / "val.safetensors"
+    assert extract(exported, out, root) == 0
+    torch.testing.assert_close(load_file(str(out))["features"],
+                               mae.extract_features(model, split_images(arrays, "val")).features, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("out_name, overrides, message", [
     ("f.safetensors", ["pool=mean"], "pool='mean' is not a feature pooling; use one of 'cls', 'avg', 'tokens'"),
     ("f.safetensors", ["split=test"], "split='test' is not a split; use one of 'train', 'val'"),
@@ -285,8 +299,10 @@ def test_missing_checkpoint_and_one_without_encoder_are_one_line(checkpoint, fmn
     state = trained_model(checkpoint).state_dict()
     torch.save({k: v for k, v in state.items() if k.startswith(("decoder_", "mask_token"))}, decoder_only)
     assert extract(decoder_only, tmp_path / "f.safetensors", fmnist[0]) == 2
-    assert capsys.readouterr().err == (f"error: checkpoint {decoder_only} has no encoder weights (no patch_embed.*, "
-                                       "blocks.*, ...); features need an MAE encoder\n")
+    assert capsys.readouterr().err == (f"error: checkpoint {decoder_only} holds no MAE or ViT encoder (no "
+                                       "patch_embed.proj.weight; its keys: decoder_blocks.0.attn.proj.bias, "
+                                       "decoder_blocks.0.attn.proj.weight, decoder_blocks.0.attn.qkv.bias, "
+                                       "decoder_blocks.0.attn.qkv.weight ...)\n")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["decoder.pth"]
 
 

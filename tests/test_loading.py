@@ -105,8 +105,8 @@ def test_bad_sources_are_one_line(tmp_path):
     torch.save({"model": trained_like().state_dict()}, tmp_path / "tiny.pth")
     with pytest.raises(CheckpointError) as error:
         load_model(tmp_path / "tiny.pth", embed_dim=96)
-    assert str(error.value) == (f"checkpoint {tmp_path / 'tiny.pth'}: cls_token has shape (1, 1, 192), this model "
-                                "expects (1, 1, 96)")
+    assert str(error.value) == (f"checkpoint {tmp_path / 'tiny.pth'} (architecture from its weights): cls_token has "
+                                "shape (1, 1, 192), this model expects (1, 1, 96)")
     odd = MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=40, depth=1, num_heads=5,
                                decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
     torch.save(odd.state_dict(), tmp_path / "odd.pth")

@@ -20,12 +20,15 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from mae.jobs.harness import SetupError
-from mae.jobs.visualize import compose_config, has_decoder, prepare, visualize
+from mae.export import save_mae
+from mae.jobs.visualize import compose_config, prepare, visualize
+from mae.loading import has_decoder
 from mae.models import MaskedAutoencoderViT
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "reconstruction.ipynb"
-NO_DECODER = "has no decoder weights (encoder-only checkpoint): reconstructions need a full/visualize checkpoint"
+NO_DECODER = ("has no decoder weights (an encoder-only or fine-tuned file): reconstructions need a pre-training "
+              "checkpoint or a full MAE export")
 
 TINY = {"img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": 16, "depth": 1, "num_heads": 2,
         "decoder_embed_dim": 8, "decoder_depth": 1, "decoder_num_heads": 2, "norm_pix_loss": True}
@@ -53,6 +56,13 @@ def lightning_checkpoint(run_dir: Path, state: dict[str, torch.Tensor]) -> Path:
 def reference_checkpoint(path: Path, state: dict[str, torch.Tensor]) -> Path:
     torch.save({"model": state}, path)
     return path
+
+
+def mae_export(path: Path, state: dict[str, torch.Tensor]) -> Path:
+    """``python -m mae.export mae``'s file: safetensors with the architecture in a .json beside it."""
+    model = MaskedAutoencoderViT(**TINY)
+    model.load_state_dict(state)
+    return save_mae(model, path)
 
 
 def encoder_only(path: Path, state: dict[str, torch.Tensor]) -> Path:
@@ -90,6 +100,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
         "same_as_reference": reference_checkpoint(tmp / "same.pth", first),
         "other_as_reference": reference_checkpoint(tmp / "other.pth", second),
         "encoder_only": encoder_only(tmp / "encoder.pth", first),
+        "export": mae_export(tmp / "export.safetensors", first),
     }
 
 
@@ -125,6 +136,9 @@ def test_command_writes_a_grid_that_depends_on_the_checkpoint(tmp_path, checkpoi
     # The same weights as a reference-style file, architecture from model overrides: the same grid.
     visualize(visualize_config(checkpoints["same_as_reference"], [*TINY_OVERRIDES, f"out={tmp_path / 'same.png'}"]))
     assert np.array_equal(grid_tiles(tmp_path / "same.png"), from_lightning)
+    # ... and as a safetensors export, architecture from its .json (the default model group would not fit).
+    visualize(visualize_config(checkpoints["export"], [f"out={tmp_path / 'export.png'}"]))
+    assert np.array_equal(grid_tiles(tmp_path / "export.png"), from_lightning)
 
     # Other weights, same images and mask: original and masked columns agree, reconstructions do not.
     other = checkpoints["other_as_reference"]
@@ -145,14 +159,14 @@ def test_encoder_only_checkpoint_is_a_one_line_error_with_exit_code_2(checkpoint
     results, cwd = command_runs
     result, ckpt = results["encoder_only"], checkpoints["encoder_only"]
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {ckpt} {NO_DECODER}"
+    assert result.stderr.strip() == f"error: checkpoint {ckpt} {NO_DECODER}"
     assert not (cwd / "encoder.png").exists()
     assert not has_decoder(torch.load(ckpt)["model"]) and has_decoder(tiny_state(0))
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["model.embed_dim=32"], "cls_token has shape (1, 1, 16), this model expects (1, 1, 32)"),
-    (["model.decoder_depth=2"], "does not fit this model: missing keys ['decoder_blocks.1."),
+    (["model.decoder_depth=2"], "lacks decoder weights ['decoder_blocks.1."),
     (["data.img_size=32", "model.img_size=28"], "takes 28 px images with 1 channels, but the data serves 32 px with 1"),
     (["mask_ratio=1.0"], "mask_ratio=1.0 is outside [0, 1)"),
 ])

@@ -181,7 +181,7 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> dict[str, list[
     """
     from mae.loading import read_source  # it builds on this module
 
-    state, _ = read_source(path)
+    state = read_source(path).state
     missing, unexpected = load_encoder_weights(model, state, f"checkpoint {path}", model.grid_size)
     encoder_keys = set(model.encoder_state_dict())
     missing_encoder = sorted(key for key in missing if key in encoder_keys)

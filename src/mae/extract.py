@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +36,11 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from mae.atomic_files import replaced_atomically, write_text_atomically
-from mae.checkpoint import (
-    CheckpointError,
-    check_input_size,
-    check_state_dict_shapes,
-    load_checkpoint_file,
-    model_state_dict,
-)
+from mae.checkpoint import check_input_size
 from mae.config import compose_in_repo, instantiate_node
 from mae.data.errors import CorruptDataError, check_int, one_line
 from mae.features import check_layers, check_pool, extract_features
-from mae.jobs.visualize import architecture, has_decoder
-from mae.models.mae import ENCODER_PREFIXES
+from mae.loading import load
 
 SUFFIXES = (".safetensors", ".npy")
 SPLIT_LOADERS = {"train": "eval_train_dataloader", "val": "val_dataloader"}
@@ -79,30 +72,6 @@ def output_files(out: Path, keys: list[str]) -> dict[str, Path]:
     if out.suffix == ".safetensors":
         return {key: out for key in keys}
     return {key: out.with_name(f"{out.stem}_{key}.npy") for key in keys}
-
-
-def load_encoder(ckpt_path: str | Path, model_cfg: DictConfig, use_run_config: bool = True) -> nn.Module:
-    """The MAE of ``ckpt_path`` in eval mode: the command's one place that loads a model.
-
-    Reads what :func:`mae.jobs.visualize.load_mae` reads, with the architecture from the same place (the run's
-    ``config_resolved.yaml`` for this project's checkpoints, otherwise ``model_cfg``), and encoder-only files
-    too. Raises a one-line :class:`~mae.checkpoint.CheckpointError` for a missing or unreadable file, one without
-    encoder weights, or weights that do not fit the architecture.
-    """
-    checkpoint = load_checkpoint_file(ckpt_path)
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f"checkpoint {ckpt_path} holds a {type(checkpoint).__name__}, not a state_dict")
-    state = model_state_dict(checkpoint)
-    if not any(key.startswith(ENCODER_PREFIXES) for key in state):
-        raise CheckpointError(f"checkpoint {ckpt_path} has no encoder weights (no patch_embed.*, blocks.*, ...); "
-                              "features need an MAE encoder")
-    node, source = architecture(ckpt_path, checkpoint, model_cfg, use_run_config)
-    model = instantiate_node(node)
-    full = has_decoder(state)
-    expected = model.state_dict() if full else model.encoder_state_dict()
-    check_state_dict_shapes(state, expected, f"checkpoint {ckpt_path} (architecture from {source})")
-    model.load_state_dict(state, strict=full)
-    return model.eval()
 
 
 def choose_device(device: str | None) -> torch.device:
@@ -205,7 +174,7 @@ def extract(cfg: DictConfig, ckpt_path: Path, out: Path) -> dict[str, torch.Tens
     check_int("chunk_size", cfg.chunk_size, 1)
     layers = OmegaConf.to_container(cfg.layers) if isinstance(cfg.layers, ListConfig) else cfg.layers
     device = choose_device(cfg.device)
-    model = load_encoder(ckpt_path, cfg.model, bool(cfg.use_run_config))
+    model = load(ckpt_path, fallback=cfg.model, use_stated=bool(cfg.use_run_config)).model
     layers = check_layers([layers] if isinstance(layers, int) else layers, len(model.blocks))
     datamodule = instantiate_node(cfg.data)
     check_input_size((model.img_size, model.in_chans), datamodule, ckpt_path)
@@ -223,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mae.extract", description=__doc__ + "\n\nSee conf/extract.yaml for the keys.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ckpt", type=Path, help="the checkpoint: this project's .ckpt, a reference MAE .pth or a "
-                                                "plain state_dict (encoder-only or with decoder)")
+    parser.add_argument("ckpt", type=Path, help="anything mae.load_model reads: this project's .ckpt or "
+                                                ".safetensors export, a reference MAE .pth, a timm ViT state_dict, "
+                                                "a transformers ViTMAE/ViT directory")
     parser.add_argument("out", type=Path, help="the file to write: OUT.safetensors, or OUT.npy for OUT_features.npy "
                                                "and OUT_labels.npy")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data=cifar10 split=train pool=avg "

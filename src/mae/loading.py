@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ decoders): the one architecture number that weights do not show."""
 DECODER_PREFIXES = ("decoder_", "mask_token")
 MAE_KINDS = ("mae", "timm_encoder")
 """Exports whose ``.json`` holds MAE constructor arguments (``python -m mae.export``)."""
+
+
+class NoDecoderError(CheckpointError):
+    """The file holds an encoder only (an encoder export or ``.pth``, a fine-tuned or linear-probe checkpoint)."""
 
 
 def model_architecture(model: MaskedAutoencoderViT) -> dict[str, Any]:
@@ -85,25 +90,26 @@ def architecture_from_weights(state: Mapping[str, torch.Tensor], source: str,
     return {**arch, **given}
 
 
-def stored_architecture(path: Path, checkpoint: Mapping[str, Any]) -> DictConfig | None:
-    """The ``model`` node a file carries: a checkpoint's stored run config, the run's ``config_resolved.yaml``
-    two folders up, or a reference ``.pth``'s ``args.model`` preset; None when the file says nothing."""
+def stored_architecture(path: Path, checkpoint: Mapping[str, Any]) -> tuple[DictConfig | None, str]:
+    """(the ``model`` node a file carries, where it was found): a checkpoint's stored run config, the run's
+    ``config_resolved.yaml`` two folders up, or a reference ``.pth``'s ``args.model`` preset; (None, "") when the
+    file says nothing."""
     stored = checkpoint.get(RUN_CONFIG_KEY)
     if isinstance(stored, Mapping) and "model" in stored:
-        return trusted_node(stored["model"], MODEL_TARGETS, f"checkpoint {path}")
+        return trusted_node(stored["model"], MODEL_TARGETS, f"checkpoint {path}"), f"the run config stored in {path}"
     run_config = config_file(run_dir_of_checkpoint(path))
     if "state_dict" in checkpoint and run_config.is_file():
         node = OmegaConf.load(run_config).get("model")
         if isinstance(node, DictConfig) and "_target_" in node:
-            return trusted_node(node, MODEL_TARGETS, str(run_config))
+            return trusted_node(node, MODEL_TARGETS, str(run_config)), str(run_config)
     args = checkpoint.get("args")
     preset = f"mae.models.{getattr(args, 'model', '')}"
     if preset in MODEL_TARGETS:  # a reference pre-training file names its preset
         node = {"_target_": preset, "norm_pix_loss": bool(getattr(args, "norm_pix_loss", False))}
         if getattr(args, "input_size", None):
             node["img_size"] = int(args.input_size)
-        return OmegaConf.create(node)
-    return None
+        return OmegaConf.create(node), f"args.model={args.model} in {path}"
+    return None, ""
 
 
 def encoder_and_decoder(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -114,14 +120,24 @@ def encoder_and_decoder(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return dict(state)
 
 
-def read_source(path: str | Path) -> tuple[dict[str, torch.Tensor], DictConfig | dict[str, Any] | None]:
-    """(weights under reference names, the architecture the file states or None) of any supported source."""
+@dataclass
+class Source:
+    """What a file holds: its weights under reference names and the architecture it states (or None)."""
+
+    state: dict[str, torch.Tensor]
+    architecture: DictConfig | dict[str, Any] | None
+    architecture_from: str = ""
+    """Where the stated architecture was found (a file, a checkpoint's run config); empty when none is stated."""
+
+
+def read_source(path: str | Path) -> Source:
+    """The weights and stated architecture of any supported source."""
     path = Path(path)
     if path.is_dir():
         from mae.interop.transformers_format import from_transformers
 
         model = from_transformers(path)
-        return model.state_dict(), model_architecture(model)
+        return Source(model.state_dict(), model_architecture(model), str(path / "config.json"))
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
@@ -131,17 +147,77 @@ def read_source(path: str | Path) -> tuple[dict[str, torch.Tensor], DictConfig |
         config = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         # A classifier's config describes timm's ViT, not the MAE: its weights say what the encoder is.
         architecture = config.get("architecture") if config.get("kind") in MAE_KINDS else None
-        return encoder_and_decoder(load_file(path)), architecture
+        return Source(encoder_and_decoder(load_file(path)), architecture, str(sidecar) if architecture else "")
     checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a state_dict")
-    return encoder_and_decoder(model_state_dict(checkpoint)), stored_architecture(path, checkpoint)
+    return Source(encoder_and_decoder(model_state_dict(checkpoint)), *stored_architecture(path, checkpoint))
+
+
+def has_decoder(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether weights include an MAE decoder (an encoder export, a fine-tuned classifier have none)."""
+    return any(key.startswith(DECODER_PREFIXES) for key in state)
 
 
 def build(architecture: DictConfig | Mapping[str, Any], overrides: Mapping[str, Any]) -> MaskedAutoencoderViT:
     if isinstance(architecture, DictConfig):
         return instantiate_node(architecture, **overrides)
     return MaskedAutoencoderViT(**{**architecture, **overrides})
+
+
+@dataclass
+class LoadedModel:
+    """A model :func:`load` built, and where its architecture came from."""
+
+    model: MaskedAutoencoderViT
+    architecture_from: str
+    has_decoder: bool
+
+
+def load(path: str | Path, *, fallback: DictConfig | None = None, use_stated: bool = True,
+         require_decoder: bool = False, overrides: Mapping[str, Any] | None = None) -> LoadedModel:
+    """:func:`load_model` for the commands: the architecture is the one ``path`` states (unless ``use_stated`` is
+    false), else the ``fallback`` model node (a Hydra model group), else the one the weights imply; then
+    ``overrides``. ``require_decoder`` refuses a file without decoder weights (:class:`NoDecoderError`) or one
+    whose decoder does not fill the model's."""
+    source = f"checkpoint {path}"
+    found = read_source(path)
+    state, overrides = found.state, dict(overrides or {})
+    if "patch_embed.proj.weight" not in state:
+        raise CheckpointError(f"{source} holds no MAE or ViT encoder (no patch_embed.proj.weight; its keys: "
+                              f"{', '.join(sorted(state)[:4])}{' ...' if len(state) > 4 else ''})")
+    if require_decoder and not has_decoder(state):
+        raise NoDecoderError(f"{source} has no decoder weights (an encoder-only or fine-tuned file): "
+                             "reconstructions need a pre-training checkpoint or a full MAE export")
+    if found.architecture is not None and use_stated:
+        architecture, architecture_from = found.architecture, found.architecture_from
+    elif fallback is not None:
+        architecture, architecture_from = fallback, "the model group"
+    else:
+        architecture, architecture_from = architecture_from_weights(state, source, overrides), "its weights"
+    model = build(architecture, overrides)
+    expected = model.state_dict()
+    check_shapes(state, expected, f"{source} (architecture from {architecture_from})")
+    missing = sorted(set(expected) - set(state))
+    missing_encoder = [key for key in missing if not key.startswith(DECODER_PREFIXES)]
+    if missing_encoder == ["norm.bias", "norm.weight"] and "fc_norm.weight" in state:
+        # A reference fine-tuned classifier pools the patch tokens and normalises them with fc_norm instead.
+        log.warning("%s is a fine-tuned classifier (fc_norm, no final norm): the final norm keeps its "
+                    "initialisation", source)
+        missing_encoder = []
+    if missing_encoder:
+        raise CheckpointError(f"{source} lacks encoder weights {missing_encoder[:8]}"
+                              f"{' ...' if len(missing_encoder) > 8 else ''} (architecture from {architecture_from})")
+    if missing and require_decoder:
+        raise CheckpointError(f"{source} lacks decoder weights {missing[:8]}{' ...' if len(missing) > 8 else ''} "
+                              f"(architecture from {architecture_from})")
+    if missing:
+        log.info("%s has no decoder weights; the decoder keeps its initialisation", source)
+    unused = sorted(set(state) - set(expected))
+    if unused:
+        log.info("%s: keys the MAE does not use: %s", source, ", ".join(unused[:8]))
+    model.load_state_dict({key: value for key, value in state.items() if key in expected}, strict=False)
+    return LoadedModel(model.eval(), architecture_from, has_decoder(state))
 
 
 def load_model(path: str | Path, **overrides: Any) -> MaskedAutoencoderViT:
@@ -155,27 +231,4 @@ def load_model(path: str | Path, **overrides: Any) -> MaskedAutoencoderViT:
     another shape is one line naming the key and both shapes; keys the MAE has no use for (a classifier's head)
     are logged by name.
     """
-    state, architecture = read_source(path)
-    source = f"checkpoint {path}"
-    if architecture is None:
-        architecture = architecture_from_weights(state, source, overrides)
-    model = build(architecture, overrides)
-    expected = model.state_dict()
-    check_shapes(state, expected, source)
-    missing = sorted(set(expected) - set(state))
-    missing_encoder = [key for key in missing if not key.startswith(DECODER_PREFIXES)]
-    if missing_encoder == ["norm.bias", "norm.weight"] and "fc_norm.weight" in state:
-        # A reference fine-tuned classifier pools the patch tokens and normalises them with fc_norm instead.
-        log.warning("%s is a fine-tuned classifier (fc_norm, no final norm): the final norm keeps its "
-                    "initialisation", source)
-        missing_encoder = []
-    if missing_encoder:
-        raise CheckpointError(f"{source} lacks encoder weights {missing_encoder[:8]}"
-                              f"{' ...' if len(missing_encoder) > 8 else ''}")
-    if missing:
-        log.info("%s has no decoder weights; the decoder keeps its initialisation", source)
-    unused = sorted(set(state) - set(expected))
-    if unused:
-        log.info("%s: keys the MAE does not use: %s", source, ", ".join(unused[:8]))
-    model.load_state_dict({key: value for key, value in state.items() if key in expected}, strict=False)
-    return model.eval()
+    return load(path, overrides=overrides).model

@@ -22,7 +22,7 @@ same functions: :func:`compose_config`, then :func:`prepare`, then :meth:`Inspec
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +31,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mae.checkpoint import (
-    CheckpointError,
-    check_input_size,
-    check_state_dict_shapes,
-    load_checkpoint_file,
-    model_state_dict,
-)
+from mae.checkpoint import check_input_size
 from mae.config import CONF_DIR, compose_in_repo, instantiate_node, register_resolvers
 from mae.jobs.harness import (
     SETUP_ERRORS,
@@ -45,65 +39,14 @@ from mae.jobs.harness import (
     one_line_setup_error,
     run_job,
 )
+from mae.loading import load
 from mae.models.masking import seeded_noise
 from mae.reconstruction_grid import ReconstructionViews, reconstruct, save_reconstruction_grid
-from mae.run_directory import check_writable, config_file, run_dir_of_checkpoint
-from mae.stored_config import MODEL_TARGETS, trusted_node
+from mae.run_directory import check_writable
 
 log = logging.getLogger(__name__)
 
-DECODER_KEYS = ("mask_token", "decoder_")
-"""Names (or name prefixes) of the weights only an MAE with decoder has; an encoder-only file has none of them."""
-
 register_resolvers()
-
-
-class NoDecoderError(CheckpointError):
-    """The checkpoint holds an encoder only (a reference encoder ``.pth``, a fine-tuned or linear-probe file)."""
-
-
-def has_decoder(state: Mapping[str, torch.Tensor]) -> bool:
-    return any(key.startswith(DECODER_KEYS) for key in state)
-
-
-def run_config_file(ckpt_path: str | Path) -> Path:
-    """``<run dir>/config_resolved.yaml`` for ``<run dir>/checkpoints/<file>``."""
-    return config_file(run_dir_of_checkpoint(ckpt_path))
-
-
-def architecture(ckpt_path: str | Path, checkpoint: Mapping, model_cfg: DictConfig,
-                 use_run_config: bool = True) -> tuple[DictConfig, str]:
-    """(model node, where it came from): the run's resolved ``model`` for this project's Lightning checkpoints
-    when ``config_resolved.yaml`` exists two directories up, otherwise ``model_cfg``."""
-    config_file = run_config_file(ckpt_path)
-    if use_run_config and "state_dict" in checkpoint and config_file.is_file():
-        node = OmegaConf.load(config_file).get("model")
-        if isinstance(node, DictConfig) and "_target_" in node:
-            return trusted_node(node, MODEL_TARGETS, str(config_file)), str(config_file)
-        log.warning("%s has no model node; the architecture comes from the model group", config_file)
-    return model_cfg, "the model group"
-
-
-def load_mae(ckpt_path: str | Path, model_cfg: DictConfig, use_run_config: bool = True) -> tuple[torch.nn.Module, str]:
-    """An MAE with decoder, weights loaded from ``ckpt_path``, in eval mode; and where its architecture came from.
-
-    Reads this project's Lightning checkpoints, reference MAE ``.pth`` files (weights under ``model``) and plain
-    state_dicts (see :func:`architecture` for the architecture). Raises :class:`NoDecoderError` for a file
-    without decoder weights and :class:`~mae.checkpoint.CheckpointError` for a missing or unreadable file or
-    weights that do not fit the architecture (one line each).
-    """
-    checkpoint = load_checkpoint_file(ckpt_path)
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f"checkpoint {ckpt_path} holds a {type(checkpoint).__name__}, not a state_dict")
-    state = model_state_dict(checkpoint)
-    if not has_decoder(state):
-        raise NoDecoderError(f"{ckpt_path} has no decoder weights (encoder-only checkpoint): reconstructions need "
-                             "a full/visualize checkpoint")
-    node, source = architecture(ckpt_path, checkpoint, model_cfg, use_run_config)
-    model = instantiate_node(node)
-    check_state_dict_shapes(state, model.state_dict(), f"checkpoint {ckpt_path} (architecture from {source})")
-    model.load_state_dict(state)
-    return model.eval(), source
 
 
 def check_mask_ratio(mask_ratio: float | None) -> float | None:
@@ -118,7 +61,7 @@ class Inspection:
 
     model: torch.nn.Module
     architecture: str
-    """Where the architecture came from: the run's ``config_resolved.yaml`` or the model group."""
+    """Where the architecture came from: what the file states (its run config, an export's ``.json``) or the model group."""
     imgs: torch.Tensor
     """``(N, C, H, W)`` normalised images."""
     noise: torch.Tensor
@@ -147,7 +90,9 @@ def prepare(cfg: DictConfig) -> Inspection:
             raise ValueError(f"num_images={cfg.num_images} must be at least 1")
         mask_ratio = check_mask_ratio(cfg.mask_ratio)
         check_writable(Path(str(cfg.out)).parent)
-        model, source = load_mae(cfg.ckpt_path, cfg.model, cfg.get("use_run_config", True))
+        loaded = load(cfg.ckpt_path, fallback=cfg.model, use_stated=bool(cfg.get("use_run_config", True)),
+                      require_decoder=True)
+        model, source = loaded.model, loaded.architecture_from
         datamodule = instantiate_node(cfg.data)
         check_input_size((model.img_size, model.in_chans), datamodule, cfg.ckpt_path)
         imgs = datamodule.sample_images(int(cfg.num_images))
