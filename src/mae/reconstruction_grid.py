@@ -35,6 +35,8 @@ class ReconstructionViews:
     """The reconstruction with visible patches replaced by the original pixels: what the MAE actually adds."""
     mask: torch.Tensor
     """``(N, 1, H, W)`` pixel mask, 1 where the patch was removed."""
+    loss: float
+    """The model's training loss on this batch and mask (mean squared error over the removed patches)."""
 
     def columns(self) -> tuple[torch.Tensor, ...]:
         """The views in grid column order (see ``COLUMNS``)."""
@@ -75,6 +77,7 @@ def reconstruct(
         reconstruction=reconstruction,
         pasted=original * (1 - mask) + reconstruction * mask,
         mask=mask,
+        loss=float(out.loss),
     )
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from mae.benchmarking import report
+from mae.benchmarking.demo import measure_demo_update
 from mae.benchmarking.loader import measure_loaders
 from mae.benchmarking.peak import measure_peak, native_support
 from mae.benchmarking.step import COMPILE_SCOPES, DTYPES, MATMUL_DTYPES, build_model, forward_flops_of, measure_step
@@ -51,7 +52,11 @@ FAST_PATH_ROWS = {  # name, preset, its model arguments, batch
              ("grad_checkpointing", "mae_vit_base_patch16", {}, 16)],
     "quick": [("fused_adamw", *TINY, 4), ("grad_checkpointing", *TINY, 4)],
 }
-KINDS = ("peak", "step", "speedup", "loader", "fast_path")
+DEMO_ROWS = {  # preset, its model arguments: the Fashion-MNIST presets the demo serves on a CPU
+    "full": [(*TINY,), ("mae_vit_tiny_patch4", {"in_chans": 1, "img_size": 28})],
+    "quick": [(*TINY,)],
+}
+KINDS = ("peak", "step", "speedup", "loader", "fast_path", "demo")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,7 +102,7 @@ class Results:
 
     IDENTITY = {"step": ("preset", "batch", "dtype", "compiled", "device", "compile_scope"),
                 "speedup": ("preset", "decoder_depth"), "loader": ("pipeline",), "peak": ("dtype",),
-                "fast_path": ("name", "preset", "batch")}
+                "fast_path": ("name", "preset", "batch"), "demo": ("preset",)}
 
     def __init__(self, out: Path, header: str, earlier: list[report.Row] | None = None) -> None:
         self.rows: list[report.Row] = list(earlier or [])
@@ -253,6 +258,12 @@ def run_fast_paths(args: argparse.Namespace, results: Results) -> None:
         results.add(report.fast_path_row(name, preset, batch, *timings, device=args.device))
 
 
+def run_demo_updates(args: argparse.Namespace, results: Results) -> None:
+    for preset, model_kwargs in DEMO_ROWS[args.mode]:
+        row = measure_demo_update(preset, repeats=3 if args.quick else 21, **model_kwargs)
+        results.add(report.demo_row(row.pop("preset"), row.pop("s_per_update"), **row))
+
+
 def rerender(out: Path) -> list[report.Row]:
     """Rewrite ``out``'s results.json and results.md from that results.json, each step row's share of peak
     re-assessed against the file's peak rows, results.md's note kept: measures nothing."""
@@ -282,6 +293,8 @@ def main(argv: list[str] | None = None) -> list[report.Row]:
         run_speedups(args, results)
     if "loader" in args.kinds and args.compile != "only":
         run_loaders(args, results)
+    if "demo" in args.kinds and args.compile != "only":
+        run_demo_updates(args, results)
     if "fast_path" in args.kinds and args.compile != "only":
         run_fast_paths(args, results)
     if "step" in args.kinds and args.compile != "off":

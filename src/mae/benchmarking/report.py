@@ -12,7 +12,9 @@ Every row is a dict with ``kind`` and that kind's fields:
   ``mixed_gflops_per_s`` (a training step's mix of operand layouts, see :mod:`~mae.benchmarking.peak`);
 - ``fast_path`` (this project's addition): ``name``, ``preset``, ``batch``, ``s_per_step_without``,
   ``s_per_step_with``, ``step_speedup``, ``peak_mem_mb_without``, ``peak_mem_mb_with``: one fast path switched
-  off and on in the same run (e.g. the fused AdamW kernel, activation checkpointing).
+  off and on in the same run (e.g. the fused AdamW kernel, activation checkpointing);
+- ``demo`` (this project's addition): ``preset``, ``s_per_update``: one update of the reconstruction demo on the
+  server (a 640x480 upload decoded and fitted, the MAE's forward, four PNG pictures), median.
 
 Rows may carry further, informative fields (e.g. ``s_optimizer``); a configuration that failed (say, a
 ``torch.compile`` this machine cannot do) keeps its identifying fields, ``None`` for the measured ones and an
@@ -46,6 +48,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "peak": ("dtype", "gflops_per_s"),
     "fast_path": ("name", "preset", "batch", "s_per_step_without", "s_per_step_with", "step_speedup",
                   "peak_mem_mb_without", "peak_mem_mb_with"),
+    "demo": ("preset", "s_per_update"),
 }
 """The fields every row of a kind has."""
 SLOW_PEAK_FRACTION = 0.25
@@ -174,6 +177,10 @@ def loader_row(pipeline: str, img_per_s_per_worker: float, **extra: Any) -> Row:
     return {"kind": "loader", "pipeline": pipeline, "img_per_s_per_worker": img_per_s_per_worker, **extra}
 
 
+def demo_row(preset: str, s_per_update: float, **extra: Any) -> Row:
+    return {"kind": "demo", "preset": preset, "s_per_update": s_per_update, **extra}
+
+
 def peak_row(dtype: str, gflops_per_s: float, **extra: Any) -> Row:
     return {"kind": "peak", "dtype": dtype, "gflops_per_s": gflops_per_s, **extra}
 
@@ -269,6 +276,13 @@ def markdown(rows: Sequence[Row], title: str = "MAE pre-training benchmark", not
                         _fmt(r["s_per_step_with"], 3), _fmt(r["step_speedup"]), _fmt(r.get("s_optimizer_without"), 3),
                         _fmt(r.get("s_optimizer_with"), 3), _fmt(r["peak_mem_mb_without"], 0),
                         _fmt(r["peak_mem_mb_with"], 0)] for r in by_kind["fast_path"]])
+        out.append("")
+    if by_kind["demo"]:
+        out += ["Reconstruction demo, one update on the server (upload decoded and fitted, forward, four PNGs), median:",
+                ""]
+        out += _table(["preset", "image", "upload", "ms per update", "threads"],
+                      [[r["preset"], f"{_fmt(r.get('img_size'))} px x {_fmt(r.get('in_chans'))}", _fmt(r.get("upload")),
+                        _fmt(1000 * r["s_per_update"], 1), _fmt(r.get("threads"))] for r in by_kind["demo"]])
         out.append("")
     return "\n".join(out)
 
