@@ -298,3 +298,16 @@ def test_quick_run_rows_are_internally_consistent(quick_results):
     for heading in ("Matmul peak", "Full pre-training step", "Table 2", "Data pipeline", "Fast paths",
                     "Reconstruction demo"):
         assert heading in markdown
+
+
+def test_a_merged_run_says_which_rows_it_measured_and_keeps_the_earlier_runs_note(tmp_path):
+    benchmark_main(["--quick", "--kinds", "demo", "--out", str(tmp_path)])
+    first_note = report.note_of((tmp_path / "results.md").read_text())
+    (tmp_path / "results.json").write_text(json.dumps(
+        json.loads((tmp_path / "results.json").read_text()) + [report.loader_row("project", 1.0)]))
+    benchmark_main(["--quick", "--kinds", "demo", "--merge", "--out", str(tmp_path)])
+    note = report.note_of((tmp_path / "results.md").read_text())
+    assert note.startswith("Rows of kind demo: ") and "mode quick" in note
+    assert note.endswith(f"The other rows come from an earlier run (--merge): {first_note}")
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [row["kind"] for row in rows] == ["loader", "demo"]  # the earlier loader row kept, the demo row new

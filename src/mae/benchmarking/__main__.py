@@ -139,14 +139,19 @@ def machine(device: str) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, ISA {torch.backends.cpu.get_cpu_capability()}"
 
 
-def environment(args: argparse.Namespace) -> str:
+def environment(args: argparse.Namespace, earlier_note: str = "") -> str:
+    """The results' note: when and on what this run measured; with ``--merge``, which rows are this run's and
+    the earlier note for the others (they may come from another machine)."""
     native = {True: "yes", False: "no", None: "unknown"}[native_support("bf16", torch.device(args.device))]
     source = "torch.cuda.is_bf16_supported" if args.device.startswith("cuda") else "avx512_bf16/amx_bf16 flags"
     device = f"{machine(args.device)}, native bf16 ({source}): {native}"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{stamp}; {device}; torch {torch.__version__}; mode {args.mode}, warm-up {args.warmup}, "
-            f"repeats {args.repeats}, compile scope {args.compile_scope}."
-            + (" Rows not measured by this run come from an earlier one (--merge)." if args.merge else ""))
+    this_run = (f"{stamp}; {device}; torch {torch.__version__}; mode {args.mode}, warm-up {args.warmup}, "
+                f"repeats {args.repeats}, compile scope {args.compile_scope}.")
+    if not args.merge:
+        return this_run
+    return (f"Rows of kind {', '.join(args.kinds)}: {this_run} The other rows come from an earlier run (--merge)"
+            + (f": {earlier_note}" if earlier_note else "."))
 
 
 @contextmanager
@@ -284,7 +289,9 @@ def main(argv: list[str] | None = None) -> list[report.Row]:
         return rerender(args.out)
     existing = args.out / "results.json"
     earlier = json.loads(existing.read_text()) if args.merge and existing.exists() else []
-    results = Results(args.out, environment(args), earlier)
+    earlier_markdown = args.out / "results.md"
+    earlier_note = report.note_of(earlier_markdown.read_text()) if earlier and earlier_markdown.exists() else ""
+    results = Results(args.out, environment(args, earlier_note), earlier)
     start = time.perf_counter()
     peaks = run_peaks(args, results) if {"peak", "step"} & set(args.kinds) else report.Peaks({})
     if "step" in args.kinds and args.compile != "only":
