@@ -216,3 +216,16 @@ def test_bad_settings_and_a_busy_port_are_one_line(tmp_path, fmnist, capsys):
         port = busy.getsockname()[1]
         assert refused(capsys, ckpt, f"data.root={fmnist}", f"port={port}").startswith(
             f"error: cannot serve on 127.0.0.1:{port} (Address already in use); choose another port=<n>")
+
+
+@pytest.mark.parametrize("num_patches, highest", [(4, 0.75), (16, 0.9), (49, 0.95), (196, 0.95)])
+def test_the_slider_ends_at_the_last_ratio_that_leaves_a_patch_visible(num_patches, highest):
+    from mae.demo.app import RATIO_STEP, highest_ratio
+    from mae.models.masking import check_trainable_mask_ratio
+
+    assert highest_ratio(num_patches) == highest
+    check_trainable_mask_ratio(highest, num_patches)
+    check_trainable_mask_ratio(RATIO_STEP, num_patches)
+    if highest + RATIO_STEP < 1:
+        with pytest.raises(ValueError, match="keeps 0 of"):
+            check_trainable_mask_ratio(highest + RATIO_STEP, num_patches)

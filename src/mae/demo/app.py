@@ -8,6 +8,7 @@ on the second tab ``compare-path``, ``compare-button``, ``compare-masked``, ``fi
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gradio as gr
@@ -19,6 +20,13 @@ VIEW_LABELS = {"original": "Original", "masked": "Masked input", "reconstruction
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
 """Gradio's default look with local fonts only: the page loads nothing from the internet."""
+RATIO_STEP = 0.05
+
+
+def highest_ratio(num_patches: int) -> float:
+    """The slider's end: the largest multiple of the step that leaves a patch visible (0.9 for 16 patches)."""
+    steps = math.floor((1 - 1 / num_patches) / RATIO_STEP + 1e-9)
+    return round(steps * RATIO_STEP, 2)
 
 
 def picture(elem_id: str, label: str) -> gr.Image:
@@ -45,7 +53,8 @@ def build_app(session: DemoSession, mask_ratio: float, seed: int, compare_path: 
             example = gr.Dropdown(label="...or pick a test image", elem_id="example", value=0,
                                   choices=[(item.name, index) for index, item in enumerate(session.examples)])
             with gr.Column():
-                ratio = gr.Slider(0.05, 0.95, value=mask_ratio, step=0.05, label="Mask ratio", elem_id="mask-ratio")
+                ratio = gr.Slider(RATIO_STEP, highest_ratio(primary.model.num_patches), value=mask_ratio,
+                                  step=RATIO_STEP, label="Mask ratio", elem_id="mask-ratio")
                 seed_box = gr.Number(value=seed, precision=0, minimum=0, label="Mask seed", elem_id="seed")
         message = gr.Markdown(elem_id="message")
         with gr.Tabs():
@@ -84,7 +93,7 @@ def build_app(session: DemoSession, mask_ratio: float, seed: int, compare_path: 
                     first.masked, first.reconstruction, first.pasted,
                     second and second.reconstruction, second and second.pasted, update.comparison]
 
-        def from_upload(path: str, current: Source, mask: float, mask_seed: float | None, other: str) -> list[Any]:
+        def from_upload(path: str, mask: float, mask_seed: float | None, other: str) -> list[Any]:
             """The uploaded image's page, or the message why not; the upload box is emptied for the next file."""
             try:
                 shown = show(session.checked_source((UPLOAD, path)), mask, mask_seed, other)
@@ -93,7 +102,7 @@ def build_app(session: DemoSession, mask_ratio: float, seed: int, compare_path: 
             return [*shown, None]
 
         settings = [ratio, seed_box, compare_box]
-        upload.upload(from_upload, [upload, source, *settings], [*outputs, upload])
+        upload.upload(from_upload, [upload, *settings], [*outputs, upload])
         example.input(lambda index, *rest: show((EXAMPLE, int(index)), *rest), [example, *settings], outputs)
         for control in (ratio, seed_box):
             control.change(show, [source, *settings], outputs, trigger_mode="always_last", show_progress="hidden")
