@@ -3,7 +3,9 @@
 Sources: this project's Lightning checkpoints, a reference MAE ``.pth`` (encoder-only, full with decoder, or
 fine-tuned), a timm ViT state_dict (``.pth`` or ``.safetensors``), this project's ``.safetensors`` exports, and a
 ``transformers`` ViTMAE / ViT directory (``config.json`` + ``model.safetensors``). Nothing a file holds is run:
-pickled files go through ``torch.load(weights_only=True)``, the rest is safetensors and JSON.
+pickled files go through ``torch.load(weights_only=True)``, the rest is safetensors and JSON. The commands
+(``python -m mae.extract``, ``python -m mae.jobs.visualize``, ``python -m mae.demo``) read through :func:`load`,
+which adds their model group as the architecture of files that state none, and can require a decoder.
 """
 
 from __future__ import annotations
