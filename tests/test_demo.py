@@ -142,7 +142,7 @@ def test_uploads_go_through_the_models_size_and_channels(session, tmp_path):
     assert session.update((EXAMPLE, 2), 0.75, 0).description == "example 2, as the data group serves it"
     with pytest.raises(PageError, match="notes.txt is not an image"):
         (tmp_path / "notes.txt").write_text("x")
-        session.checked_source((UPLOAD, str(tmp_path / "notes.txt")))
+        session.update((UPLOAD, str(tmp_path / "notes.txt")), 0.75, 0)
     with pytest.raises(PageError, match=r"mask_ratio=0.95 keeps 0 of the 16 patches visible"):
         session.update((EXAMPLE, 0), 0.95, 0)
 

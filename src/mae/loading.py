@@ -65,12 +65,18 @@ def _heads(width: int, name: str, source: str) -> int:
     return HEADS_BY_WIDTH[width]
 
 
+def check_has_encoder(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """One line when ``state`` holds no MAE or ViT encoder (no patch embedding), naming some keys it does hold."""
+    if "patch_embed.proj.weight" not in state:
+        raise CheckpointError(f"{source} holds no MAE or ViT encoder (no patch_embed.proj.weight; its keys: "
+                              f"{', '.join(sorted(state)[:4])}{' ...' if len(state) > 4 else ''})")
+
+
 def architecture_from_weights(state: Mapping[str, torch.Tensor], source: str,
                               given: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The constructor arguments that weights in the reference layout imply, ``given`` ones kept (heads from
     :data:`HEADS_BY_WIDTH` unless given); without decoder weights, the decoder is the paper's (512 wide, 8 deep)."""
-    if "patch_embed.proj.weight" not in state:
-        raise CheckpointError(f"{source} holds no MAE or ViT encoder (no patch_embed.proj.weight)")
+    check_has_encoder(state, source)
     given = given or {}
     embed_dim, in_chans, patch_size, _ = state["patch_embed.proj.weight"].shape
     grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5)) if "pos_embed" in state else 224 // patch_size
@@ -173,7 +179,6 @@ class LoadedModel:
 
     model: MaskedAutoencoderViT
     architecture_from: str
-    has_decoder: bool
 
 
 def load(path: str | Path, *, fallback: DictConfig | None = None, use_stated: bool = True,
@@ -185,9 +190,7 @@ def load(path: str | Path, *, fallback: DictConfig | None = None, use_stated: bo
     source = f"checkpoint {path}"
     found = read_source(path)
     state, overrides = found.state, dict(overrides or {})
-    if "patch_embed.proj.weight" not in state:
-        raise CheckpointError(f"{source} holds no MAE or ViT encoder (no patch_embed.proj.weight; its keys: "
-                              f"{', '.join(sorted(state)[:4])}{' ...' if len(state) > 4 else ''})")
+    check_has_encoder(state, source)
     if require_decoder and not has_decoder(state):
         raise NoDecoderError(f"{source} has no decoder weights (an encoder-only or fine-tuned file): "
                              "reconstructions need a pre-training checkpoint or a full MAE export")
@@ -219,7 +222,7 @@ def load(path: str | Path, *, fallback: DictConfig | None = None, use_stated: bo
     if unused:
         log.info("%s: keys the MAE does not use: %s", source, ", ".join(unused[:8]))
     model.load_state_dict({key: value for key, value in state.items() if key in expected}, strict=False)
-    return LoadedModel(model.eval(), architecture_from, has_decoder(state))
+    return LoadedModel(model.eval(), architecture_from)
 
 
 def load_model(path: str | Path, **overrides: Any) -> MaskedAutoencoderViT:

@@ -82,12 +82,13 @@ def build_app(session: DemoSession, mask_ratio: float, seed: int, compare_path: 
             """Leave every output as it is but the message."""
             return [gr.skip()] * before_message + [text] + [gr.skip()] * (len(outputs) - before_message - 1)
 
-        def show(new_source: Source, mask: float, mask_seed: float | None, other: str) -> list[Any]:
+        def show(new_source: Source, mask: float, mask_seed: float | None, other: str,
+                 failure: str = "Cannot show this") -> list[Any]:
             try:
                 update = session.update(new_source, mask, 0 if mask_seed is None else int(mask_seed),
                                         (other or "").strip())
-            except PageError as error:
-                return only_message(f"**Cannot show this:** {error}")
+            except PageError as error:  # the page keeps what it shows, the source state included
+                return only_message(f"**{failure}:** {error}")
             first, second = update.views, update.compared
             return [new_source, *first.pictures(), loss_text(update, primary.model.norm_pix_loss), "",
                     first.masked, first.reconstruction, first.pasted,
@@ -95,11 +96,7 @@ def build_app(session: DemoSession, mask_ratio: float, seed: int, compare_path: 
 
         def from_upload(path: str, mask: float, mask_seed: float | None, other: str) -> list[Any]:
             """The uploaded image's page, or the message why not; the upload box is emptied for the next file."""
-            try:
-                shown = show(session.checked_source((UPLOAD, path)), mask, mask_seed, other)
-            except PageError as error:
-                shown = only_message(f"**Cannot use this file:** {error}")
-            return [*shown, None]
+            return [*show((UPLOAD, path), mask, mask_seed, other, failure="Cannot use this file"), None]
 
         settings = [ratio, seed_box, compare_box]
         upload.upload(from_upload, [upload, *settings], [*outputs, upload])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mae.checkpoint import CheckpointError
+from mae.data.errors import one_line
 from mae.demo.images import ImageInputError, fit_image, read_image, to_model_input
 from mae.demo.reconstruction import DemoModel, DemoViews, demo_views, load_demo_model
 
@@ -62,7 +62,8 @@ class DemoSession:
     _compared: OrderedDict[str, DemoModel] = field(default_factory=OrderedDict)
 
     def image(self, source: Source) -> tuple[torch.Tensor, str]:
-        """The ``(1, C, H, W)`` input for ``source`` and a sentence saying what it is and what was done to it."""
+        """The ``(1, C, H, W)`` input for ``source`` and a sentence saying what it is and what was done to it; a
+        file that cannot be used is a :class:`PageError` (raised before anything of the page changes)."""
         kind, value = source
         if kind == EXAMPLE:
             example = self.examples[int(value)]
@@ -76,11 +77,6 @@ class DemoSession:
         done = "; ".join(notes) if notes else "used as it is"
         return to_model_input(fitted, self.primary.mean, self.primary.std), f"uploaded {path.name}: {done}"
 
-    def checked_source(self, source: Source) -> Source:
-        """``source`` if its image can be read (so that a bad upload leaves the page's image as it was)."""
-        self.image(source)
-        return source
-
     def compared_model(self, path: str) -> DemoModel:
         """The second checkpoint at ``path`` (loaded once), if it has a decoder and the first one's geometry."""
         if path in self._compared:
@@ -88,8 +84,8 @@ class DemoSession:
             return self._compared[path]
         try:
             model = load_demo_model(path, self.primary.mean, self.primary.std, self.fallback)
-        except (CheckpointError, OSError, ValueError, TypeError) as error:
-            raise PageError(str(error).splitlines()[0]) from None
+        except (OSError, ValueError, TypeError) as error:  # CheckpointError is a ValueError
+            raise PageError(one_line(error)) from None
         if model.geometry != self.primary.geometry:
             raise PageError(f"{path} takes {describe_geometry(model.geometry)}, the first checkpoint "
                             f"{describe_geometry(self.primary.geometry)}: the same image and mask need both alike")
