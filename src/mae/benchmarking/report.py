@@ -278,11 +278,12 @@ def markdown(rows: Sequence[Row], title: str = "MAE pre-training benchmark", not
                         _fmt(r["peak_mem_mb_with"], 0)] for r in by_kind["fast_path"]])
         out.append("")
     if by_kind["demo"]:
-        out += ["Reconstruction demo, one update on the server (upload decoded and fitted, forward, four PNGs), median:",
-                ""]
+        out += ["Reconstruction demo, one update on the server (upload decoded and fitted, forward, four PNGs), "
+                "median:", ""]
         out += _table(["preset", "image", "upload", "ms per update", "threads"],
-                      [[r["preset"], f"{_fmt(r.get('img_size'))} px x {_fmt(r.get('in_chans'))}", _fmt(r.get("upload")),
-                        _fmt(1000 * r["s_per_update"], 1), _fmt(r.get("threads"))] for r in by_kind["demo"]])
+                      [[r["preset"], f"{_fmt(r.get('img_size'))} px x {_fmt(r.get('in_chans'))}",
+                        _fmt(r.get("upload")), _fmt(1000 * r["s_per_update"], 1), _fmt(r.get("threads"))]
+                       for r in by_kind["demo"]])
         out.append("")
     return "\n".join(out)
 

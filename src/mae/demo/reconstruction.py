@@ -33,9 +33,10 @@ class DemoModel:
 
     def describe(self) -> str:
         model = self.model
-        return (f"{Path(self.path).name}: {model.img_size} px, {model.in_chans} channel(s), patch {model.patch_size}, "
-                f"{model.embed_dim} wide x {len(model.blocks)} blocks, decoder {model.decoder_embed.out_features} wide x "
-                f"{len(model.decoder_blocks)}, norm_pix_loss={model.norm_pix_loss}")
+        return (f"{Path(self.path).name}: {model.img_size} px, {model.in_chans} channel(s), "
+                f"patch {model.patch_size}, {model.embed_dim} wide x {len(model.blocks)} blocks, "
+                f"decoder {model.decoder_embed.out_features} wide x {len(model.decoder_blocks)}, "
+                f"norm_pix_loss={model.norm_pix_loss}")
 
 
 @dataclass
