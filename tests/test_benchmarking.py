@@ -296,7 +296,7 @@ def test_quick_run_rows_are_internally_consistent(quick_results):
     assert [(row["preset"], row["img_size"], row["in_chans"]) for row in demo_rows] == [("mae_vit_tiny_patch7", 28, 1)]
     assert 0 < demo_rows[0]["s_per_update"] < 60
     for heading in ("Matmul peak", "Full pre-training step", "Table 2", "Data pipeline", "Fast paths",
-                    "Reconstruction demo"):
+                    "Reconstruction demo", "Listing a folder"):
         assert heading in markdown
 
 
@@ -311,3 +311,29 @@ def test_a_merged_run_says_which_rows_it_measured_and_keeps_the_earlier_runs_not
     assert note.endswith(f"The other rows come from an earlier run (--merge): {first_note}")
     rows = json.loads((tmp_path / "results.json").read_text())
     assert [row["kind"] for row in rows] == ["loader", "demo"]  # the earlier loader row kept, the demo row new
+
+
+def test_listing_rows_count_every_generated_file_and_leave_no_folder_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    from mae.benchmarking.listing import image_name
+    from mae.data.file_listing import split_held_out
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the generated folder goes
+    rows = benchmark_main(["--quick", "--kinds", "listing", "--listing-files", "2500", "--out", str(tmp_path / "out")])
+    assert list(scratch.iterdir()) == []
+    assert rows == json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [row["kind"] for row in rows] == ["listing", "listing"] and all(report.missing_fields(r) == [] for r in rows)
+    listed, split = rows
+    assert (listed["operation"], split["operation"]) == ("list_image_files", "split_held_out")
+    for row in rows:
+        assert row["files"] == 2500 and row["seconds"] > 0 and row["machine"]
+        assert row["files_per_s"] == pytest.approx(2500 / row["seconds"], rel=1e-9)
+    assert (listed["folders"], listed["files_per_folder"]) == (3, 1000)  # and a notes.txt in each, not listed
+    held = split_held_out([image_name(index) for index in range(2500)], 0.05, 0)[1]
+    assert (split["held_out"], split["training"]) == (len(held), 2500 - len(held)) and 0 < len(held) < 2500
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "| list_image_files | 2,500 |" in markdown and "| split_held_out | 2,500 |" in markdown
+

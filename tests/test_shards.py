@@ -1,7 +1,11 @@
-"""litdata shards: the converter (python -m mae.data.shards), the streaming data module, and exact resume."""
+"""litdata shards: the converter (python -m mae.data.shards), the streaming data module, and exact resume; shards
+of a folder without labels (data=unlabeled -> data=unlabeled_stream)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +16,7 @@ import torch
 from litdata import StreamingDataset
 from PIL import Image
 
+from mae.data.file_listing import list_image_files, split_held_out
 from mae.data.loaders import sample_seed
 from mae.data.shards import INFO_FILE, read_shard_info
 from mae.data.shards.__main__ import main as convert
@@ -221,3 +226,168 @@ def test_a_loader_restored_mid_epoch_serves_exactly_what_the_uninterrupted_one_w
     assert [labels.tolist() for _, labels, _ in served] == [labels.tolist() for _, labels, _ in reference]
     assert all(torch.equal(a, b) for (a, *_), (b, *_) in zip(served, reference))
     assert [seeds.tolist() for *_, seeds in served] == [seeds.tolist() for *_, seeds in reference]
+
+
+# Shards of a folder without labels ----------------------------------------------------------------------------------
+
+BROKEN = "sub/broken.jpg"
+UNLABELED = dict(val_fraction=0.1, on_bad_image="skip", max_bad_fraction=0.2)
+"""The folder's split (5 of 26 files held out, the undecodable one among the training files) and its tolerance."""
+SMALL = dict(img_size=16, batch_size=2, num_workers=0, pin_memory=False, crop_scale=[0.35, 1.0])
+
+
+def write_unlabeled_folder(root: Path) -> Path:
+    """Images of many modes at three depths (PNG: RGB, grey, RGBA, palette, 16-bit, grey + alpha; JPEG: RGB, grey,
+    CMYK), a file that is no image, a hidden image, and one undecodable JPEG."""
+    rng = np.random.default_rng(1)
+
+    def pixels(*shape: int) -> np.ndarray:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+
+    (root / "sub" / "deeper").mkdir(parents=True)
+    Image.fromarray(pixels(20, 24, 3)).save(root / "rgb.png")
+    Image.fromarray(pixels(22, 20)).save(root / "grey.png")
+    Image.fromarray(pixels(24, 21, 4)).save(root / "rgba.png")
+    palette = Image.fromarray(pixels(19, 23, 3)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.save(root / "palette.png")
+    Image.fromarray(rng.integers(0, 65536, (21, 22), dtype=np.uint16)).save(root / "deep16.png")
+    Image.fromarray(pixels(23, 20, 2)).save(root / "grey_alpha.png")
+    Image.fromarray(pixels(25, 22, 3)).save(root / "sub" / "rgb.jpg", quality=90)
+    Image.fromarray(pixels(20, 26)).save(root / "sub" / "grey.jpeg")
+    Image.fromarray(pixels(24, 24, 3)).convert("CMYK").save(root / "sub" / "cmyk.jpg")
+    Image.fromarray(pixels(21, 25, 3)).save(root / "sub" / "UPPER.JPG")
+    (root / BROKEN).write_bytes(b"\xff\xd8 not really a JPEG")
+    for index in range(15):
+        name = f"{index}.{'png' if index % 2 else 'jpg'}"
+        Image.fromarray(pixels(20 + index, 24, 3)).save(root / "sub" / "deeper" / name)
+    (root / "notes.txt").write_text("not an image")
+    Image.fromarray(pixels(8, 8, 3)).save(root / ".hidden.png")
+    return root
+
+
+def folder_split(source: Path) -> tuple[list[str], list[str]]:
+    """data=unlabeled's training and held-out files of ``source`` (relative paths, in the split's order)."""
+    return split_held_out(list_image_files(source), UNLABELED["val_fraction"], 0)
+
+
+def readable_positions(names: list[str]) -> list[int]:
+    return [index for index, name in enumerate(names) if name != BROKEN]
+
+
+@pytest.fixture(scope="module")
+def unlabeled_shards(tmp_path_factory) -> tuple[Path, Path, str]:
+    """(the folder, its shards, what the converter printed)."""
+    root = tmp_path_factory.mktemp("unlabeled")
+    source = write_unlabeled_folder(root / "images")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert run_convert("data=unlabeled", root / "shards", f"data.root={source}",
+                           *(f"data.{key}={value}" for key, value in UNLABELED.items())) == 0
+    return source, root / "shards", printed.getvalue()
+
+
+def folder_module(source: Path, **settings):
+    return data_module("unlabeled", root=str(source), **{**UNLABELED, **SMALL, **settings})
+
+
+def unlabeled_stream(shards: Path, **settings):
+    return data_module("unlabeled_stream", input_dir=str(shards), **{**SMALL, **settings})
+
+
+def test_an_unlabeled_folder_becomes_shards_of_every_readable_file_the_held_out_ones_in_val(unlabeled_shards):
+    source, shards, printed = unlabeled_shards
+    train, val = folder_split(source)
+    assert (len(train), len(val)) == (21, 5) and BROKEN in train
+    assert not {"notes.txt", ".hidden.png"} & {*train, *val} and {"deep16.png", "sub/cmyk.jpg"} <= {*train, *val}
+    info = read_shard_info(shards)
+    assert (info.labelled, info.classes, info.channels, info.image_size) == (False, [], 3, None)
+    assert info.num_samples == {"train": 20, "val": 5} and info.format_version == 2
+    assert len(info.unreadable) == 1 and str(source / BROKEN) in info.unreadable[0]
+    assert "without labels" in printed and f"data=unlabeled_stream data.input_dir={shards}" in printed
+    for split, names in (("train", train), ("val", val)):  # each file once, its own bytes, in the split's order
+        items = StreamingDataset(str(shards / split))
+        stored = [items[position] for position in range(len(items))]
+        positions = readable_positions(names)
+        assert [item["index"] for item in stored] == positions and {item["label"] for item in stored} == {-1}
+        assert [bytes(item["image"]) for item in stored] == [(source / names[i]).read_bytes() for i in positions]
+
+
+def test_the_unlabeled_stream_serves_the_folder_modules_images_with_the_numbers_measured_at_conversion(
+        unlabeled_shards, capsys):
+    source, shards, printed = unlabeled_shards
+    folder, stream = folder_module(source), unlabeled_stream(shards)
+    assert (stream.has_labels, stream.num_classes, stream.mean) == (False, None, None)
+    folder.setup()
+    stream.setup()
+    assert stream.mean == folder.mean and stream.std == folder.std
+    assert list(stream.mean) == read_shard_info(shards).mean and f"mean {list(stream.mean)}" in printed
+    assert f"mean {list(stream.mean)}, std {list(stream.std)} from {shards}/{INFO_FILE}" in capsys.readouterr().out
+    train, _ = folder_split(source)
+    readable = readable_positions(train)
+    for served, expected, positions in ((stream.splits.train_eval, folder.splits.train_eval, readable),
+                                        (stream.splits.val, folder.splits.val, range(len(folder.splits.val)))):
+        assert len(served) == len(positions)
+        for position, index in enumerate(positions):
+            decoded, label = served.dataset[position]  # as decoded, before any transform
+            expected_decoded, expected_label = expected.dataset[index]
+            assert label == expected_label == -1 and torch.equal(decoded, expected_decoded)
+            assert torch.equal(served[position][0], expected[index][0])  # the evaluation transform
+    stream.splits.train.set_epoch(2)
+    augmented, label, seed = stream.splits.train[7]
+    assert seed == sample_seed(stream.loaders.seed, 2, readable[7])
+    expected, expected_label, _ = folder.splits.train[(readable[7], seed)]
+    assert label == expected_label == -1 and torch.equal(augmented, expected)
+
+
+def test_an_unlabeled_stream_epoch_serves_every_training_file_once(unlabeled_shards):
+    source, shards, _ = unlabeled_shards
+    readable = readable_positions(folder_split(source)[0])
+    loader = unlabeled_stream(shards, num_workers=2).train_dataloader()
+    epochs = []
+    for _ in range(2):
+        served = batches(loader)
+        assert torch.cat([labels for _, labels, _ in served]).tolist() == [-1] * len(readable)
+        epochs.append(torch.cat([seeds for *_, seeds in served]).tolist())
+    for epoch, seeds in zip((1, 2), epochs):  # litdata's loader counts epochs from 1
+        assert sorted(seeds) == sorted(sample_seed(0, epoch, index) for index in readable)
+
+
+def test_unlabeled_shards_have_no_knn_and_each_stream_group_refuses_the_other_kind(unlabeled_shards,
+                                                                                     folder_shards):
+    _, shards, _ = unlabeled_shards
+    with pytest.raises(ValueError, match=r"^data=unlabeled_stream \(.*\) has no labels for a kNN evaluation; set "
+                                         r"knn_data=<a labelled data group>$"):
+        unlabeled_stream(shards).knn_dataloaders()
+    with pytest.raises(ValueError, match=r"hold images without labels; stream them with data=unlabeled_stream"):
+        stream_module(shards)
+    with pytest.raises(ValueError, match=rf"hold labelled images \({CLASSES} classes\); stream them with their"):
+        unlabeled_stream(folder_shards[1])
+
+
+def test_labelled_shards_store_their_groups_numbers_and_older_info_files_still_read(folder_shards, tmp_path):
+    _, shards = folder_shards
+    info = read_shard_info(shards)
+    assert info.labelled and (info.mean, info.std) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    auto = stream_module(shards, mean="auto", std="auto")
+    auto.setup()
+    assert (auto.mean, auto.std, auto.num_classes) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), CLASSES)
+    old = tmp_path / "format1"
+    shutil.copytree(shards, old)
+    written = json.loads((old / INFO_FILE).read_text())
+    for key in ("labelled", "mean", "std"):
+        del written[key]
+    (old / INFO_FILE).write_text(json.dumps({**written, "format_version": 1}))
+    assert read_shard_info(old) == dataclasses.replace(info, mean=None, std=None, format_version=1)
+    assert stream_module(old).num_classes == CLASSES
+    with pytest.raises(ValueError, match=r"data.mean=auto: .*format1/mae_shards.json stores no mean and std"):
+        stream_module(old, mean="auto", std="auto")
+
+
+def test_an_undecodable_sampled_file_stops_an_unlabeled_conversion_unless_skipped(unlabeled_shards, tmp_path,
+                                                                                   capsys):
+    source, _, _ = unlabeled_shards
+    assert run_convert("data=unlabeled", tmp_path / "out", f"data.root={source}", "data.val_fraction=0.1") == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
+    assert BROKEN.split("/")[-1] in error and "data.on_bad_image=skip" in error and not (tmp_path / "out").exists()
+

@@ -31,13 +31,15 @@ from mae.atomic_files import replaced_atomically, write_text_atomically
 from mae.checkpoint import CheckpointError, export_timm_encoder
 from mae.loading import CONFIG_SUFFIX, load_model, model_architecture
 from mae.models import MaskedAutoencoderViT
+from mae.stored_config import StoredNormalization, stored_normalization
 
 FORMAT_NAME = "mae-lightning"
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path, kind: str,
-                     architecture: Mapping[str, Any]) -> Path:
-    """``state`` as ``path`` (``.safetensors``) and, beside it, ``{"format", "kind", "architecture"}`` as JSON."""
+                     architecture: Mapping[str, Any], normalization: StoredNormalization | None = None) -> Path:
+    """``state`` as ``path`` (``.safetensors``) and, beside it, ``{"format", "kind", "architecture"}`` as JSON, with
+    ``"normalization": {"mean", "std"}`` when the model's input normalisation is known."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -45,20 +47,24 @@ def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path, kind: 
         raise ValueError(f"{path} must end in .safetensors")
     with replaced_atomically(path) as tmp:
         save_file({key: value.detach().cpu().contiguous() for key, value in state.items()}, str(tmp))
-    config = {"format": FORMAT_NAME, "kind": kind, "architecture": dict(architecture)}
+    config: dict[str, Any] = {"format": FORMAT_NAME, "kind": kind, "architecture": dict(architecture)}
+    if normalization is not None:
+        config["normalization"] = {"mean": list(normalization.mean), "std": list(normalization.std)}
     write_text_atomically(path.with_suffix(CONFIG_SUFFIX), json.dumps(config, indent=1) + "\n")
     return path
 
 
-def save_mae(model: MaskedAutoencoderViT, path: str | Path) -> Path:
-    """The whole MAE, decoder included, as safetensors + JSON architecture."""
-    return save_safetensors(model.state_dict(), path, "mae", model_architecture(model))
+def save_mae(model: MaskedAutoencoderViT, path: str | Path, normalization: StoredNormalization | None = None) -> Path:
+    """The whole MAE, decoder included, as safetensors + JSON architecture (and normalisation, when known)."""
+    return save_safetensors(model.state_dict(), path, "mae", model_architecture(model), normalization)
 
 
-def save_timm_encoder(model: MaskedAutoencoderViT, path: str | Path) -> Path:
+def save_timm_encoder(model: MaskedAutoencoderViT, path: str | Path,
+                      normalization: StoredNormalization | None = None) -> Path:
     """The encoder as a timm ViT state_dict: safetensors (+ JSON) for ``.safetensors``, else a ``.pth``."""
     if Path(path).suffix == ".safetensors":
-        return save_safetensors(model.encoder_state_dict(), path, "timm_encoder", model_architecture(model))
+        return save_safetensors(model.encoder_state_dict(), path, "timm_encoder", model_architecture(model),
+                                normalization)
     return export_timm_encoder(model, path)
 
 
@@ -79,15 +85,20 @@ def save_timm_classifier(vit: VisionTransformer, path: str | Path) -> Path:
     return save_safetensors(vit.state_dict(), path, "timm_classifier", classifier_architecture(vit))
 
 
-def write(format_name: str, model: MaskedAutoencoderViT, out: Path) -> Path:
+def write(format_name: str, model: MaskedAutoencoderViT, out: Path,
+          normalization: StoredNormalization | None = None) -> Path:
+    """``model`` in ``format_name`` at ``out``; the input normalisation, when known, goes with it (the ``.json``
+    beside a safetensors file, a transformers directory's ``preprocessor_config.json``)."""
     if format_name == "mae":
-        return save_mae(model, out)
+        return save_mae(model, out, normalization)
     if format_name == "timm":
-        return save_timm_encoder(model, out)
-    from mae.interop.transformers_format import save_transformers, save_transformers_vit
+        return save_timm_encoder(model, out, normalization)
+    from mae.interop.transformers_format import save_transformers, save_transformers_vit, write_preprocessor_config
 
     save = save_transformers if format_name == "transformers" else save_transformers_vit
     save(model, out)
+    if normalization is not None:
+        write_preprocessor_config(out, model.img_size, normalization.mean, normalization.std)
     return out
 
 
@@ -112,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model = load_model(args.ckpt, **overrides(args.overrides))
-        written = write(args.format, model, args.out)
+        written = write(args.format, model, args.out, stored_normalization(args.ckpt))
     except (CheckpointError, ValueError, TypeError, ImportError) as error:
         message = str(error).strip().splitlines()
         print(f"error: {message[0] if message else type(error).__name__}", file=sys.stderr)

@@ -21,9 +21,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mae.callbacks.run_config import RUN_CONFIG_KEY
-from mae.checkpoint import CheckpointError, check_shapes, load_checkpoint_file, model_state_dict
+from mae.checkpoint import CheckpointError, check_shapes, interpolate_pos_embed, load_checkpoint_file, model_state_dict
 from mae.config import instantiate_node
 from mae.models import MaskedAutoencoderViT
+from mae.models.pos_embed import sincos_2d
 from mae.run_directory import config_file, run_dir_of_checkpoint
 from mae.stored_config import MODEL_TARGETS, trusted_node
 
@@ -72,29 +73,39 @@ def check_has_encoder(state: Mapping[str, torch.Tensor], source: str) -> None:
                               f"{', '.join(sorted(state)[:4])}{' ...' if len(state) > 4 else ''})")
 
 
+def shape_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The constructor arguments that the shapes of an encoder's weights (reference layout) show: ``patch_size``,
+    ``in_chans``, ``embed_dim``, ``depth``, ``mlp_ratio``, ``img_size`` when there is a ``pos_embed``, and
+    ``decoder_embed_dim`` and ``decoder_depth`` when there are decoder weights (heads do not show in shapes)."""
+    embed_dim, in_chans, patch_size, _ = (int(n) for n in state["patch_embed.proj.weight"].shape)
+    arch: dict[str, Any] = {
+        "patch_size": patch_size, "in_chans": in_chans, "embed_dim": embed_dim,
+        "depth": len({key.split(".")[1] for key in state if key.startswith("blocks.")}),
+        "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+    }
+    if "pos_embed" in state:
+        arch["img_size"] = int(round((state["pos_embed"].shape[1] - 1) ** 0.5)) * patch_size
+    if "decoder_embed.weight" in state:
+        arch["decoder_embed_dim"] = int(state["decoder_embed.weight"].shape[0])
+        arch["decoder_depth"] = len({key.split(".")[1] for key in state if key.startswith("decoder_blocks.")})
+    return arch
+
+
 def architecture_from_weights(state: Mapping[str, torch.Tensor], source: str,
                               given: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The constructor arguments that weights in the reference layout imply, ``given`` ones kept (heads from
     :data:`HEADS_BY_WIDTH` unless given); without decoder weights, the decoder is the paper's (512 wide, 8 deep)."""
     check_has_encoder(state, source)
     given = given or {}
-    embed_dim, in_chans, patch_size, _ = state["patch_embed.proj.weight"].shape
-    grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5)) if "pos_embed" in state else 224 // patch_size
-    depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
-    arch: dict[str, Any] = {
-        "img_size": grid * patch_size, "patch_size": patch_size, "in_chans": in_chans, "embed_dim": embed_dim,
-        "depth": depth, "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
-    }
-    if "decoder_embed.weight" in state:
-        decoder_width = state["decoder_embed.weight"].shape[0]
-        arch["decoder_embed_dim"] = decoder_width
-        arch["decoder_depth"] = len({key.split(".")[1] for key in state if key.startswith("decoder_blocks.")})
+    arch = shape_architecture(state)
+    arch.setdefault("img_size", 224 // arch["patch_size"] * arch["patch_size"])
+    if "decoder_embed_dim" in arch:
         if "decoder_num_heads" not in given:
-            arch["decoder_num_heads"] = _heads(decoder_width, "decoder_num_heads", source)
+            arch["decoder_num_heads"] = _heads(arch["decoder_embed_dim"], "decoder_num_heads", source)
     else:
         arch.update(decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
     if "num_heads" not in given:
-        arch["num_heads"] = _heads(embed_dim, "num_heads", source)
+        arch["num_heads"] = _heads(arch["embed_dim"], "num_heads", source)
     return {**arch, **given}
 
 
@@ -165,6 +176,114 @@ def read_source(path: str | Path) -> Source:
 def has_decoder(state: Mapping[str, torch.Tensor]) -> bool:
     """Whether weights include an MAE decoder (an encoder export, a fine-tuned classifier have none)."""
     return any(key.startswith(DECODER_PREFIXES) for key in state)
+
+
+SINCOS_ATOL = 1e-5
+"""How close a stored position table must be to the 2-D sin-cos table of its grid to count as that table."""
+
+MATCHING_NUMBERS = ("patch_size", "in_chans", "embed_dim", "depth", "mlp_ratio", "num_heads", "decoder_embed_dim",
+                    "decoder_depth", "decoder_num_heads")
+"""The architecture numbers a file must share with the model it continues (all but the image size)."""
+
+
+@dataclass
+class LoadedWeights:
+    """What :func:`load_mae_weights` took from a file."""
+
+    decoder: bool
+    """Whether the decoder came from the file; when not, it keeps the model's own initialisation."""
+    resized_from: tuple[int, int] | None
+    """The file's patch grid when its position tables were resized to the model's; None when the grids agree."""
+    unused: list[str]
+    """Keys of the file the MAE has no use for (a classifier's head)."""
+
+
+def check_same_architecture(state: Mapping[str, torch.Tensor], stated: DictConfig | Mapping[str, Any] | None,
+                            model: MaskedAutoencoderViT, source: str, model_name: str) -> None:
+    """One line naming every number (file's and model's) where the weights' shapes, or the heads the file states,
+    differ from ``model``; decoder numbers only count when the file has a decoder, the image size never does."""
+    found = shape_architecture(state)
+    for name in ("num_heads", "decoder_num_heads"):
+        heads = stated.get(name) if stated is not None else None
+        if isinstance(heads, int) and (name == "num_heads" or "decoder_embed_dim" in found):
+            found[name] = heads
+    built = model_architecture(model)
+    differing = [name for name in MATCHING_NUMBERS if name in found and found[name] != built[name]]
+    if differing:
+        raise CheckpointError(
+            f"{source} has {', '.join(f'{name}={found[name]}' for name in differing)} but {model_name} builds "
+            f"{', '.join(f'{name}={built[name]}' for name in differing)}; choose the model group that matches the "
+            "file (or set those numbers, e.g. model.embed_dim=...)")
+
+
+def _is_sincos(table: torch.Tensor, side: int) -> bool:
+    return torch.allclose(table[0].float(), sincos_2d(table.shape[-1], side), atol=SINCOS_ATOL)
+
+
+def position_tables_on_grid(state: Mapping[str, torch.Tensor], grid: tuple[int, int],
+                            source: str) -> tuple[dict[str, torch.Tensor], tuple[int, int] | None]:
+    """``state`` with ``pos_embed`` and ``decoder_pos_embed`` on ``grid``, and the file's grid if it was another.
+
+    A table that is the fixed sin-cos one of its own grid is replaced by the exact sin-cos table of ``grid``;
+    another (trained or perturbed) is resized bicubically (:func:`~mae.checkpoint.interpolate_pos_embed`). One log
+    line says which tables were resized, from which grid to which.
+    """
+    state, resized_from, how = dict(state), None, []
+    for name in ("pos_embed", "decoder_pos_embed"):
+        table = state.get(name)
+        side = int(round((table.shape[1] - 1) ** 0.5)) if table is not None else 0
+        if table is None or (side, side) == tuple(grid):
+            continue
+        if side * side == table.shape[1] - 1 and _is_sincos(table, side):
+            state[name] = sincos_2d(table.shape[-1], grid).unsqueeze(0).to(table.dtype)
+            how.append(f"{name}: the sin-cos table of the new grid")
+        else:
+            state[name] = interpolate_pos_embed(table, grid)  # a non-square table is a one-line error there
+            how.append(f"{name}: interpolated bicubically")
+        resized_from = (side, side)
+    if resized_from is not None:
+        log.info("%s: position tables resized from the file's %dx%d patch grid to the model's %dx%d (%s)", source,
+                 *resized_from, *grid, "; ".join(how))
+    return state, resized_from
+
+
+def load_mae_weights(model: MaskedAutoencoderViT, path: str | Path,
+                     model_name: str = "the model") -> LoadedWeights:
+    """Start ``model``'s encoder and decoder from ``path`` (continued pre-training), in place.
+
+    ``path`` is any source :func:`read_source` reads. The file must have the model's patch size, channels, widths,
+    depths and MLP ratio (its decoder's too, when it has one), read from its weights' shapes; heads where the file
+    states them: else one :class:`CheckpointError` line naming every differing number, the file's and
+    ``model_name``'s. Another image size is fine: both position tables go to the model's grid
+    (:func:`position_tables_on_grid`). A file without a decoder (an encoder export or ``.pth``, a fine-tuned
+    classifier) leaves the decoder at the model's own initialisation, said in one warning line.
+    """
+    source = f"pretrained={path}"
+    if not Path(path).exists():
+        raise CheckpointError(f"{source} does not exist; give this project's checkpoint or export, a reference MAE "
+                              ".pth or a transformers ViTMAE directory, or pretrained=null for random weights")
+    found = read_source(path)
+    check_has_encoder(found.state, source)
+    check_same_architecture(found.state, found.architecture, model, source, model_name)
+    state, resized_from = position_tables_on_grid(found.state, model.grid_size, source)
+    expected = model.state_dict()
+    check_shapes(state, expected, source)
+    missing, decoder = sorted(set(expected) - set(state)), has_decoder(state)
+    # A reference fine-tuned classifier pools the patch tokens and normalises them with fc_norm instead.
+    classifier = "fc_norm.weight" in state and {"norm.weight", "norm.bias"} <= set(missing)
+    lacking = [key for key in missing if (decoder or not key.startswith(DECODER_PREFIXES))
+               and not (classifier and key.startswith("norm."))]
+    if lacking:
+        raise CheckpointError(f"{source} lacks weights {lacking[:8]}{' ...' if len(lacking) > 8 else ''}")
+    if not decoder:
+        kept = ("the decoder and the final norm (a fine-tuned classifier has fc_norm instead) keep" if classifier
+                else "the decoder keeps")
+        log.warning("%s holds an encoder only: %s the model's initialisation", source, kept)
+    unused = sorted(set(state) - set(expected))
+    if unused:
+        log.info("%s: keys the MAE does not use: %s", source, ", ".join(unused[:8]))
+    model.load_state_dict({key: value for key, value in state.items() if key in expected}, strict=False)
+    return LoadedWeights(decoder, resized_from, unused)
 
 
 def build(architecture: DictConfig | Mapping[str, Any], overrides: Mapping[str, Any]) -> MaskedAutoencoderViT:

@@ -1,12 +1,16 @@
 """Configs that come with a file (a checkpoint's stored run config, the ``config_resolved.yaml`` beside it) are
-data, not code: they may only rebuild this project's own models and modules."""
+data, not code: they may only rebuild this project's own models and modules; and the input normalisation such
+files state (:func:`stored_normalization`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mae.checkpoint import UnsafeCheckpointError
 
@@ -52,3 +56,65 @@ def _nested_targets(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)):
         return [target for item in value for target in _nested_targets(item)]
     return []
+
+
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+"""Where a ``transformers`` model directory states its input normalisation (``image_mean``, ``image_std``)."""
+
+
+@dataclass(frozen=True)
+class StoredNormalization:
+    """The per-channel normalisation a model was trained with, as a file states it."""
+
+    mean: list[float]
+    std: list[float]
+    source: str
+    """Where it was found, for the line that says which numbers a run uses."""
+
+
+def _numbers(value: Any) -> list[float] | None:
+    if isinstance(value, (list, tuple, ListConfig)) and value and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return [float(v) for v in value]
+    return None
+
+
+def _from_mapping(node: Any, mean_key: str, std_key: str, source: str) -> StoredNormalization | None:
+    if not isinstance(node, Mapping):
+        return None
+    mean, std = _numbers(node.get(mean_key)), _numbers(node.get(std_key))
+    return StoredNormalization(mean, std, source) if mean and std else None
+
+
+def stored_normalization(path: str | Path) -> StoredNormalization | None:
+    """The normalisation stored with a model file, or None when it states none (a reference ``.pth``).
+
+    Read from a checkpoint's stored run config (``data.mean``/``data.std``), else the run's
+    ``config_resolved.yaml`` two folders up; an export's ``.json`` (``normalization``); a ``transformers``
+    directory's ``preprocessor_config.json`` (``image_mean``/``image_std``). Only numbers are read.
+    """
+    from mae.callbacks.run_config import RUN_CONFIG_KEY
+    from mae.checkpoint import load_checkpoint_file
+    from mae.run_directory import config_file, run_dir_of_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        preprocessor = path / PREPROCESSOR_CONFIG
+        if not preprocessor.is_file():
+            return None
+        return _from_mapping(json.loads(preprocessor.read_text()), "image_mean", "image_std", str(preprocessor))
+    if path.suffix == ".safetensors":
+        sidecar = path.with_suffix(".json")
+        if not sidecar.is_file():
+            return None
+        return _from_mapping(json.loads(sidecar.read_text()).get("normalization"), "mean", "std", str(sidecar))
+    if not path.is_file():
+        return None
+    checkpoint = load_checkpoint_file(path)
+    stored = checkpoint.get(RUN_CONFIG_KEY) if isinstance(checkpoint, Mapping) else None
+    if isinstance(stored, Mapping) and (found := _from_mapping(stored.get("data"), "mean", "std", str(path))):
+        return found
+    run_config = config_file(run_dir_of_checkpoint(path))
+    if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint and run_config.is_file():
+        return _from_mapping(OmegaConf.load(run_config).get("data"), "mean", "std", str(run_config))
+    return None

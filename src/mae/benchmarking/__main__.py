@@ -1,4 +1,4 @@
-"""MAE pre-training benchmark: matmul peak, full training steps, Table 2's speed-up, data loading.
+"""MAE pre-training benchmark: matmul peak, full training steps, Table 2's speed-up, data loading, file listing.
 
     python -m mae.benchmarking            # the full set (`make bench`); ~10 minutes on the 2-core CPU
     python -m mae.benchmarking --quick    # tiny settings, seconds (what the tests run)
@@ -11,6 +11,8 @@ of an earlier results.json that this run does not measure again (and its peak ro
 this machine, so that every ``pct_of_peak`` in the file refers to the peak rows in it), e.g. for ``--kinds step
 --compile only``. ``--rerender`` re-assesses the step rows of ``--out``'s results.json against its peak rows by
 the current rules (see :func:`mae.benchmarking.report.peak_share`) and rewrites both files, measuring nothing.
+``--kinds listing --merge`` lists a generated folder of a million empty image files (``--listing-files``) and
+keeps the other rows.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 
 from mae.benchmarking import report
 from mae.benchmarking.demo import measure_demo_update
+from mae.benchmarking.listing import measure_listing
 from mae.benchmarking.loader import measure_loaders
 from mae.benchmarking.peak import measure_peak, native_support
 from mae.benchmarking.step import COMPILE_SCOPES, DTYPES, MATMUL_DTYPES, build_model, forward_flops_of, measure_step
@@ -56,7 +59,8 @@ DEMO_ROWS = {  # preset, its model arguments: the Fashion-MNIST presets the demo
     "full": [(*TINY,), ("mae_vit_tiny_patch4", {"in_chans": 1, "img_size": 28})],
     "quick": [(*TINY,)],
 }
-KINDS = ("peak", "step", "speedup", "loader", "fast_path", "demo")
+LISTING_FILES = {"full": 1_000_000, "quick": 2_000}
+KINDS = ("peak", "step", "speedup", "loader", "fast_path", "demo", "listing")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--speedup-batch", type=int, default=4, help="batch of the Table 2 rows")
     parser.add_argument("--speedup-dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--loader-images", type=int, default=None, help="JPEGs written and decoded (default 64; quick 8)")
+    parser.add_argument("--listing-files", type=int, default=None,
+                        help="empty image files generated and listed (default 1,000,000; quick 2,000)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which kinds of rows to run")
     parser.add_argument("--rerender", action="store_true",
                         help="measure nothing: re-assess the share of peak of --out's results.json by the current "
@@ -91,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.warmup = (1 if args.quick else 2) if args.warmup is None else args.warmup
     args.loader_images = args.loader_images or (8 if args.quick else 64)
+    args.listing_files = LISTING_FILES[mode] if args.listing_files is None else args.listing_files
+    if args.listing_files < 1:
+        parser.error(f"--listing-files={args.listing_files} must be at least 1")
     args.compile = args.compile or ("off" if args.quick else "on")
     return args
 
@@ -102,7 +111,7 @@ class Results:
 
     IDENTITY = {"step": ("preset", "batch", "dtype", "compiled", "device", "compile_scope"),
                 "speedup": ("preset", "decoder_depth"), "loader": ("pipeline",), "peak": ("dtype",),
-                "fast_path": ("name", "preset", "batch"), "demo": ("preset",)}
+                "fast_path": ("name", "preset", "batch"), "demo": ("preset",), "listing": ("operation",)}
 
     def __init__(self, out: Path, header: str, earlier: list[report.Row] | None = None) -> None:
         self.rows: list[report.Row] = list(earlier or [])
@@ -253,6 +262,12 @@ def run_loaders(args: argparse.Namespace, results: Results) -> None:
         results.add(report.loader_row(pipeline, rate, vs_pil_torchvision=rate / baseline, **row))
 
 
+def run_listing(args: argparse.Namespace, results: Results) -> None:
+    for row in measure_listing(args.listing_files, repeats=args.repeats):
+        results.add(report.listing_row(row.pop("operation"), row.pop("files"), row.pop("seconds"),
+                                       row.pop("files_per_s"), machine=machine("cpu"), **row))
+
+
 def run_fast_paths(args: argparse.Namespace, results: Results) -> None:
     for name, preset, model_kwargs, batch in FAST_PATH_ROWS[args.mode]:
         timings = []
@@ -300,6 +315,8 @@ def main(argv: list[str] | None = None) -> list[report.Row]:
         run_speedups(args, results)
     if "loader" in args.kinds and args.compile != "only":
         run_loaders(args, results)
+    if "listing" in args.kinds and args.compile != "only":
+        run_listing(args, results)
     if "demo" in args.kinds and args.compile != "only":
         run_demo_updates(args, results)
     if "fast_path" in args.kinds and args.compile != "only":

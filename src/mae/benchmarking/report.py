@@ -15,6 +15,9 @@ Every row is a dict with ``kind`` and that kind's fields:
   off and on in the same run (e.g. the fused AdamW kernel, activation checkpointing);
 - ``demo`` (this project's addition): ``preset``, ``s_per_update``: one update of the reconstruction demo on the
   server (a 640x480 upload decoded and fitted, the MAE's forward, four PNG pictures), median.
+- ``listing`` (this project's addition): ``operation``, ``files``, ``seconds``, ``files_per_s``: listing a generated
+  folder of empty image files (``list_image_files``) or splitting off its held-out files (``split_held_out``), as
+  ``data=unlabeled`` does before a run; with the ``machine`` (CPU) and ``filesystem`` they ran on.
 
 Rows may carry further, informative fields (e.g. ``s_optimizer``); a configuration that failed (say, a
 ``torch.compile`` this machine cannot do) keeps its identifying fields, ``None`` for the measured ones and an
@@ -49,6 +52,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "fast_path": ("name", "preset", "batch", "s_per_step_without", "s_per_step_with", "step_speedup",
                   "peak_mem_mb_without", "peak_mem_mb_with"),
     "demo": ("preset", "s_per_update"),
+    "listing": ("operation", "files", "seconds", "files_per_s"),
 }
 """The fields every row of a kind has."""
 SLOW_PEAK_FRACTION = 0.25
@@ -181,6 +185,11 @@ def demo_row(preset: str, s_per_update: float, **extra: Any) -> Row:
     return {"kind": "demo", "preset": preset, "s_per_update": s_per_update, **extra}
 
 
+def listing_row(operation: str, files: int, seconds: float, files_per_s: float, **extra: Any) -> Row:
+    return {"kind": "listing", "operation": operation, "files": files, "seconds": seconds,
+            "files_per_s": files_per_s, **extra}
+
+
 def peak_row(dtype: str, gflops_per_s: float, **extra: Any) -> Row:
     return {"kind": "peak", "dtype": dtype, "gflops_per_s": gflops_per_s, **extra}
 
@@ -284,6 +293,14 @@ def markdown(rows: Sequence[Row], title: str = "MAE pre-training benchmark", not
                       [[r["preset"], f"{_fmt(r.get('img_size'))} px x {_fmt(r.get('in_chans'))}",
                         _fmt(r.get("upload")), _fmt(1000 * r["s_per_update"], 1), _fmt(r.get("threads"))]
                        for r in by_kind["demo"]])
+        out.append("")
+    if by_kind["listing"]:
+        out += ["Listing a folder of empty image files, 1,000 per folder (data=unlabeled before a run), median of "
+                "repeats:", ""]
+        out += _table(["operation", "files", "seconds", "files/s", "file system", "machine"],
+                      [[r["operation"], f"{r['files']:,}", _fmt(r["seconds"], 3), f"{r['files_per_s']:,.0f}"
+                        if r["files_per_s"] is not None else "-", _fmt(r.get("filesystem")), _fmt(r.get("machine"))]
+                       for r in by_kind["listing"]])
         out.append("")
     return "\n".join(out)
 

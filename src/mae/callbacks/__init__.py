@@ -1,8 +1,9 @@
-"""Lightning callbacks that look at what the MAE has learned (reconstruction grids, kNN accuracy) and that send
+"""Lightning callbacks that look at what the MAE has learned (reconstruction grids, kNN accuracy, the validation loss per epoch) and that send
 the run's resolved config to the experiment loggers."""
 
+from mae.callbacks.history import ValidationLossHistory
 from mae.callbacks.knn import KNNEvaluationCallback
 from mae.callbacks.reconstruction import ReconstructionGridCallback
 from mae.callbacks.tracking import LogResolvedConfig
 
-__all__ = ["KNNEvaluationCallback", "LogResolvedConfig", "ReconstructionGridCallback"]
+__all__ = ["KNNEvaluationCallback", "LogResolvedConfig", "ReconstructionGridCallback", "ValidationLossHistory"]

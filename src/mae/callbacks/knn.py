@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from mae.evaluation.sharded import sharded_features
 from mae.evaluation.pixels import pixel_knn_top1
 from mae.run_directory import merge_json
 from mae.torch_state import model_device_and_dtype, preserved_rng
+
+log = logging.getLogger(__name__)
 
 
 class KNNEvaluationCallback(L.Callback):
@@ -30,8 +33,11 @@ class KNNEvaluationCallback(L.Callback):
     ``knn_num_queries`` and ``epochs_trained``.
     Every ``every_n_epochs`` epochs the trained encoder alone is scored and logged as ``knn/top1``.
 
-    The trainer's datamodule must provide ``num_classes`` and ``knn_dataloaders() -> (train, val)``, and for
-    the pixel baseline its normalisation ``mean`` and ``std``.
+    The images come from ``data`` when given (``knn_data=<group>``: a labelled set for a run whose training data
+    has none), else from the trainer's datamodule; either must provide ``num_classes`` and ``knn_dataloaders() ->
+    (train, val)``, and for the pixel baseline its normalisation ``mean`` and ``std``. Training data without
+    labels and no ``data``: the evaluation is skipped, with one logged line and ``knn_skipped`` (the reason) in
+    the results file.
 
     Args:
         every_n_epochs: interval of the per-epoch scores; ``None`` for the end of training only.
@@ -42,11 +48,12 @@ class KNNEvaluationCallback(L.Callback):
         compare_pixels: also score the raw-pixel baseline at the end.
         seed: seed of the baseline's initialisation (the training random stream is not touched).
         results_file: JSON file, relative to the run directory, that receives the final scores.
+        data: a labelled data module to evaluate on instead of the trainer's (None: the trainer's).
     """
 
     def __init__(self, every_n_epochs: int | None = None, k: int = 20, temperature: float = 0.07,
                  pool: str = "cls", compare_random_init: bool = True, compare_pixels: bool = True, seed: int = 0,
-                 results_file: str = "results.json") -> None:
+                 results_file: str = "results.json", data: L.LightningDataModule | None = None) -> None:
         if k < 1:
             raise ValueError(f"k={k} must be at least 1")
         if temperature <= 0:
@@ -59,7 +66,23 @@ class KNNEvaluationCallback(L.Callback):
         self.compare_pixels = compare_pixels
         self.seed = seed
         self.results_file = results_file
+        if data is not None and not getattr(data, "has_labels", True):
+            raise ValueError(f"knn_data ({type(data).__name__}) has no labels for a kNN evaluation; choose a "
+                             "labelled data group, e.g. knn_data=fashion_mnist or knn_data=image_folder "
+                             "knn_data.root=<folder with one sub-folder per class>")
+        self.data = data
+        self.skipped: str | None = None
         self.last_results: dict[str, Any] = {}
+
+    def datamodule(self, trainer: L.Trainer):
+        """Where the kNN bank and queries come from."""
+        return self.data if self.data is not None else trainer.datamodule
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.data is None and not getattr(trainer.datamodule, "has_labels", True):
+            self.skipped = (f"the training data ({type(trainer.datamodule).__name__}) has no labels and knn_data is "
+                            "not set; set knn_data=<a labelled data group> for kNN top-1")
+            log.info("kNN evaluation skipped: %s", self.skipped)
 
     def score(self, trainer: L.Trainer, model: nn.Module) -> float | None:
         """kNN top-1 of ``model`` on the datamodule's kNN loaders, without touching the global random state.
@@ -67,7 +90,7 @@ class KNNEvaluationCallback(L.Callback):
         Every process calls it: each encodes its share of the bank and the queries, the features are gathered in
         dataset order (:mod:`mae.evaluation.sharded`), and global rank 0 runs the vote a single process would run
         and returns its score; the other processes return None."""
-        datamodule = trainer.datamodule
+        datamodule = self.datamodule(trainer)
         with preserved_rng(model_device_and_dtype(model)[0]):
             train_loader, val_loader = datamodule.knn_dataloaders()
             bank, bank_labels = sharded_features(trainer, model, train_loader, self.pool)
@@ -78,7 +101,7 @@ class KNNEvaluationCallback(L.Callback):
                         temperature=self.temperature)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not epoch_is_due(self.every_n_epochs, trainer.current_epoch):
+        if self.skipped or not epoch_is_due(self.every_n_epochs, trainer.current_epoch):
             return
         top1 = self.score(trainer, pl_module.model)
         if top1 is not None:
@@ -86,6 +109,11 @@ class KNNEvaluationCallback(L.Callback):
             log_to_all(trainer, {"knn/top1": top1})
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.skipped:
+            if trainer.is_global_zero:
+                merge_json(Path(trainer.default_root_dir) / self.results_file,
+                           {"knn_top1_pretrained": None, "knn_skipped": self.skipped})
+            return
         model = pl_module.model
         results: dict[str, Any] = {"knn_top1_pretrained": self.score(trainer, model)}
         if self.compare_random_init:
@@ -94,8 +122,8 @@ class KNNEvaluationCallback(L.Callback):
             return
         if self.compare_pixels:
             results.update(self.pixel_scores(trainer))
-        train_loader, val_loader = trainer.datamodule.knn_dataloaders()
-        results.update(knn_k=self.k, knn_temperature=self.temperature, knn_pool=self.pool,
+        train_loader, val_loader = self.datamodule(trainer).knn_dataloaders()
+        results.update(knn_data=type(self.datamodule(trainer)).__name__, knn_k=self.k, knn_temperature=self.temperature, knn_pool=self.pool,
                        knn_bank_size=len(train_loader.dataset), knn_num_queries=len(val_loader.dataset),
                        epochs_trained=trainer.current_epoch)
         print(self.summary(results), flush=True)
@@ -106,7 +134,7 @@ class KNNEvaluationCallback(L.Callback):
 
     def pixel_scores(self, trainer: L.Trainer) -> dict[str, float]:
         """``knn_top1_pixels_raw``, ``knn_top1_pixels_standardized`` and their maximum ``knn_top1_pixels``."""
-        datamodule = trainer.datamodule
+        datamodule = self.datamodule(trainer)
         with preserved_rng():
             train_loader, val_loader = datamodule.knn_dataloaders()
             scores = pixel_knn_top1(train_loader, val_loader, datamodule.num_classes, datamodule.mean,

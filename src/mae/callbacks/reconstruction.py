@@ -11,6 +11,7 @@ from mae.atomic_files import replaced_atomically
 from mae.callbacks.tracking import log_image_file
 from mae.models.masking import seeded_noise
 from mae.reconstruction_grid import make_grid_image, reconstruct
+from mae.run_directory import RESULTS_FILE, merge_json, read_json_object
 from mae.torch_state import preserved_rng
 
 
@@ -30,7 +31,8 @@ class ReconstructionGridCallback(L.Callback):
     """Save a grid of original / masked / reconstruction / pasted views (see :mod:`mae.reconstruction_grid`).
 
     Always at the end of training as ``<default_root_dir>/<filename>.png``, and every ``every_n_epochs``
-    epochs as ``<filename>_epoch{E:03d}.png`` (``E`` 0-based, like the checkpoints). The masking noise is drawn
+    epochs as ``<filename>_epoch{E:03d}.png`` (``E`` 0-based, like the checkpoints); the run's ``results.json``
+    lists them under ``reconstruction_grids``. The masking noise is drawn
     once from ``seed``, so every grid of a run hides the same patches and grids compare across epochs. Every
     process reconstructs (see :meth:`write_grid`), global rank 0 alone writes; a grid is also logged, under
     ``reconstruction`` at the current step, to every logger that takes images (W&B, TensorBoard; see
@@ -71,7 +73,9 @@ class ReconstructionGridCallback(L.Callback):
         datamodule = trainer.datamodule
         model = pl_module.model
         with preserved_rng(pl_module.device):
-            imgs = datamodule.sample_images(self.num_images)
+            splits = getattr(datamodule, "splits", None)  # a small held-out folder may have fewer images
+            count = self.num_images if splits is None else min(self.num_images, len(splits.val))
+            imgs = datamodule.sample_images(count)
             noise = seeded_noise(imgs.shape[0], model.num_patches, self.seed)
             views = reconstruct(model, imgs, noise=noise)
         if not trainer.is_global_zero:
@@ -80,5 +84,8 @@ class ReconstructionGridCallback(L.Callback):
         with replaced_atomically(path) as tmp:
             save_image(make_grid_image(views, datamodule.mean, datamodule.std), tmp, format="png")
         log_image_file(trainer.loggers, "reconstruction", path, trainer.global_step)
+        results = Path(trainer.default_root_dir) / RESULTS_FILE
+        grids = [grid for grid in read_json_object(results).get("reconstruction_grids", []) if grid != name]
+        merge_json(results, {"reconstruction_grids": grids + [name]})
         self.last_path = path
         return path

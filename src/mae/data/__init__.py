@@ -9,6 +9,7 @@ from mae.data.errors import CorruptDataError
 from mae.data.fashion_mnist import FashionMNISTDataModule, read_idx
 from mae.data.image_folder import ImageFolderDataModule, ImageNetDataModule
 from mae.data.loaders import EpochSeededSampler
+from mae.data.unlabeled import UnlabeledImagesDataModule
 from mae.data.transfer_datasets import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -36,6 +37,7 @@ __all__ = [
     "OxfordPetsDataModule",
     "Places365DataModule",
     "TransferDataModule",
+    "UnlabeledImagesDataModule",
     "eval_transform",
     "pretrain_transform",
     "train_transform",

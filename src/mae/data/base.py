@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -10,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mae.data.decoding import ImageLoader
 from mae.data.errors import check_int, check_optional_limit
+from mae.data.image_statistics import check_decodable, sample_files
 from mae.data.loaders import (
     LoaderSettings,
     Splits,
@@ -57,6 +60,12 @@ class ImageDataModule(L.LightningDataModule):
     _splits: Splits | None = None
     eval_split = "val"
     """Which of the dataset's official splits the evaluation split is (results files say it)."""
+    has_labels = True
+    """Whether the data has classes (kNN, fine-tuning and probing need them; pre-training does not)."""
+    measures_statistics = False
+    """Whether ``mean: auto`` works: the module can measure its training images (:meth:`statistics_files`)."""
+    stats_samples = 0
+    stats_seed = 0
 
     def __init__(self, *, img_size: int, in_chans: int, batch_size: int, num_workers: int, pin_memory: bool,
                  persistent_workers: bool, seed: int, crop_scale: Sequence[float], hflip: bool,
@@ -69,19 +78,22 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"in_chans={in_chans} must be 1 (grayscale) or 3 (RGB)")
         self.in_chans = in_chans
         self.mean, self.std = check_normalization(mean, std, in_chans)
+        if self.mean is None and not self.measures_statistics:
+            raise ValueError(f"mean=auto and std=auto are not available for {type(self).__name__}: give the "
+                             "dataset's mean and std")
         self.crop_scale = check_crop_scale(crop_scale)
         self.hflip = bool(hflip)
         interpolation_mode(interpolation)
         self.interpolation = interpolation
         self.rand_augment = rand_augment
         self.random_erasing = float(random_erasing)
-        self.transforms()  # builds nothing lasting: validates the augmentation settings before any work
+        self.transforms(placeholder=True)  # builds nothing lasting: validates the augmentation settings now
         self.train_samples = check_optional_limit("train_samples", train_samples)
         self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed,
                                       knn_train_samples, knn_val_samples)
 
     def read_image_files(self, decoder: str, eval_resize_ratio: float, on_bad_image: str,
-                         max_bad_fraction: float) -> None:
+                         max_bad_fraction: float, stats_samples: int = 0, stats_seed: int = 0) -> None:
         """For datasets of image files: decode them with ``decoder`` into this module's channels (an undecodable
         file handled as ``on_bad_image`` says, see :class:`~mae.data.decoding.ImageLoader`), and resize to
         ``img_size / eval_resize_ratio`` before the evaluation's centre crop."""
@@ -89,17 +101,54 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"eval_resize_ratio={eval_resize_ratio} must be in (0, 1]")
         self.eval_resize_ratio = float(eval_resize_ratio)
         self.image_loader = ImageLoader.for_channels(self.in_chans, decoder, on_bad_image, max_bad_fraction)
+        if self.mean is None:  # mean: auto measures this many images, sampled with this seed
+            self.stats_samples = check_int("stats_samples", stats_samples, 1)
+            self.stats_seed = check_int("stats_seed", stats_seed, 0)
+
+    def statistics_files(self) -> tuple[str, list[str]]:
+        """``(root, paths relative to it)`` of the training images ``mean: auto`` measures a sample of."""
+        raise NotImplementedError
+
+    def prepare_run(self, stored_normalization: tuple[list[float], list[float]] | None = None,
+                    stored_in: str = "", resumed_run_dir: Path | None = None) -> None:
+        """Everything that must be known before a run writes anything, each problem one line: here the
+        normalisation of ``mean: auto`` (the numbers ``stored_in`` a file the run starts from holds, else measured
+        on a seeded sample of training images, and printed). ``resumed_run_dir`` is the directory of the
+        checkpoint a resumed run continues (subclasses read what its first attempt stored there)."""
+        if self.mean is not None:
+            return
+        if stored_normalization is not None:
+            self.mean, self.std = check_normalization(*stored_normalization, self.in_chans)
+            where = stored_in
+        else:
+            root, files = self.statistics_files()
+            found = sample_files(root, files, self.image_loader, self.stats_samples, self.stats_seed)
+            check_decodable(found, self.image_loader, root)
+            self.mean, self.std = check_normalization(*found.statistics(), self.in_chans)
+            where = f"{found.decoded} training images (seeded sample, data.stats_samples={self.stats_samples})"
+        print(f"data.mean=auto, data.std=auto: mean {list(self.mean)}, std {list(self.std)} from {where}", flush=True)
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """Settings ``prepare_run`` measured, to store with the run (its config and checkpoints)."""
+        return {"mean": list(self.mean), "std": list(self.std)} if self.mean is not None else {}
+
+    def write_run_files(self, run_dir: Path) -> None:
+        """Files the data keeps in the run directory (see subclasses); called once the run starts, on rank 0."""
 
     @property
     def batch_size(self) -> int:
         return self.loaders.batch_size
 
-    def transforms(self, eval_resize_ratio: float = 0.875):
+    def transforms(self, eval_resize_ratio: float = 0.875, placeholder: bool = False):
         """(training augmentation, evaluation transform) from this module's settings; see
-        :func:`~mae.data.transforms.train_transform` and :func:`~mae.data.transforms.eval_transform`."""
-        augment = train_transform(self.img_size, self.crop_scale, self.hflip, self.mean, self.std, self.interpolation,
+        :func:`~mae.data.transforms.train_transform` and :func:`~mae.data.transforms.eval_transform`.
+        ``mean: auto`` is measured first unless ``placeholder`` (a check of the other settings) says not to."""
+        if self.mean is None and not placeholder:
+            self.prepare_run()
+        mean, std = (self.mean, self.std) if self.mean is not None else ((0.5,) * self.in_chans, (0.5,) * self.in_chans)
+        augment = train_transform(self.img_size, self.crop_scale, self.hflip, mean, std, self.interpolation,
                                   self.rand_augment, self.random_erasing)
-        return augment, eval_transform(self.img_size, self.mean, self.std, self.interpolation, eval_resize_ratio)
+        return augment, eval_transform(self.img_size, mean, std, self.interpolation, eval_resize_ratio)
 
     def set_splits(self, train: Dataset, val: Dataset, augment, evaluate) -> None:
         """Serve ``train`` augmented (a seeded subset when ``train_samples`` is set) and both splits unaugmented."""

@@ -1,6 +1,9 @@
 """Image files to pixels: torchvision's libjpeg-turbo/libpng decoders into uint8 tensors, or PIL images.
 
-Both give the same RGB pixels for JPEG (RGB, greyscale and CMYK) and PNG files; the tensor decoder takes
+Both give the same pixels for JPEG (RGB, greyscale and CMYK), PNG (greyscale, RGB, RGBA, palette, 16-bit), WebP
+and GIF files; formats torchvision does not read (BMP, TIFF, PPM/PGM) go through PIL in both. Alpha is dropped, and
+16-bit images are scaled to 8 bits (``round(v / 257)``) where PIL's own conversion would clip them at 255. The
+tensor decoder takes
 about two thirds of PIL's time on an ImageNet-sized JPEG, and the uint8 tensor it returns then goes through
 torchvision's SIMD resampling instead of PIL's (together twice PIL + torchvision per data-loading worker,
 ``make bench``). ``decoder="pil"`` keeps the reference implementation's exact path (PIL decode and PIL bicubic
@@ -14,9 +17,11 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as F
 
 from mae.data.errors import CorruptDataError, one_line
 
@@ -35,6 +40,30 @@ def check_decoder(decoder: str) -> str:
     if decoder not in DECODERS:
         raise ValueError(f"decoder={decoder!r} must be one of {', '.join(DECODERS)}")
     return decoder
+
+
+def sixteen_to_eight_bits(values: torch.Tensor) -> torch.Tensor:
+    """16-bit pixels (0-65535, any integer dtype) to uint8 as ``round(v / 257)``: 65535 -> 255, 0 -> 0."""
+    return ((values.to(torch.int32).clamp(0, 65535) + 128) // 257).to(torch.uint8)
+
+
+def pil_to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """``img.convert(mode)``, except that 16- and 32-bit integer images (``I;16*``, ``I``: scans, microscopy) are
+    scaled to 8 bits first, which PIL's conversion would clip at 255."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = torch.from_numpy(np.asarray(img, dtype=np.int64).copy())
+        img = Image.fromarray(sixteen_to_eight_bits(values).numpy(), "L")
+    return img.convert(mode)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_PALETTE = 3  # the IHDR colour type of an indexed-colour PNG
+
+
+def _is_palette_png(encoded: torch.Tensor) -> bool:
+    """Whether the bytes are an indexed-colour PNG (whose unchanged decoding would be palette indices)."""
+    return (encoded.numel() > 25 and bytes(encoded[:8].tolist()) == _PNG_SIGNATURE
+            and int(encoded[25]) == _PNG_PALETTE)
 
 
 def pil_luma(rgb: torch.Tensor) -> torch.Tensor:
@@ -112,15 +141,26 @@ class ImageLoader:
                 encoded = read_file(source)
             else:
                 encoded = torch.frombuffer(bytearray(source), dtype=torch.uint8)
-            rgb = decode_image(encoded, mode=ImageReadMode.RGB)
+            image = decode_image(encoded, mode=ImageReadMode.UNCHANGED)
+            if image.shape[0] not in (1, 3) or _is_palette_png(encoded):
+                # Grey + alpha, RGBA, CMYK or palette indices: the decoders' own conversion to RGB. Grey and RGB files are taken
+                # as they are (a grey file is neither expanded to RGB nor converted back).
+                image = decode_image(encoded, mode=ImageReadMode.RGB)
         except (RuntimeError, ValueError) as error:  # torchvision on empty, unknown, corrupt or truncated data
             reason = _CPP_LOCATION.sub("", one_line(error))
-            raise CorruptDataError(f"cannot decode image {name}: {reason}") from error
-        return rgb if self.mode == "RGB" else pil_luma(rgb)
+            if "Unsupported image file" not in reason:
+                raise CorruptDataError(f"cannot decode image {name}: {reason}") from error
+            # A format torchvision has no decoder for (BMP, TIFF, PPM): PIL's pixels, as a tensor.
+            return F.pil_to_tensor(self._decode_pil(source if isinstance(source, str) else io.BytesIO(source), name))
+        if image.dtype != torch.uint8:  # a 16-bit PNG
+            image = sixteen_to_eight_bits(image)
+        if self.mode == "RGB":
+            return image.expand(3, -1, -1).contiguous() if image.shape[0] == 1 else image
+        return image if image.shape[0] == 1 else pil_luma(image)
 
     def _decode_pil(self, source: str | io.BytesIO, name: str) -> Image.Image:
         try:
             with Image.open(source) as img:
-                return img.convert(self.mode)  # convert() decodes the whole file, so truncation shows here
+                return pil_to_mode(img, self.mode)  # converting decodes the whole file, so truncation shows here
         except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for unreadable/corrupt files
             raise CorruptDataError(f"cannot decode image {name}: {one_line(error)}") from error

@@ -5,7 +5,8 @@ to nodes x processes x workers, so that an epoch serves every sample once (litda
 shares out), and its loader's state goes into Lightning checkpoints, so that a resumed run serves exactly the
 samples the uninterrupted one would have served next. Each image is decoded as the folder datasets decode
 files, and augmented with a generator seeded by (seed, epoch, sample index): the crop of a sample does not depend
-on which process or worker happened to serve it.
+on which process or worker happened to serve it. Shards of a folder without labels (``data=unlabeled``) stream
+through :class:`UnlabeledShardsDataModule` (``data=unlabeled_stream``), their items ``(image, -1[, seed])``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from mae.data.base import ImageDataModule
 from mae.data.decoding import ImageLoader
@@ -103,8 +104,12 @@ class ShardsDataModule(ImageDataModule):
         cache_dir: where litdata keeps downloaded chunks of a remote ``input_dir`` (None: its default).
         eval_resize_ratio, decoder: as for the image-folder datasets (the same decoding and transforms).
         settings: those of every image data module (``img_size``, ``in_chans``, loaders, augmentation);
-            ``train_samples`` must be None (an epoch is the whole split: convert a subset instead).
+            ``train_samples`` must be None (an epoch is the whole split: convert a subset instead). ``mean: auto``
+            takes the numbers of the file a run starts from when it stores them (resume, ``pretrained=``), else
+            those ``mae_shards.json`` stores (the source's, measured at conversion for ``data=unlabeled``).
     """
+
+    measures_statistics = True  # mean: auto reads the converter's numbers (prepare_run)
 
     def __init__(self, *, input_dir: str, cache_dir: str | None, eval_resize_ratio: float, decoder: str,
                  **settings: Any) -> None:
@@ -115,7 +120,9 @@ class ShardsDataModule(ImageDataModule):
         if self.train_samples is not None:
             raise ValueError(f"train_samples={self.train_samples}: a streamed epoch is the whole training split; "
                              "set data.train_samples=null, or write shards of a subset")
-        self.read_image_files(decoder, eval_resize_ratio, on_bad_image="error", max_bad_fraction=0.0)
+        # stats_samples: nothing is sampled here, mean: auto reads mae_shards.json's numbers.
+        self.read_image_files(decoder, eval_resize_ratio, on_bad_image="error", max_bad_fraction=0.0,
+                              stats_samples=1)
         self.input_dir, self.cache_dir = str(input_dir).rstrip("/"), cache_dir
         self.info = read_info(self.input_dir)
         self._check_format()
@@ -124,12 +131,30 @@ class ShardsDataModule(ImageDataModule):
 
     def _check_format(self) -> None:
         info, where = self.info, f"the shards in {self.input_dir}"
+        if info.labelled != self.has_labels:
+            raise ValueError(
+                f"{where} hold images without labels; stream them with data=unlabeled_stream "
+                f"data.input_dir={self.input_dir}" if self.has_labels else
+                f"{where} hold labelled images ({len(info.classes)} classes); stream them with their labelled "
+                "group (data=imagenet_stream, data=fashion_mnist_stream, ...), or convert a folder without labels "
+                "with `python -m mae.data.shards data=unlabeled <dir> data.root=<folder>`")
+        if self.mean is None and info.mean is None:
+            raise ValueError(f"data.mean=auto: {self.input_dir}/{INFO_FILE} stores no mean and std (written before "
+                             "the converter stored them); give data.mean=[...] and data.std=[...]")
         if info.channels != self.in_chans:
             raise ValueError(f"{where} hold {info.channels}-channel images, but data.in_chans={self.in_chans}; set "
                              f"data.in_chans={info.channels} or convert with a data group of {self.in_chans} channels")
         if info.image_size is not None and info.image_size != self.img_size:
             raise ValueError(f"{where} hold {info.image_size} px images, but data.img_size={self.img_size}; set "
                              f"data.img_size={info.image_size} (the images were stored at their own size)")
+
+    def prepare_run(self, stored_normalization=None, stored_in: str = "", resumed_run_dir: Path | None = None) -> None:
+        """``mean: auto``: the numbers stored in the file the run starts from, else those of ``mae_shards.json``
+        (checked against ``in_chans`` and printed, as the measuring modules do)."""
+        if self.mean is None and stored_normalization is None:
+            stored_normalization = (self.info.mean, self.info.std)
+            stored_in = f"{self.input_dir}/{INFO_FILE} (the converter's numbers)"
+        super().prepare_run(stored_normalization, stored_in, resumed_run_dir)
 
     def split_dir(self, split: str) -> str:
         return f"{self.input_dir}/{split}"
@@ -154,3 +179,20 @@ class ShardsDataModule(ImageDataModule):
         settings = self.loaders
         return StreamingDataLoader(self.splits.train, batch_size=settings.batch_size, num_workers=settings.num_workers,
                                    pin_memory=settings.pin_memory, drop_last=True)
+
+
+class UnlabeledShardsDataModule(ShardsDataModule):
+    """Shards of a folder without labels (``python -m mae.data.shards data=unlabeled OUT data.root=DIR``), for
+    pre-training as ``data=unlabeled`` does: items ``(image, -1[, seed])``, the held-out files as the validation
+    split, no classes and so no kNN on it (see the kNN callback's ``data``). The settings: those of
+    :class:`ShardsDataModule`; ``mean: auto`` reads the numbers ``data=unlabeled`` measured at conversion."""
+
+    has_labels = False
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.num_classes = None
+
+    def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
+        raise ValueError(f"data=unlabeled_stream ({self.input_dir}) has no labels for a kNN evaluation; set "
+                         "knn_data=<a labelled data group>")

@@ -50,9 +50,19 @@ def check_crop_scale(crop_scale: Sequence[float]) -> tuple[float, float]:
     return values[0], values[1]
 
 
-def check_normalization(mean: Sequence[float], std: Sequence[float],
-                        in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std as tuples: one value per channel, std positive."""
+AUTO = "auto"
+"""``mean: auto`` / ``std: auto`` in a data group: statistics measured on the data (see ``ImageDataModule``)."""
+
+
+def check_normalization(mean: Sequence[float] | str, std: Sequence[float] | str,
+                        in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]] | tuple[None, None]:
+    """Per-channel mean and std as tuples: one value per channel, std positive; ``(None, None)`` for ``auto``."""
+    if mean == AUTO or std == AUTO:
+        if mean != std:
+            raise ValueError(f"mean={mean!r} and std={std!r}: give both as numbers, or both as {AUTO!r}")
+        return None, None
+    if isinstance(mean, str) or isinstance(std, str):
+        raise ValueError(f"mean={mean!r} and std={std!r} must be lists of numbers or {AUTO!r}")
     mean_t, std_t = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     if len(mean_t) != in_chans or len(std_t) != in_chans:
         raise ValueError(f"mean={list(mean_t)} and std={list(std_t)} must have in_chans={in_chans} values each")

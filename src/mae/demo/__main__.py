@@ -17,10 +17,11 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from mae.checkpoint import CheckpointError, check_input_size
-from mae.config import compose_in_repo, instantiate_node
+from mae.config import compose_in_repo
 from mae.data.errors import CorruptDataError, check_int, one_line
 from mae.demo.reconstruction import load_demo_model
 from mae.demo.session import DemoLimits, DemoSession, Example, PageError
+from mae.jobs.harness import data_for_model_file
 from mae.models.masking import check_trainable_mask_ratio
 
 SETUP_ERRORS = (ValueError, TypeError, OSError, HydraException, OmegaConfBaseException, CorruptDataError)
@@ -65,7 +66,7 @@ def prepare(cfg: DictConfig, ckpt_path: str) -> DemoSession:
         check_int(key, cfg[key], 1)
     check_int("seed", cfg.seed, 0)
     check_port_free(str(cfg.host), int(cfg.port))
-    datamodule = instantiate_node(cfg.data)
+    datamodule = data_for_model_file(cfg.data, ckpt_path, use_stored=bool(cfg.use_run_config))
     fallback = cfg.model
     primary = load_demo_model(ckpt_path, datamodule.mean, datamodule.std, fallback, bool(cfg.use_run_config))
     check_input_size((primary.model.img_size, primary.model.in_chans), datamodule, ckpt_path)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +24,7 @@ from mae.atomic_files import replaced_atomically, write_text_atomically
 from mae.checkpoint import CheckpointError, check_state_dict_shapes
 from mae.models.mae import MaskedAutoencoderViT
 from mae.models.pos_embed import sincos_2d
+from mae.stored_config import PREPROCESSOR_CONFIG
 
 if TYPE_CHECKING:
     import transformers
@@ -239,6 +240,18 @@ def save_transformers_vit(model: MaskedAutoencoderViT, out_dir: str | Path) -> P
     """
     config = vit_config(model)
     return _write_directory(out_dir, config.to_json_string(), to_transformers_vit_state_dict(model))
+
+
+def write_preprocessor_config(out_dir: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float]) -> Path:
+    """``preprocessor_config.json`` for ``ViTImageProcessor``: resize to ``img_size``, scale to [0, 1], normalise
+    with the model's training ``mean`` and ``std`` (which :func:`mae.stored_config.stored_normalization` reads back)."""
+    config = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+              "size": {"height": int(img_size), "width": int(img_size)}, "resample": 3, "do_rescale": True,
+              "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [float(v) for v in mean],
+              "image_std": [float(v) for v in std]}
+    path = Path(out_dir) / PREPROCESSOR_CONFIG
+    write_text_atomically(path, json.dumps(config, indent=2) + "\n")
+    return path
 
 
 # -- transformers -> this project -------------------------------------------------------------------

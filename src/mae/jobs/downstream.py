@@ -46,15 +46,24 @@ def initial_encoder(cfg: DictConfig):
 def build(cfg: DictConfig) -> TrainingRun:
     """Instantiate data, encoder (with its pretrained weights), the task's module node and trainer; nothing is
     trained yet."""
-    return build_training_run(cfg, lambda: initial_encoder(cfg),
-                              lambda datamodule: {"num_classes": datamodule.num_classes}, [RunConfigInCheckpoint(cfg)])
+    return build_training_run(cfg, lambda: initial_encoder(cfg), lambda datamodule: {"num_classes": classes(cfg, datamodule)},
+                              [RunConfigInCheckpoint(cfg)])
+
+
+def classes(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
+    """The number of classes to train a head for; one line when the data has no labels."""
+    if not getattr(datamodule, "has_labels", True):
+        raise ValueError(f"task={cfg.task_name} trains a classifier and needs labels, but the data group "
+                         f"({type(datamodule).__name__}) has none; choose a labelled data group (data=image_folder "
+                         "data.root=<folder with one sub-folder per class>, ...)")
+    return datamodule.num_classes
 
 
 def downstream(cfg: DictConfig) -> dict:
     """Fine-tune or linear-probe as configured; returns what the run wrote to ``results.json``."""
     L.seed_everything(cfg.seed, workers=True)
     run = build(cfg)
-    write_config(cfg, run.trainer)
+    write_config(cfg, run.trainer, run.datamodule)
     train_seconds = fit(cfg, run.trainer, run.module, run.datamodule)
     evaluation = evaluate_classifier(run.trainer, run.module, run.datamodule)
     results = merge_results(cfg, run.trainer, {

@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mae.atomic_files import write_text_atomically
 from mae.callbacks.preemption import Preempted, PreemptionCheckpoint
@@ -24,6 +24,7 @@ from mae.callbacks.wandb_run import finish_wandb_run
 from mae.checkpoint import check_resume_checkpoint
 from mae.config import instantiate_node, process_batch_size, validate_schedule
 from mae.data.errors import CorruptDataError
+from mae.data.transforms import AUTO
 from mae.run_directory import (
     BAD_IMAGES_FILE,
     CHECKPOINT_DIR,
@@ -34,7 +35,9 @@ from mae.run_directory import (
     latest_link,
     merge_json,
     read_json_object,
+    run_dir_of_checkpoint,
 )
+from mae.stored_config import stored_normalization
 from mae.training.scheduled import ScheduledModule
 
 log = logging.getLogger(__name__)
@@ -119,12 +122,44 @@ def build_training_run(cfg: DictConfig, model: Callable[[], Any],
         datamodule = instantiate_node(cfg.data, **({} if batch_size is None else {"batch_size": batch_size}))
         if getattr(datamodule, "image_loader", None) is not None:
             datamodule.image_loader.report_file = output_dir(cfg) / BAD_IMAGES_FILE
+        prepare_data(cfg, datamodule)
         module = instantiate_node(cfg.module, model(), **module_arguments(datamodule))
         if cfg.ckpt_path is not None:
             check_resume_checkpoint(cfg.ckpt_path, module)
     except SETUP_ERRORS as error:
         raise one_line_setup_error(error) from error
     return TrainingRun(datamodule, module, trainer)
+
+
+def prepare_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
+    """Let the data module do what must precede the run (list files, measure ``mean: auto``; see
+    ``ImageDataModule.prepare_run``) and put the numbers it measured into ``cfg``, so that the config written to
+    the run directory and the checkpoints hold them. ``mean: auto`` takes the numbers of the file the run starts
+    from (``ckpt_path``, else ``pretrained``) when it stores them; a resumed run reads what its first attempt
+    kept in its run directory."""
+    prepare_run = getattr(datamodule, "prepare_run", None)
+    if prepare_run is None:
+        return
+    start = cfg.get("ckpt_path") or cfg.get("pretrained")
+    stored = stored_normalization(start) if start is not None and datamodule.mean is None else None
+    resumed_run_dir = None if cfg.get("ckpt_path") is None else run_dir_of_checkpoint(cfg.ckpt_path)
+    prepare_run(None if stored is None else (stored.mean, stored.std), "" if stored is None else stored.source,
+                resumed_run_dir)
+    if cfg.data.get("mean") == AUTO or cfg.data.get("std") == AUTO:
+        with open_dict(cfg):
+            cfg.data.update(datamodule.resolved_settings())
+
+
+def data_for_model_file(data_node: DictConfig, path: str | Path, use_stored: bool = True) -> L.LightningDataModule:
+    """The data group's module for looking at a model file (reconstructions, the demo): normalised with the numbers
+    the file stores (:func:`~mae.stored_config.stored_normalization`, e.g. a run's ``mean: auto``) when it stores
+    them for the data's channels and ``use_stored``, else with the group's own."""
+    stored = stored_normalization(path) if use_stored else None
+    if stored is not None and len(stored.mean) == int(data_node.in_chans):
+        log.info("normalising images with the mean %s and std %s stored in %s", stored.mean, stored.std,
+                 stored.source)
+        return instantiate_node(data_node, mean=stored.mean, std=stored.std)
+    return instantiate_node(data_node)
 
 
 def training_record(run: TrainingRun, train_seconds: float) -> dict[str, Any]:
@@ -144,10 +179,12 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
-def write_config(cfg: DictConfig, trainer: L.Trainer) -> None:
-    """The resolved config, first thing in the run directory (rank 0 only)."""
+def write_config(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule | None = None) -> None:
+    """The resolved config, first thing in the run directory, and the files the data keeps there (rank 0 only)."""
     if trainer.is_global_zero:
         write_text_atomically(config_file(output_dir(cfg)), OmegaConf.to_yaml(cfg, resolve=True))
+        if datamodule is not None and hasattr(datamodule, "write_run_files"):
+            datamodule.write_run_files(output_dir(cfg))
 
 
 def merge_results(cfg: DictConfig, trainer: L.Trainer, results: dict) -> dict:

@@ -32,10 +32,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mae.checkpoint import check_input_size
-from mae.config import CONF_DIR, compose_in_repo, instantiate_node, register_resolvers
+from mae.config import CONF_DIR, compose_in_repo, register_resolvers
 from mae.jobs.harness import (
     SETUP_ERRORS,
     SetupError,
+    data_for_model_file,
     one_line_setup_error,
     run_job,
 )
@@ -93,7 +94,7 @@ def prepare(cfg: DictConfig) -> Inspection:
         loaded = load(cfg.ckpt_path, fallback=cfg.model, use_stated=bool(cfg.get("use_run_config", True)),
                       require_decoder=True)
         model, source = loaded.model, loaded.architecture_from
-        datamodule = instantiate_node(cfg.data)
+        datamodule = data_for_model_file(cfg.data, cfg.ckpt_path, use_stored=bool(cfg.get("use_run_config", True)))
         check_input_size((model.img_size, model.in_chans), datamodule, cfg.ckpt_path)
         imgs = datamodule.sample_images(int(cfg.num_images))
     except SETUP_ERRORS as error:

@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mae.data.shards", description=__doc__ + "\n\nSee conf/shards.yaml for the keys.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="a folder in the ImageNet layout (SRC/train/<class>/<image>, SRC/val/...) "
-                                       "or data=<group> (data=fashion_mnist, data=flowers102, ...)")
+    parser.add_argument("source", help="a folder in the ImageNet layout (SRC/train/<class>/<image>, SRC/val/...), "
+                                       "data=unlabeled with data.root=DIR (every image below DIR, at any depth, "
+                                       "without labels; the held-out files become val), or data=<group> "
+                                       "(data=fashion_mnist, data=flowers102, ...)")
     parser.add_argument("out", type=Path, help="the shard directory to write (train/, val/, mae_shards.json)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. chunk_bytes=128MB overwrite=true "
                                                      "data.root=...")
@@ -47,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in info.unreadable:
         print(f"unreadable image left out: {line}", file=sys.stderr)
     counts = ", ".join(f"{count} {split}" for split, count in info.num_samples.items())
-    print(f"wrote {counts} images in {len(info.classes)} classes to {args.out} ({len(info.unreadable)} unreadable "
-          f"left out); train with data.input_dir={args.out}")
+    labels = f"in {len(info.classes)} classes" if info.labelled else "without labels"
+    group = "" if info.labelled else "data=unlabeled_stream "
+    print(f"wrote {counts} images {labels} to {args.out} ({len(info.unreadable)} unreadable left out); train with "
+          f"{group}data.input_dir={args.out}")
     return 0
 
 

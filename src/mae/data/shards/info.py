@@ -10,7 +10,9 @@ from mae.atomic_files import write_text_atomically
 
 INFO_FILE = "mae_shards.json"
 SPLITS = ("train", "val")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""1: labelled shards only, no statistics (``labelled``, ``mean`` and ``std`` came with 2, for unlabeled folders)."""
 REMOTE_PREFIXES = ("s3://", "gs://", "azure://", "hf://", "local:")
 ITEM_FORMATS = ("int", "bytes")
 """The litdata serializers of the converter's items; others (``pickle``, ``graph``, ...) can run code when read."""
@@ -20,7 +22,13 @@ ITEM_FORMATS = ("int", "bytes")
 class ShardInfo:
     """What the converter wrote: the class names (label ``i`` is ``classes[i]``), the channels every image decodes
     to, the side of every image when the source has one size (None: the files' own sizes, resized when served),
-    the items per split, and the images it left out as unreadable."""
+    the items per split, and the images it left out as unreadable.
+
+    ``labelled`` is False for a folder without labels (``data=unlabeled``): no classes, every item's label -1, the
+    held-out files in ``val``. ``mean`` and ``std`` are the source's per-channel normalisation (measured there
+    for ``mean: auto``), which ``mean: auto`` of a streaming group reads; None where the source's numbers do not
+    fit the stored channels, and in format 1 files.
+    """
 
     classes: list[str]
     channels: int
@@ -28,6 +36,9 @@ class ShardInfo:
     num_samples: dict[str, int]
     source: str
     unreadable: list[str] = field(default_factory=list)
+    labelled: bool = True
+    mean: list[float] | None = None
+    std: list[float] | None = None
     format_version: int = FORMAT_VERSION
 
     def write(self, out_dir: Path) -> Path:
@@ -77,7 +88,9 @@ def parse_shard_info(path: Path, shown_as: str, make: str) -> ShardInfo:
         info = ShardInfo(**json.loads(path.read_text()))
     except (ValueError, TypeError) as error:
         raise ValueError(f"{shown_as} is not a shard info file ({error}); {make}") from error
-    if info.format_version != FORMAT_VERSION:
+    if info.format_version not in READABLE_VERSIONS:
         raise ValueError(f"{shown_as} has format_version={info.format_version}, this version reads "
-                         f"{FORMAT_VERSION}; {make}")
+                         f"{' and '.join(str(version) for version in READABLE_VERSIONS)}; {make}")
+    if not info.labelled and info.classes:
+        raise ValueError(f"{shown_as} says labelled=false but lists {len(info.classes)} classes; {make}")
     return info

@@ -1,8 +1,9 @@
 """What a data module's split holds, as items the shard writer encodes: an image file's path, or an in-memory uint8
-image, with its label and its position in the split."""
+image, with its label (-1 for a folder without labels) and its position in the split."""
 
 from __future__ import annotations
 
+import os
 from typing import Union
 
 import torch
@@ -10,6 +11,7 @@ from torch.utils.data import Dataset
 
 from mae.data.base import InMemoryImages
 from mae.data.transfer_datasets.base import ListedImages
+from mae.data.unlabeled import NO_LABEL, UnlabeledImages
 
 SourceItem = tuple[int, Union[str, torch.Tensor], int]
 """``(index, image file path or (C, H, W) uint8 image, label)``."""
@@ -17,7 +19,7 @@ SourceItem = tuple[int, Union[str, torch.Tensor], int]
 
 def raw_splits(module) -> dict[str, Dataset]:
     """The module's training and evaluation splits as read from disk: whole, unaugmented, undecoded where the
-    dataset is files."""
+    dataset is files (for ``data=unlabeled``: the listed training files, and the held-out ones as ``val``)."""
     module.setup()
     return {"train": module.splits.train_eval.dataset, "val": module.splits.val.dataset}
 
@@ -26,6 +28,8 @@ def split_items(dataset: Dataset) -> list[SourceItem]:
     """Every item of a split, in the split's order."""
     if isinstance(dataset, InMemoryImages):
         return [(index, dataset.images[index], label) for index, label in enumerate(dataset.labels)]
+    if isinstance(dataset, UnlabeledImages):
+        return [(index, os.path.join(dataset.root, name), NO_LABEL) for index, name in enumerate(dataset.files)]
     if isinstance(dataset, ListedImages):
         return [(index, path, label) for index, (path, label) in enumerate(zip(dataset.paths, dataset.labels))]
     samples = getattr(dataset, "samples", None)  # torchvision's ImageFolder and its subclasses

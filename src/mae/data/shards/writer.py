@@ -64,10 +64,20 @@ def count_items(split_dir: Path) -> int:
     return sum(chunk["chunk_size"] for chunk in json.loads((split_dir / "index.json").read_text())["chunks"])
 
 
+def stored_normalization(module, channels: int) -> tuple[list[float] | None, list[float] | None]:
+    """The module's per-channel mean and std (measured by ``setup()`` for ``mean: auto``), for ``mae_shards.json``;
+    None when they do not have one value per stored channel."""
+    mean, std = getattr(module, "mean", None), getattr(module, "std", None)
+    if mean is None or std is None or len(mean) != channels:
+        return None, None
+    return [float(value) for value in mean], [float(value) for value in std]
+
+
 def write_shards(module, out_dir: str | Path, *, chunk_bytes: str, num_workers: int, overwrite: bool,
                  source: str) -> ShardInfo:
     """Write ``module``'s training and evaluation splits under ``out_dir``/train and /val (items in the split's
-    order, ``chunk_bytes`` per chunk, ``num_workers`` processes) and ``mae_shards.json``; return what it says."""
+    order, ``chunk_bytes`` per chunk, ``num_workers`` processes) and ``mae_shards.json``; return what it says.
+    A module without labels (``has_labels`` False) gets no classes and label -1 on every item."""
     from litdata import optimize
 
     out = Path(out_dir)
@@ -84,8 +94,10 @@ def write_shards(module, out_dir: str | Path, *, chunk_bytes: str, num_workers: 
                      output_dir=str(out / split), chunk_bytes=chunk_bytes, num_workers=num_workers,
                      keep_data_ordered=True, mode=None)
         unreadable = sorted(line for line in report.read_text().splitlines() if line)
-    info = ShardInfo(classes=[str(name) for name in module.classes], channels=channels, image_size=image_size,
-                     num_samples={split: count_items(out / split) for split in SPLITS}, source=source,
-                     unreadable=unreadable)
+    labelled = bool(getattr(module, "has_labels", True))
+    mean, std = stored_normalization(module, channels)
+    info = ShardInfo(classes=[str(name) for name in module.classes] if labelled else [], channels=channels,
+                     image_size=image_size, num_samples={split: count_items(out / split) for split in SPLITS},
+                     source=source, unreadable=unreadable, labelled=labelled, mean=mean, std=std)
     info.write(out)
     return info
