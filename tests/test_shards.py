@@ -391,3 +391,20 @@ def test_an_undecodable_sampled_file_stops_an_unlabeled_conversion_unless_skippe
     assert error.startswith("error: ") and error.count("\n") == 1
     assert BROKEN.split("/")[-1] in error and "data.on_bad_image=skip" in error and not (tmp_path / "out").exists()
 
+
+def test_a_pretraining_run_streams_unlabeled_shards_with_their_numbers_and_skips_knn(unlabeled_shards,
+                                                                                      config_factory):
+    from mae.jobs.pretrain import pretrain
+
+    _, shards, _ = unlabeled_shards
+    cfg = config_factory(["data=unlabeled_stream", f"data.input_dir={shards}", "data.img_size=28",
+                          "data.num_workers=0", "data.pin_memory=false", "schedule.batch_size=4", "schedule.epochs=1",
+                          "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16",
+                          "model.decoder_depth=1", "model.decoder_num_heads=2",
+                          "callbacks.progress_bar.refresh_rate=0", "trainer.log_every_n_steps=1"])
+    results = pretrain(cfg)
+    assert results["optimizer_steps"] == 5 and results["val_loss"] is not None  # 20 training images, batch 4
+    assert results["knn_top1_pretrained"] is None and "has no labels" in results["knn_skipped"]
+    written = (Path(cfg.paths.output_dir) / "config_resolved.yaml").read_text().split("data:")[1]
+    assert f"- {read_shard_info(shards).mean[0]}" in written.split("std:")[0]
+
