@@ -88,3 +88,47 @@ def test_mean_auto_takes_the_numbers_of_the_file_a_run_starts_from(tmp_path, che
     prepare_data(cfg, module)
     assert module.mean == tuple(MEAN) and list(cfg.data.mean) == MEAN and list(cfg.data.std) == STD
     assert f"from {checkpoint}" in capsys.readouterr().out
+
+
+def write_class_folders(root: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, grey in (("a", 40), ("b", 200)):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for index in range(2):
+                Image.new("RGB", (12, 10), color=(grey, grey, grey)).save(folder / f"{index}.png")
+
+
+def test_an_image_folder_measures_auto_or_takes_the_pretrained_numbers(tmp_path, checkpoint, caplog):
+    write_class_folders(tmp_path / "labelled")
+    settings = dict(root=str(tmp_path / "labelled"), img_size=8, in_chans=1, num_workers=0, persistent_workers=False,
+                    mean="auto", std="auto")
+    measured = data_module("image_folder", **settings)
+    measured.prepare_run()
+    assert measured.mean == pytest.approx((120 / 255,), abs=1e-4) and measured.std == pytest.approx((80 / 255,), abs=1e-4)
+    cfg = compose_config(["task=finetune", "data=image_folder", f"data.root={tmp_path / 'labelled'}",
+                          "data.in_chans=1", "data.mean=auto", "data.std=auto", f"pretrained={checkpoint}"],
+                         output_dir=tmp_path / "ft")
+    told = data_module("image_folder", **settings)
+    prepare_data(cfg, told)
+    assert told.mean == tuple(MEAN) and told.std == tuple(STD)
+    explicit = data_module("image_folder", **{**settings, "mean": [0.5], "std": [0.5]})
+    with caplog.at_level("WARNING"):
+        prepare_data(cfg, explicit)
+    assert explicit.mean == (0.5,) and any("data.mean=auto data.std=auto takes the file's" in record.message
+                                           for record in caplog.records)
+
+
+def test_every_data_group_can_serve_the_knn_evaluation():
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    groups = {path.stem for path in (conf / "data").glob("*.yaml")}
+    assert {path.stem for path in (conf / "knn_data").glob("*.yaml")} == groups
+    for group in ("fashion_mnist", "image_folder", "cifar10"):
+        cfg = compose_config([f"knn_data={group}", "data.img_size=56", "data.in_chans=3", "knn_data.root=/x"])
+        data = compose_config([f"data={group}", "data.root=/x"]).data
+        assert cfg.knn_data._target_ == data._target_ and cfg.knn_data.root == "/x"
+        assert (cfg.knn_data.img_size, cfg.knn_data.in_chans) == (56, 3)  # the pre-training data's
+        assert cfg.callbacks.knn_evaluation.data == cfg.knn_data
+    assert compose_config([]).callbacks.knn_evaluation.data is None

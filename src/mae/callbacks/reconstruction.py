@@ -58,6 +58,7 @@ class ReconstructionGridCallback(L.Callback):
         self.seed = seed
         self.filename = filename
         self.last_path: Path | None = None
+        self._logged_step: int | None = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if epoch_is_due(self.every_n_epochs, trainer.current_epoch):
@@ -83,7 +84,9 @@ class ReconstructionGridCallback(L.Callback):
         path = Path(trainer.default_root_dir) / name
         with replaced_atomically(path) as tmp:
             save_image(make_grid_image(views, datamodule.mean, datamodule.std), tmp, format="png")
-        log_image_file(trainer.loggers, "reconstruction", path, trainer.global_step)
+        if trainer.global_step != self._logged_step:  # the last epoch's grid and the final one show the same weights
+            log_image_file(trainer.loggers, "reconstruction", path, trainer.global_step)
+            self._logged_step = trainer.global_step
         results = Path(trainer.default_root_dir) / RESULTS_FILE
         grids = [grid for grid in read_json_object(results).get("reconstruction_grids", []) if grid != name]
         merge_json(results, {"reconstruction_grids": grids + [name]})

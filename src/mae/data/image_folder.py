@@ -17,6 +17,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from mae.data.base import ImageDataModule
 from mae.data.decoding import ImageLoader
+from mae.data.file_listing import list_image_files
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class ImageFolderDataModule(ImageDataModule):
         knn_train_samples, knn_val_samples: caps of the kNN evaluation's train and val sets (None: all).
         decoder: "torchvision" (uint8 tensors, the fast path) or "pil" (the reference's decoding and resampling);
             see :mod:`mae.data.decoding`.
+        stats_samples, stats_seed: ``mean: auto`` without stored numbers measures this many training images,
+            sampled with this seed.
     """
 
     dataset_name = "image folder dataset"
@@ -81,10 +84,13 @@ class ImageFolderDataModule(ImageDataModule):
     file_pattern = "<image>"
     """How error messages show the expected image files."""
 
+    measures_statistics = True
+
     def __init__(self, *, root: str, train_dir: str, val_dir: str, eval_resize_ratio: float, decoder: str,
-                 on_bad_image: str, max_bad_fraction: float, **settings: Any) -> None:
+                 on_bad_image: str, max_bad_fraction: float, stats_samples: int, stats_seed: int,
+                 **settings: Any) -> None:
         super().__init__(**settings)
-        self.read_image_files(decoder, eval_resize_ratio, on_bad_image, max_bad_fraction)
+        self.read_image_files(decoder, eval_resize_ratio, on_bad_image, max_bad_fraction, stats_samples, stats_seed)
         self.root = Path(root)
         self.train_path, self.val_path = self.root / train_dir, self.root / val_dir
         # Fail before any work, and cheaply: only the class folders are listed here; setup() scans the files.
@@ -114,6 +120,9 @@ class ImageFolderDataModule(ImageDataModule):
                 raise ValueError(f"class folder {self.train_path / name} has no image files ({', '.join(IMG_EXTENSIONS)}); "
                                  "add its images or remove the folder")
         return classes
+
+    def statistics_files(self) -> tuple[str, list[str]]:
+        return str(self.train_path), list_image_files(self.train_path)
 
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:

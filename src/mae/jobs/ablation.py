@@ -82,6 +82,8 @@ def _pretrain_stage(cfg: DictConfig, run_dir: Path) -> dict:
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             cfg.ckpt_path = str(last)
+            if cfg.get("pretrained") is not None:
+                cfg.pretrained = None  # the checkpoint holds the weights continued pre-training started from
     started = time.perf_counter()
     pretrain(cfg)
     return _record(run_dir, PRETRAIN, {"pretrain_seconds": round(time.perf_counter() - started, 1)})

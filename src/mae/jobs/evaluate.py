@@ -31,6 +31,7 @@ from mae.jobs.harness import (
     merge_results,
     one_line_setup_error,
     output_dir,
+    prepare_data,
     write_config,
 )
 from mae.run_directory import check_writable
@@ -73,6 +74,7 @@ def evaluate(cfg: DictConfig) -> dict:
             raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not exist; give a fine-tuning or linear-probe "
                                   "checkpoint, e.g. outputs/finetune/latest/checkpoints/last.ckpt")
         datamodule = instantiate_node(cfg.data)
+        prepare_data(cfg, datamodule)  # mean: auto takes the checkpoint's numbers
         module = restore_module(cfg, datamodule)
         trainer = build_trainer(cfg)
     except SETUP_ERRORS as error:

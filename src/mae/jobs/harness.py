@@ -141,13 +141,23 @@ def prepare_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
     if prepare_run is None:
         return
     start = cfg.get("ckpt_path") or cfg.get("pretrained")
-    stored = stored_normalization(start) if start is not None and datamodule.mean is None else None
+    stored = stored_normalization(start) if start is not None and Path(start).exists() else None
+    if stored is not None and datamodule.mean is not None and not _same_numbers(stored, datamodule):
+        log.warning("%s was trained on images normalised with mean %s and std %s; this run normalises with %s and "
+                    "%s (data.mean=auto data.std=auto takes the file's)", start, stored.mean, stored.std,
+                    list(datamodule.mean), list(datamodule.std))
     resumed_run_dir = None if cfg.get("ckpt_path") is None else run_dir_of_checkpoint(cfg.ckpt_path)
-    prepare_run(None if stored is None else (stored.mean, stored.std), "" if stored is None else stored.source,
+    use_stored = stored is not None and datamodule.mean is None
+    prepare_run((stored.mean, stored.std) if use_stored else None, stored.source if use_stored else "",
                 resumed_run_dir)
     if cfg.data.get("mean") == AUTO or cfg.data.get("std") == AUTO:
         with open_dict(cfg):
             cfg.data.update(datamodule.resolved_settings())
+
+
+def _same_numbers(stored, datamodule) -> bool:
+    pairs = list(zip(stored.mean + stored.std, list(datamodule.mean) + list(datamodule.std)))
+    return len(stored.mean) == len(datamodule.mean) and all(abs(a - b) < 1e-4 for a, b in pairs)
 
 
 def data_for_model_file(data_node: DictConfig, path: str | Path, use_stored: bool = True) -> L.LightningDataModule:

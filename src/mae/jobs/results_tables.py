@@ -80,6 +80,13 @@ MASK_RATIOS = ("0.1", "0.3", "0.5", "0.75", "0.9")  # the points of conf/experim
 
 
 PRETRAIN = ("pretrain.json",)
+FOLDER = ("pretrain_folder.json",)  # experiment=fashion_mnist_folder: the main job on PNG folders, data=unlabeled
+MEMORY = ("pretrain_memory.json",)  # the main job in memory, same session and machine as FOLDER
+CONTINUED = ("pretrain_continued.json",)  # continued pre-training from MEMORY's checkpoint, exported
+EARLIER = ("pretrain_per_sample_masks.json", "pretrain_per_sample_masks_rerun.json")
+KNN_BESIDE_BASELINES = (Column("kNN top-1, pre-trained (%)", percent("knn_top1_pretrained")),
+                        Column("random init (%)", percent("knn_top1_random_init")),
+                        Column("raw pixels, the better (%)", percent("knn_top1_pixels")))
 ACCURACY = (Column("top-1 (%)", recorded("top1")), Column("top-5 (%)", recorded("top5")),
             Column("training (s)", recorded("train_seconds"), digits=0))
 TABLES = (
@@ -96,6 +103,22 @@ TABLES = (
               Row("raw pixels in [0, 1]", PRETRAIN, "knn_top1_pixels_raw"),
               Row("raw pixels, standardised per pixel (bank statistics)", PRETRAIN, "knn_top1_pixels_standardized"),
           )),
+    Table("own_images", "run (12 epochs of the main job's recipe; kNN on the same bank and queries)", (
+        *KNN_BESIDE_BASELINES,
+        Column("held-out loss, last epoch", recorded("val_loss"), digits=4),
+        Column("training + kNN (s)", recorded("train_seconds"), digits=0),
+    ), (
+        Row("Fashion-MNIST as PNG folders, `data=unlabeled` (`make pretrain-folder`)", FOLDER),
+        Row("Fashion-MNIST in memory (`make pretrain`), the same session", MEMORY),
+        Row("`make pretrain`, the two earlier re-runs (earlier sessions, other CPUs)", EARLIER),
+    )),
+    Table("continued_pretraining", "encoder", (
+        *KNN_BESIDE_BASELINES,
+        Column("epochs", recorded("epochs_trained"), digits=0),
+    ), (
+        Row("before: `make pretrain`'s (the row above), exported as a transformers directory", MEMORY),
+        Row("after: 3 more epochs from that directory (`pretrained=<dir>`, blr 5e-4)", CONTINUED),
+    )),
     Table("finetune", "initialisation", ACCURACY, (
         Row("MAE pre-trained (`make finetune`)", seeds("finetune_pretrained", FINETUNE_SEEDS)),
         Row("the same recipe from scratch (`pretrained=null`), equal budget", seeds("finetune_scratch", FINETUNE_SEEDS)),
