@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mae.data.decoding import ImageLoader
 from mae.data.errors import check_int, check_optional_limit
-from mae.data.image_statistics import check_decodable, sample_files
+from mae.data.image_statistics import ImageSample, check_decodable, sample_files
 from mae.data.loaders import (
     LoaderSettings,
     Splits,
@@ -66,6 +66,7 @@ class ImageDataModule(L.LightningDataModule):
     """Whether ``mean: auto`` works: the module can measure its training images (:meth:`statistics_files`)."""
     stats_samples = 0
     stats_seed = 0
+    _image_sample: ImageSample | None = None
 
     def __init__(self, *, img_size: int, in_chans: int, batch_size: int, num_workers: int, pin_memory: bool,
                  persistent_workers: bool, seed: int, crop_scale: Sequence[float], hflip: bool,
@@ -109,6 +110,16 @@ class ImageDataModule(L.LightningDataModule):
         """``(root, paths relative to it)`` of the training images ``mean: auto`` measures a sample of."""
         raise NotImplementedError
 
+    def image_sample(self) -> ImageSample:
+        """A seeded sample of :meth:`statistics_files`, decoded once and checked (:func:`check_decodable`): the
+        files that stop a run before it starts, and what ``mean: auto`` measures."""
+        if self._image_sample is None:
+            root, files = self.statistics_files()
+            found = sample_files(root, files, self.image_loader, self.stats_samples, self.stats_seed)
+            check_decodable(found, self.image_loader, root)
+            self._image_sample = found
+        return self._image_sample
+
     def prepare_run(self, stored_normalization: tuple[list[float], list[float]] | None = None,
                     stored_in: str = "", resumed_run_dir: Path | None = None) -> None:
         """Everything that must be known before a run writes anything, each problem one line: here the
@@ -121,9 +132,7 @@ class ImageDataModule(L.LightningDataModule):
             self.mean, self.std = check_normalization(*stored_normalization, self.in_chans)
             where = stored_in
         else:
-            root, files = self.statistics_files()
-            found = sample_files(root, files, self.image_loader, self.stats_samples, self.stats_seed)
-            check_decodable(found, self.image_loader, root)
+            found = self.image_sample()
             self.mean, self.std = check_normalization(*found.statistics(), self.in_chans)
             where = f"{found.decoded} training images (seeded sample, data.stats_samples={self.stats_samples})"
         print(f"data.mean=auto, data.std=auto: mean {list(self.mean)}, std {list(self.std)} from {where}", flush=True)

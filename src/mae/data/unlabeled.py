@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader, Dataset
 from mae.data.base import ImageDataModule
 from mae.data.errors import check_int
 from mae.data.file_listing import IMAGE_EXTENSIONS, FileList, list_image_files, split_held_out
-from mae.data.image_statistics import check_decodable, sample_files
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +123,7 @@ class UnlabeledImagesDataModule(ImageDataModule):
                 if resumed_run_dir is not None:
                     log.warning("no %s in %s: listing %s anew", FILE_LIST, resumed_run_dir, self.root)
                 self.file_list = self.list_files()
-            found = sample_files(self.file_list.train_root, self.file_list.train, self.image_loader,
-                                 self.stats_samples, self.stats_seed)
-            check_decodable(found, self.image_loader, f"data.root={self.root}")
+            self.image_sample()  # decoded once: the check here, the statistics of mean: auto below
             print(f"data=unlabeled: {len(self.file_list.train)} training and {len(self.file_list.val)} held-out "
                   f"images below {self.root}" + (f" and {self.val_path}" if self.val_path else ""), flush=True)
         super().prepare_run(stored_normalization, stored_in, resumed_run_dir)

@@ -64,7 +64,7 @@ def count_items(split_dir: Path) -> int:
     return sum(chunk["chunk_size"] for chunk in json.loads((split_dir / "index.json").read_text())["chunks"])
 
 
-def stored_normalization(module, channels: int) -> tuple[list[float] | None, list[float] | None]:
+def module_normalization(module, channels: int) -> tuple[list[float] | None, list[float] | None]:
     """The module's per-channel mean and std (measured by ``setup()`` for ``mean: auto``), for ``mae_shards.json``;
     None when they do not have one value per stored channel."""
     mean, std = getattr(module, "mean", None), getattr(module, "std", None)
@@ -95,7 +95,7 @@ def write_shards(module, out_dir: str | Path, *, chunk_bytes: str, num_workers: 
                      keep_data_ordered=True, mode=None)
         unreadable = sorted(line for line in report.read_text().splitlines() if line)
     labelled = bool(getattr(module, "has_labels", True))
-    mean, std = stored_normalization(module, channels)
+    mean, std = module_normalization(module, channels)
     info = ShardInfo(classes=[str(name) for name in module.classes] if labelled else [], channels=channels,
                      image_size=image_size, num_samples={split: count_items(out / split) for split in SPLITS},
                      source=source, unreadable=unreadable, labelled=labelled, mean=mean, std=std)
