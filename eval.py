@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from mae.config import register_resolvers
+from mae.runs.config import register_resolvers
 from mae.jobs.evaluate import evaluate
 from mae.jobs.harness import run_job
 

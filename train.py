@@ -6,7 +6,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mae.config import register_resolvers
+from mae.runs.config import register_resolvers
 from mae.jobs.harness import run_job
 
 register_resolvers()

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from mae.benchmarking.peak import DEFAULT_SIZES, measure_peak, native_support
 from mae.benchmarking.report import Peaks, achieved_gflops, peak_share
 from mae.benchmarking.step import measure_step
-from mae.config import CONF_DIR
+from mae.runs.config import CONF_DIR
 from mae.models import mae_vit_tiny_patch7
 from mae.training import MAEPretrainModule
 

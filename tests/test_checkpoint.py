@@ -4,15 +4,15 @@ import timm
 import torch
 import pytest
 
-from mae.checkpoint import (
+from mae.model_files.checkpoint import (
     CheckpointError,
     export_timm_encoder,
     interpolate_pos_embed,
     load_checkpoint_file,
     load_encoder_weights,
-    load_pretrained,
     model_state_dict,
 )
+from mae.model_files.loading import load_pretrained
 from mae.models import MaskedAutoencoderViT, mae_vit_base_patch16
 from mae.models.classifier import vit_classifier_from_mae
 from mae.models.pos_embed import sincos_2d
@@ -113,7 +113,7 @@ def test_pretrained_weights_load_from_every_supported_layout(tmp_path, caplog):
     for name, checkpoint in layouts.items():
         torch.save(checkpoint, tmp_path / name)
         target = small()
-        with caplog.at_level("WARNING", logger="mae.checkpoint"):
+        with caplog.at_level("WARNING", logger="mae.model_files.checkpoint"):
             caplog.clear()
             report = load_pretrained(target, tmp_path / name)
         if name == "finetuned.pth":  # global pooling replaced the final norm by fc_norm: reported by name

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from timm.models.vision_transformer import Block
 
-from mae.config import ConfigError, validate_schedule
+from mae.runs.config import ConfigError, validate_schedule
 from mae.models import MaskedAutoencoderViT, mae_vit_base_patch16, mae_vit_huge_patch14, mae_vit_large_patch16
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import mae.jobs.pretrain as pretrain_job
-from mae.checkpoint import CheckpointError, interpolate_pos_embed
-from mae.config import instantiate_node
-from mae.export import save_mae
+from mae.model_files.checkpoint import CheckpointError, interpolate_pos_embed
+from mae.runs.config import instantiate_node
+from mae.model_files.export import save_mae
 from mae.jobs.harness import SetupError
 from mae.jobs.pretrain import initial_model, pretrain
-from mae.loading import load_mae_weights
+from mae.model_files.loading import load_mae_weights
 from mae.models.classifier import vit_classifier_from_mae
 from mae.models.pos_embed import sincos_2d
 
@@ -88,7 +88,7 @@ def export(model: torch.nn.Module, fmt: str, tmp_path: Path) -> Path:
     if fmt == "mae":
         return save_mae(model, tmp_path / "source.safetensors")
     pytest.importorskip("transformers")
-    from mae.interop.transformers_format import save_transformers
+    from mae.model_files.transformers_format import save_transformers
 
     return save_transformers(model, tmp_path / "source_hf")
 
@@ -173,7 +173,7 @@ def test_another_image_size_takes_the_models_own_sincos_tables(config_factory, t
     source = trained_like(config_factory(TINY, name="source"))  # 28 px: a 4x4 grid of 7 px patches
     path = save_mae(source, tmp_path / "source.safetensors")
     cfg = config_factory(TINY + ["data.img_size=56", f"pretrained={path}"])  # an 8x8 grid
-    with caplog.at_level(logging.INFO, logger="mae.loading"):
+    with caplog.at_level(logging.INFO, logger="mae.model_files.loading"):
         model = continued(cfg)
     assert load_mae_weights(fresh(cfg), path).resized_from == (4, 4)
     assert torch.equal(model.pos_embed, sincos_2d(32, 8).unsqueeze(0))
@@ -190,7 +190,7 @@ def test_another_image_size_interpolates_tables_that_are_not_sincos(config_facto
     fixture = torch.load(FIXTURE, weights_only=True)  # 32 px, an 8x8 grid; its position tables were perturbed
     torch.save({"model": fixture["state_dict"]}, tmp_path / "reference.pth")
     cfg = config_factory(FIXTURE_MODEL + ["data.img_size=48", f"pretrained={tmp_path / 'reference.pth'}"])
-    with caplog.at_level(logging.INFO, logger="mae.loading"):
+    with caplog.at_level(logging.INFO, logger="mae.model_files.loading"):
         model = continued(cfg)
     for name in ("pos_embed", "decoder_pos_embed"):
         expected = interpolate_pos_embed(fixture["state_dict"][name], (12, 12))

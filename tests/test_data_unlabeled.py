@@ -22,7 +22,7 @@ from mae.data.unlabeled import FILE_LIST, NO_LABEL
 from mae.jobs.downstream import downstream
 from mae.jobs.harness import SetupError
 from mae.jobs.pretrain import build, pretrain
-from mae.stored_config import stored_normalization
+from mae.model_files.stored_config import stored_normalization
 
 from conftest import data_module
 

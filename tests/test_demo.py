@@ -15,7 +15,7 @@ from mae.demo.__main__ import main
 from mae.demo.images import ImageInputError, fit_image, read_image, to_display, to_model_input
 from mae.demo.reconstruction import demo_views, load_demo_model
 from mae.demo.session import EXAMPLE, UPLOAD, DemoLimits, DemoSession, Example, PageError
-from mae.export import save_mae
+from mae.model_files.export import save_mae
 from mae.models import MaskedAutoencoderViT
 
 from test_data_fashion_mnist import make_fashion_mnist

@@ -16,14 +16,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
-from mae.checkpoint import export_timm_state_dict
+from mae.model_files.checkpoint import export_timm_state_dict
 from mae.jobs.downstream import build, downstream
 from mae.jobs.evaluate import evaluate
 from mae.jobs.harness import SetupError
 from mae.jobs.pretrain import pretrain
 from mae.models import MaskedAutoencoderViT
 from mae.models.classifier import vit_classifier_from_mae
-from mae.run_directory import CONFIG_FILE, TIMM_CLASSIFIER_FILE
+from mae.runs.run_directory import CONFIG_FILE, TIMM_CLASSIFIER_FILE
 
 from conftest import compose_config, data_module
 

@@ -1,4 +1,4 @@
-"""Features without masking: ``mae.extract_features`` against the model's own passes, and ``python -m mae.extract``
+"""Features without masking: ``mae.extract_features`` against the model's own passes, and ``python -m mae.jobs.extract``
 end to end on a checkpoint made by train.py (a tiny Fashion-MNIST written here as the data)."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 import mae
-import mae.extract
+import mae.jobs.extract
 from mae.evaluation import knn
-from mae.export import write
-from mae.extract import main
+from mae.model_files.export import write
+from mae.jobs.extract import main
 from mae.models import MaskedAutoencoderViT
 
 from test_data_fashion_mnist import N_TRAIN, N_VAL, make_fashion_mnist
@@ -201,7 +201,7 @@ def test_an_interrupted_extraction_resumes_from_its_chunks(checkpoint, fmnist, t
     assert extract(checkpoint, tmp_path / "whole.safetensors", root, *settings) == 0
     whole = load_file(str(tmp_path / "whole.safetensors"))
 
-    write_chunk, written = mae.extract.write_chunk, []
+    write_chunk, written = mae.jobs.extract.write_chunk, []
 
     def stop_after_two(path, tensors):
         if len(written) == 2:
@@ -209,7 +209,7 @@ def test_an_interrupted_extraction_resumes_from_its_chunks(checkpoint, fmnist, t
         write_chunk(path, tensors)
         written.append(path.name)
 
-    monkeypatch.setattr(mae.extract, "write_chunk", stop_after_two)
+    monkeypatch.setattr(mae.jobs.extract, "write_chunk", stop_after_two)
     out = tmp_path / "resumed.safetensors"
     assert extract(checkpoint, out, root, *settings) == 130
     parts = tmp_path / "resumed.safetensors.parts"
@@ -218,10 +218,10 @@ def test_an_interrupted_extraction_resumes_from_its_chunks(checkpoint, fmnist, t
                                                             "extraction.json"]
     assert not out.exists()
 
-    monkeypatch.setattr(mae.extract, "write_chunk", write_chunk)
+    monkeypatch.setattr(mae.jobs.extract, "write_chunk", write_chunk)
     encoded = []
-    extract_features = mae.extract.extract_features
-    monkeypatch.setattr(mae.extract, "extract_features",
+    extract_features = mae.jobs.extract.extract_features
+    monkeypatch.setattr(mae.jobs.extract, "extract_features",
                         lambda *args, **kwargs: encoded.append(1) or extract_features(*args, **kwargs))
     assert extract(checkpoint, out, root, *settings, "batch_size=8") == 0  # the batch may change, not the chunks
     assert len(encoded) == 3 and not parts.exists()
@@ -237,7 +237,7 @@ def test_chunks_of_other_settings_are_not_reused(checkpoint, fmnist, tmp_path, m
     def interrupted(path, tensors):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mae.extract, "write_chunk", interrupted)
+    monkeypatch.setattr(mae.jobs.extract, "write_chunk", interrupted)
     out = tmp_path / "val.safetensors"
     assert extract(checkpoint, out, root, "chunk_size=4") == 130
     capsys.readouterr()
@@ -309,7 +309,7 @@ def test_missing_checkpoint_and_one_without_encoder_are_one_line(checkpoint, fmn
 def test_the_module_runs_as_a_program(checkpoint, fmnist, tmp_path):
     root, arrays = fmnist
     out = tmp_path / "val.safetensors"
-    result = subprocess.run([sys.executable, "-m", "mae.extract", str(checkpoint), str(out), f"data.root={root}"],
+    result = subprocess.run([sys.executable, "-m", "mae.jobs.extract", str(checkpoint), str(out), f"data.root={root}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, result.stderr

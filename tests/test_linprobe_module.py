@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mae.models import MaskedAutoencoderViT
-from mae.torch_state import eval_mode
+from mae.runs.torch_state import eval_mode
 from mae.training.linprobe_module import LinearProbeModule, lars_param_groups, linear_probe_head
 
 

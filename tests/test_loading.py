@@ -1,4 +1,4 @@
-"""mae.load_model from every supported source, and the safetensors exports (python -m mae.export)."""
+"""mae.load_model from every supported source, and the safetensors exports (python -m mae.model_files.export)."""
 
 import argparse
 import json
@@ -8,11 +8,12 @@ import pytest
 import timm
 import torch
 
-from mae.callbacks.run_config import RUN_CONFIG_KEY
-from mae.checkpoint import CheckpointError, load_pretrained
-from mae.export import main as export_main
-from mae.export import save_mae, save_timm_classifier, save_timm_encoder
-from mae.loading import architecture_from_weights, load_model, model_architecture
+from mae.model_files.stored_config import RUN_CONFIG_KEY
+from mae.model_files.checkpoint import CheckpointError
+from mae.model_files.loading import load_pretrained
+from mae.model_files.export import main as export_main
+from mae.model_files.export import save_mae, save_timm_classifier, save_timm_encoder
+from mae.model_files.loading import architecture_from_weights, load_model, model_architecture
 from mae.models import MaskedAutoencoderViT, mae_vit_tiny_patch7
 from mae.models.classifier import vit_classifier_from_mae
 
@@ -64,7 +65,7 @@ def test_weights_alone_imply_the_architecture_and_an_encoder_only_file_keeps_a_f
         key: value for key, value in model_architecture(source).items()
         if key not in ("mask_ratio", "norm_pix_loss", "layer_norm_eps")}
     torch.save({"model": source.encoder_state_dict()}, tmp_path / "encoder.pth")
-    with caplog.at_level(logging.INFO, logger="mae.loading"):
+    with caplog.at_level(logging.INFO, logger="mae.model_files.loading"):
         loaded = load_model(tmp_path / "encoder.pth", decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
     assert "has no decoder weights" in caplog.text
     assert torch.equal(loaded.forward_features(IMAGES), source.forward_features(IMAGES))

@@ -14,7 +14,7 @@ from conftest import compose_config
 from test_data_fashion_mnist import make_fashion_mnist
 from test_shards import run_convert
 
-from mae.config import instantiate_node
+from mae.runs.config import instantiate_node
 from mae.jobs.harness import build_training_run
 
 ROOT = Path(__file__).resolve().parents[1]

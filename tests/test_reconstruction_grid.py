@@ -6,7 +6,7 @@ from PIL import Image
 
 from mae.models import MaskedAutoencoderViT
 from mae.models.loss import normalize_patches
-from mae.reconstruction_grid import (
+from mae.evaluation.reconstruction_grid import (
     COLUMNS,
     denormalize_images,
     make_grid_image,

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mae.callbacks.run_config import RUN_CONFIG_KEY
-from mae.export import main as export_main
+from mae.model_files.stored_config import RUN_CONFIG_KEY
+from mae.model_files.export import main as export_main
 from mae.jobs.harness import data_for_model_file, prepare_data
 from mae.jobs.visualize import compose_config as visualize_config, prepare
 from mae.models import MaskedAutoencoderViT
-from mae.stored_config import PREPROCESSOR_CONFIG, stored_normalization
+from mae.model_files.stored_config import PREPROCESSOR_CONFIG, stored_normalization
 
 from conftest import compose_config, data_module
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mae.torch_state import eval_mode, model_device_and_dtype, preserved_rng
+from mae.runs.torch_state import eval_mode, model_device_and_dtype, preserved_rng
 
 
 def small_model() -> nn.Module:

@@ -25,7 +25,7 @@ from mae.callbacks import LogResolvedConfig, wandb_run
 from mae.callbacks.wandb_run import run_name
 from mae.jobs.harness import SetupError, build_trainer, run_job
 from mae.jobs.pretrain import build, pretrain
-from mae.loggers import ResumableCSVLogger
+from mae.runs.loggers import ResumableCSVLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 

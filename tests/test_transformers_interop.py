@@ -15,8 +15,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402  (transformers brings safetensors)
 
-from mae.checkpoint import CheckpointError  # noqa: E402
-from mae.interop import (  # noqa: E402
+from mae.model_files.checkpoint import CheckpointError  # noqa: E402
+from mae.model_files.transformers_format import (  # noqa: E402
     TRANSFORMERS_VERSION,
     from_transformers,
     load_transformers_weights,
@@ -25,10 +25,10 @@ from mae.interop import (  # noqa: E402
     to_transformers_state_dict,
     vitmae_config,
 )
-from mae.interop import mae_kwargs_from_config  # noqa: E402
-from mae.interop import transformers_format  # noqa: E402
-from mae.interop.transformers_format import VITMAE_CONFIG_DEFAULTS  # noqa: E402
-from mae.loading import load_model  # noqa: E402
+from mae.model_files.transformers_format import mae_kwargs_from_config  # noqa: E402
+from mae.model_files import transformers_format  # noqa: E402
+from mae.model_files.transformers_format import VITMAE_CONFIG_DEFAULTS  # noqa: E402
+from mae.model_files.loading import load_model  # noqa: E402
 from mae.models import (  # noqa: E402
     MaskedAutoencoderViT,
     mae_vit_base_patch16,
@@ -339,7 +339,7 @@ def test_zero_tables_of_a_config_initialised_model_are_kept_with_a_warning(caplo
     # transformers 5.25 leaves both position tables at zero in a model built from a config (see transformers_model).
     theirs = transformers.ViTMAEForPreTraining(vitmae_config(CPU_PRESETS["tiny_patch7_28px_1ch"]())).eval()
     assert not theirs.vit.embeddings.position_embeddings.any() and not theirs.decoder.decoder_pos_embed.any()
-    with caplog.at_level("WARNING", logger="mae.interop.transformers_format"):
+    with caplog.at_level("WARNING", logger="mae.model_files.transformers_format"):
         ours = from_transformers(theirs)
     assert sum("is not the fixed 2-D sin-cos table (all zeros" in r.message for r in caplog.records) == 2
     assert_same_outputs(ours, theirs, *batch(ours))

@@ -20,9 +20,9 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from mae.jobs.harness import SetupError
-from mae.export import save_mae
+from mae.model_files.export import save_mae
 from mae.jobs.visualize import compose_config, prepare, visualize
-from mae.loading import has_decoder
+from mae.model_files.loading import has_decoder
 from mae.models import MaskedAutoencoderViT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def reference_checkpoint(path: Path, state: dict[str, torch.Tensor]) -> Path:
 
 
 def mae_export(path: Path, state: dict[str, torch.Tensor]) -> Path:
-    """``python -m mae.export mae``'s file: safetensors with the architecture in a .json beside it."""
+    """``python -m mae.model_files.export mae``'s file: safetensors with the architecture in a .json beside it."""
     model = MaskedAutoencoderViT(**TINY)
     model.load_state_dict(state)
     return save_mae(model, path)

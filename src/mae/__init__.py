@@ -1,7 +1,7 @@
 """Masked Autoencoders (He et al., 2021) with PyTorch Lightning and Hydra."""
 
-from mae.features import Features, extract_features
-from mae.loading import load_model
+from mae.evaluation.features import Features, extract_features
+from mae.model_files.loading import load_model
 
 __version__ = "0.1.0"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mae.atomic_files import replaced_atomically, write_text_atomically
-from mae.config import instantiate_node
+from mae.runs.atomic_files import replaced_atomically, write_text_atomically
+from mae.runs.config import instantiate_node
 from mae.jobs.harness import SetupError, build_training_run
-from mae.run_directory import check_writable
+from mae.runs.run_directory import check_writable
 from mae.training.atomic_checkpoint_io import AtomicCheckpointIO
 
 from conftest import compose_config

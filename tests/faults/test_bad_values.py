@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mae.jobs.harness import SetupError, build_training_run
-from mae.config import instantiate_node
+from mae.runs.config import instantiate_node
 from mae.models import MaskedAutoencoderViT
 from mae.models.masking import check_trainable_mask_ratio, num_kept
 

@@ -13,9 +13,10 @@ import pytest
 import torch
 import yaml
 
-from mae.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint_file, load_pretrained
+from mae.model_files.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint_file
+from mae.model_files.loading import load_pretrained
 from mae.models import MaskedAutoencoderViT
-from mae.stored_config import MODEL_TARGETS, MODULE_TARGETS, trusted_node
+from mae.model_files.stored_config import MODEL_TARGETS, MODULE_TARGETS, trusted_node
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,

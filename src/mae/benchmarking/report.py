@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mae.atomic_files import write_text_atomically
+from mae.runs.atomic_files import write_text_atomically
 from mae.benchmarking.step import MATMUL_DTYPES, StepResult
 
 Row = dict[str, Any]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 
-from mae.run_directory import merge_json, read_json_object
+from mae.runs.run_directory import merge_json, read_json_object
 
 
 class ValidationLossHistory(L.Callback):

@@ -13,8 +13,8 @@ from mae.callbacks.reconstruction import check_every_n_epochs, epoch_is_due
 from mae.evaluation.knn import check_pool, knn_top1, random_init_copy
 from mae.evaluation.sharded import sharded_features
 from mae.evaluation.pixels import pixel_knn_top1
-from mae.run_directory import merge_json
-from mae.torch_state import model_device_and_dtype, preserved_rng
+from mae.runs.run_directory import merge_json
+from mae.runs.torch_state import model_device_and_dtype, preserved_rng
 
 log = logging.getLogger(__name__)
 

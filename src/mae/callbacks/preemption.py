@@ -20,7 +20,7 @@ import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mae.run_directory import RESULTS_FILE, last_checkpoint, merge_json
+from mae.runs.run_directory import RESULTS_FILE, last_checkpoint, merge_json
 
 log = logging.getLogger(__name__)
 

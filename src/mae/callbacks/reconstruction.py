@@ -7,12 +7,12 @@ from pathlib import Path
 import lightning as L
 from torchvision.utils import save_image
 
-from mae.atomic_files import replaced_atomically
+from mae.runs.atomic_files import replaced_atomically
 from mae.callbacks.tracking import log_image_file
 from mae.models.masking import seeded_noise
-from mae.reconstruction_grid import make_grid_image, reconstruct
-from mae.run_directory import RESULTS_FILE, merge_json, read_json_object
-from mae.torch_state import preserved_rng
+from mae.evaluation.reconstruction_grid import make_grid_image, reconstruct
+from mae.runs.run_directory import RESULTS_FILE, merge_json, read_json_object
+from mae.runs.torch_state import preserved_rng
 
 
 def check_every_n_epochs(every_n_epochs: int | None) -> int | None:
@@ -28,7 +28,7 @@ def epoch_is_due(every_n_epochs: int | None, epoch: int) -> bool:
 
 
 class ReconstructionGridCallback(L.Callback):
-    """Save a grid of original / masked / reconstruction / pasted views (see :mod:`mae.reconstruction_grid`).
+    """Save a grid of original / masked / reconstruction / pasted views (see :mod:`mae.evaluation.reconstruction_grid`).
 
     Always at the end of training as ``<default_root_dir>/<filename>.png``, and every ``every_n_epochs``
     epochs as ``<filename>_epoch{E:03d}.png`` (``E`` 0-based, like the checkpoints); the run's ``results.json``

@@ -9,9 +9,8 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-RUN_CONFIG_KEY = "mae_run_config"
-"""Checkpoint entry holding the resolved ``model`` and ``module`` nodes, the task name and ``data`` (image size,
-channels, mean and std)."""
+from mae.model_files.stored_config import RUN_CONFIG_KEY
+
 DATA_KEYS = ("img_size", "in_chans", "mean", "std")
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mae.atomic_files import write_text_atomically
+from mae.runs.atomic_files import write_text_atomically
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 """What is listed: torchvision decodes JPEG, PNG, WebP and GIF; the others go through PIL (see decoding.py)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torchvision.io import encode_png
 
-from mae.config import compose_in_repo, instantiate_node
+from mae.runs.config import compose_in_repo, instantiate_node
 from mae.data.base import InMemoryImages
 from mae.data.errors import one_line
 

@@ -16,8 +16,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mae.checkpoint import CheckpointError, check_input_size
-from mae.config import compose_in_repo
+from mae.model_files.checkpoint import CheckpointError, check_input_size
+from mae.runs.config import compose_in_repo
 from mae.data.errors import CorruptDataError, check_int, one_line
 from mae.demo.reconstruction import load_demo_model
 from mae.demo.session import DemoLimits, DemoSession, Example, PageError

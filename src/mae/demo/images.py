@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.functional import normalize, pil_to_tensor
 
-from mae.reconstruction_grid import denormalize_images
+from mae.evaluation.reconstruction_grid import denormalize_images
 
 MODES_BY_CHANNELS = {1: "L", 3: "RGB"}
 """The PIL mode a model of 1 or 3 input channels is fed."""

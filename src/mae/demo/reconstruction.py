@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from mae.demo.images import to_display
-from mae.loading import load
+from mae.model_files.loading import load
 from mae.models import MaskedAutoencoderViT
 from mae.models.masking import check_trainable_mask_ratio, num_kept, seeded_noise
-from mae.reconstruction_grid import COLUMNS, reconstruct
+from mae.evaluation.reconstruction_grid import COLUMNS, reconstruct
 
 
 @dataclass
@@ -57,7 +57,7 @@ class DemoViews:
 
 def load_demo_model(path: str | Path, mean: Sequence[float], std: Sequence[float], fallback=None,
                     use_stated: bool = True) -> DemoModel:
-    """``path`` through :func:`mae.loading.load` with its decoder required (one-line errors otherwise)."""
+    """``path`` through :func:`mae.model_files.loading.load` with its decoder required (one-line errors otherwise)."""
     loaded = load(path, fallback=fallback, use_stated=use_stated, require_decoder=True)
     return DemoModel(loaded.model, str(path), loaded.architecture_from, tuple(mean), tuple(std))
 
@@ -67,7 +67,7 @@ def demo_views(demo: DemoModel, image: torch.Tensor, mask_ratio: float, seed: in
 
     The noise depends on the seed and the number of patches only, so every model of the same geometry hides the
     same patches. Under ``norm_pix_loss`` the prediction is put back into pixels with the target patches'
-    statistics (:func:`mae.reconstruction_grid.reconstruct`).
+    statistics (:func:`mae.evaluation.reconstruction_grid.reconstruct`).
     """
     num_patches = demo.model.num_patches
     mask_ratio = float(mask_ratio)

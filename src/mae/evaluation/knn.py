@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from mae.sharding import unsharded_copy
-from mae.torch_state import eval_mode, model_device_and_dtype
+from mae.models.sharding import unsharded_copy
+from mae.runs.torch_state import eval_mode, model_device_and_dtype
 
 POOLS = ("cls", "mean")
 DEFAULT_CHUNK_SIZE = 1024

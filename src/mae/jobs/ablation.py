@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mae.jobs.downstream import downstream
 from mae.jobs.pretrain import pretrain
-from mae.run_directory import RESULTS_FILE, config_file, last_checkpoint, merge_json
+from mae.runs.run_directory import RESULTS_FILE, config_file, last_checkpoint, merge_json
 from mae.jobs.harness import SetupError, output_dir
 from mae.jobs.ablation_stages import check_stages, compose_stage
 from mae.sweeps.records import PRETRAIN, read_results, stages_done

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mae.jobs.harness import SetupError
-from mae.run_directory import last_checkpoint
+from mae.runs.run_directory import last_checkpoint
 from mae.sweeps.overrides import overrides_for
 
 DOWNSTREAM_STAGES = ("linprobe", "finetune")

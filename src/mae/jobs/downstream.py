@@ -10,9 +10,10 @@ import lightning as L
 from omegaconf import DictConfig
 
 from mae.callbacks.run_config import RunConfigInCheckpoint
-from mae.checkpoint import CheckpointError, export_timm_state_dict, load_pretrained
-from mae.export import save_timm_classifier
-from mae.config import instantiate_node
+from mae.model_files.checkpoint import CheckpointError, export_timm_state_dict
+from mae.model_files.loading import load_pretrained
+from mae.model_files.export import save_timm_classifier
+from mae.runs.config import instantiate_node
 from mae.evaluation.classifier import evaluate_classifier, summary_line
 from mae.jobs.harness import (
     TrainingRun,
@@ -24,7 +25,7 @@ from mae.jobs.harness import (
     training_record,
     write_config,
 )
-from mae.run_directory import TIMM_CLASSIFIER_FILE
+from mae.runs.run_directory import TIMM_CLASSIFIER_FILE
 from mae.training import FinetuneModule
 
 log = logging.getLogger(__name__)

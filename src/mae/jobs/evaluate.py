@@ -14,15 +14,15 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mae.callbacks.run_config import RUN_CONFIG_KEY
-from mae.checkpoint import (
+from mae.model_files.stored_config import RUN_CONFIG_KEY
+from mae.model_files.checkpoint import (
     CheckpointError,
     check_input_size,
     check_state_dict_shapes,
     load_checkpoint_file,
     model_state_dict,
 )
-from mae.config import instantiate_node
+from mae.runs.config import instantiate_node
 from mae.evaluation.classifier import evaluate_classifier, summary_line
 from mae.jobs.harness import (
     SETUP_ERRORS,
@@ -34,8 +34,8 @@ from mae.jobs.harness import (
     prepare_data,
     write_config,
 )
-from mae.run_directory import check_writable
-from mae.stored_config import MODEL_TARGETS, MODULE_TARGETS, trusted_node
+from mae.runs.run_directory import check_writable
+from mae.model_files.stored_config import MODEL_TARGETS, MODULE_TARGETS, trusted_node
 
 
 def module_config(checkpoint: Mapping, cfg: DictConfig) -> tuple[DictConfig, DictConfig, dict[str, torch.Tensor]]:

@@ -17,15 +17,15 @@ import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mae.atomic_files import write_text_atomically
+from mae.runs.atomic_files import write_text_atomically
 from mae.callbacks.preemption import Preempted, PreemptionCheckpoint
 from mae.callbacks.tracking import LogResolvedConfig
 from mae.callbacks.wandb_run import finish_wandb_run
-from mae.checkpoint import check_resume_checkpoint
-from mae.config import instantiate_node, process_batch_size, validate_schedule
+from mae.model_files.checkpoint import check_resume_checkpoint
+from mae.runs.config import instantiate_node, process_batch_size, validate_schedule
 from mae.data.errors import CorruptDataError
 from mae.data.transforms import AUTO
-from mae.run_directory import (
+from mae.runs.run_directory import (
     BAD_IMAGES_FILE,
     CHECKPOINT_DIR,
     RESULTS_FILE,
@@ -37,7 +37,7 @@ from mae.run_directory import (
     read_json_object,
     run_dir_of_checkpoint,
 )
-from mae.stored_config import stored_normalization
+from mae.model_files.stored_config import stored_normalization
 from mae.training.scheduled import ScheduledModule
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def _same_numbers(stored, datamodule) -> bool:
 
 def data_for_model_file(data_node: DictConfig, path: str | Path, use_stored: bool = True) -> L.LightningDataModule:
     """The data group's module for looking at a model file (reconstructions, the demo): normalised with the numbers
-    the file stores (:func:`~mae.stored_config.stored_normalization`, e.g. a run's ``mean: auto``) when it stores
+    the file stores (:func:`~mae.model_files.stored_config.stored_normalization`, e.g. a run's ``mean: auto``) when it stores
     them for the data's channels and ``use_stored``, else with the group's own."""
     stored = stored_normalization(path) if use_stored else None
     if stored is not None and len(stored.mean) == int(data_node.in_chans):

@@ -8,7 +8,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from mae.callbacks.run_config import RunConfigInCheckpoint
-from mae.config import instantiate_node
+from mae.runs.config import instantiate_node
 from mae.jobs.harness import (
     TrainingRun,
     build_training_run,
@@ -18,7 +18,7 @@ from mae.jobs.harness import (
     training_record,
     write_config,
 )
-from mae.loading import load_mae_weights
+from mae.model_files.loading import load_mae_weights
 from mae.models import MaskedAutoencoderViT
 
 __all__ = ["build", "initial_model", "pretrain"]

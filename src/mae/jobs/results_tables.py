@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mae.atomic_files import write_text_atomically
-from mae.config import REPO_DIR
-from mae.run_directory import read_json_object
+from mae.runs.atomic_files import write_text_atomically
+from mae.runs.config import REPO_DIR
+from mae.runs.run_directory import read_json_object
 from mae.sweeps.summary import mean_std
 
 RESULTS_DIR = REPO_DIR / "docs" / "results"

@@ -1,7 +1,7 @@
 """Reconstructions of any MAE checkpoint with a decoder: `python -m mae.jobs.visualize ckpt_path=<file> out=grid.png`.
 
 Writes a grid with one row per image and the columns original / masked / reconstruction / reconstruction with the
-visible patches pasted back (see :mod:`mae.reconstruction_grid`), for the first ``num_images`` images of the data group's
+visible patches pasted back (see :mod:`mae.evaluation.reconstruction_grid`), for the first ``num_images`` images of the data group's
 evaluation split, with a mask fixed by ``seed`` (through the model's ``noise`` argument). Options are in
 ``conf/visualize.yaml``.
 
@@ -31,8 +31,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mae.checkpoint import check_input_size
-from mae.config import CONF_DIR, compose_in_repo, register_resolvers
+from mae.model_files.checkpoint import check_input_size
+from mae.runs.config import CONF_DIR, compose_in_repo, register_resolvers
 from mae.jobs.harness import (
     SETUP_ERRORS,
     SetupError,
@@ -40,10 +40,10 @@ from mae.jobs.harness import (
     one_line_setup_error,
     run_job,
 )
-from mae.loading import load
+from mae.model_files.loading import load
 from mae.models.masking import seeded_noise
-from mae.reconstruction_grid import ReconstructionViews, reconstruct, save_reconstruction_grid
-from mae.run_directory import check_writable
+from mae.evaluation.reconstruction_grid import ReconstructionViews, reconstruct, save_reconstruction_grid
+from mae.runs.run_directory import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Inspection:
     mask_ratio: float | None
     mean: Sequence[float]
     std: Sequence[float]
-    """The data's normalisation, to display the views in pixels (:func:`mae.reconstruction_grid.denormalize_images`)."""
+    """The data's normalisation, to display the views in pixels (:func:`mae.evaluation.reconstruction_grid.denormalize_images`)."""
 
     def views(self) -> ReconstructionViews:
         """Original / masked / reconstruction / pasted views, de-normalised from norm_pix space when the model

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only: no display on servers and in sweeps
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.figure import Figure  # noqa: E402
 
-from mae.atomic_files import replaced_atomically  # noqa: E402
+from mae.runs.atomic_files import replaced_atomically  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mae.run_directory import RESULTS_FILE, read_json_object
+from mae.runs.run_directory import RESULTS_FILE, read_json_object
 
 PRETRAIN = "pretrain"
 """The first stage of every ablation run."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mae.atomic_files import replaced_atomically, write_text_atomically
+from mae.runs.atomic_files import replaced_atomically, write_text_atomically
 from mae.sweeps.sweep_runs import Job, load_jobs, swept_parameters
 from mae.sweeps.plots import plot_parameter
 

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from mae.run_directory import config_file
+from mae.runs.run_directory import config_file
 from mae.sweeps.records import PRETRAIN, read_results, stages_done
 
 HYDRA_DIR = ".hydra"

@@ -11,7 +11,7 @@ from typing import Any
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mae.atomic_files import replaced_atomically
+from mae.runs.atomic_files import replaced_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -9,7 +9,7 @@ from torch import nn
 
 from mae.data.loaders import mixed_seed
 from mae.models.masking import per_sample_noise, seeded_noise
-from mae.sharding import shard_blocks
+from mae.models.sharding import shard_blocks
 from mae.training.optim import param_groups_weight_decay
 from mae.training.scheduled import ScheduledModule
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from mae.config import compose_in_repo, instantiate_node
+from mae.runs.config import compose_in_repo, instantiate_node
 from mae.data.errors import CorruptDataError, one_line
 from mae.data.shards.writer import write_shards
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mae.atomic_files import write_text_atomically
+from mae.runs.atomic_files import write_text_atomically
 
 INFO_FILE = "mae_shards.json"
 SPLITS = ("train", "val")

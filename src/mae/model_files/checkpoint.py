@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mae.atomic_files import replaced_atomically
+from mae.runs.atomic_files import replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -165,35 +165,6 @@ def export_timm_encoder(model: torch.nn.Module, path: str | Path) -> Path:
     other sizes) then gives the same features as ``model.forward_features``.
     """
     return _save_tensors(model.encoder_state_dict(), path)
-
-
-def _listed(keys: list[str], limit: int = 8) -> str:
-    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-def load_pretrained(model: torch.nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Initialise the encoder of an MAE ``model`` from any checkpoint this project reads, in place.
-
-    Accepted: whatever :func:`mae.loading.load_model` reads (this project's Lightning checkpoints and
-    ``.safetensors`` exports, a reference MAE ``.pth``, a timm ViT state_dict, a ``transformers`` directory). Position
-    embeddings are resized to the model's grid. Encoder weights the file lacks, and keys the encoder has no use
-    for, are logged by name and returned; a checkpoint none of whose weights fit is a :class:`CheckpointError`.
-    """
-    from mae.loading import read_source  # it builds on this module
-
-    state = read_source(path).state
-    missing, unexpected = load_encoder_weights(model, state, f"checkpoint {path}", model.grid_size)
-    encoder_keys = set(model.encoder_state_dict())
-    missing_encoder = sorted(key for key in missing if key in encoder_keys)
-    if len(missing_encoder) == len(encoder_keys):
-        raise CheckpointError(f"checkpoint {path} holds none of the encoder's weights (it has keys "
-                              f"{_listed(sorted(state))}); expected e.g. patch_embed.proj.weight, blocks.0.*")
-    if missing_encoder:
-        log.warning("checkpoint %s lacks encoder weights %s; they keep their initialisation", path,
-                    _listed(missing_encoder))
-    if unexpected:
-        log.info("checkpoint %s: keys the encoder does not use: %s", path, _listed(unexpected))
-    return {"missing": missing_encoder, "unexpected": unexpected}
 
 
 def export_timm_state_dict(model: torch.nn.Module, path: str | Path) -> Path:

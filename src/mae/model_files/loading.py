@@ -4,7 +4,7 @@ Sources: this project's Lightning checkpoints, a reference MAE ``.pth`` (encoder
 fine-tuned), a timm ViT state_dict (``.pth`` or ``.safetensors``), this project's ``.safetensors`` exports, and a
 ``transformers`` ViTMAE / ViT directory (``config.json`` + ``model.safetensors``). Nothing a file holds is run:
 pickled files go through ``torch.load(weights_only=True)``, the rest is safetensors and JSON. The commands
-(``python -m mae.extract``, ``python -m mae.jobs.visualize``, ``python -m mae.demo``) read through :func:`load`,
+(``python -m mae.jobs.extract``, ``python -m mae.jobs.visualize``, ``python -m mae.demo``) read through :func:`load`,
 which adds their model group as the architecture of files that state none, and can require a decoder.
 """
 
@@ -20,13 +20,19 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mae.callbacks.run_config import RUN_CONFIG_KEY
-from mae.checkpoint import CheckpointError, check_shapes, interpolate_pos_embed, load_checkpoint_file, model_state_dict
-from mae.config import instantiate_node
+from mae.model_files.checkpoint import (
+    CheckpointError,
+    check_shapes,
+    interpolate_pos_embed,
+    load_checkpoint_file,
+    load_encoder_weights,
+    model_state_dict,
+)
+from mae.model_files.stored_config import MODEL_TARGETS, RUN_CONFIG_KEY, trusted_node
 from mae.models import MaskedAutoencoderViT
 from mae.models.pos_embed import sincos_2d
-from mae.run_directory import config_file, run_dir_of_checkpoint
-from mae.stored_config import MODEL_TARGETS, trusted_node
+from mae.runs.config import instantiate_node
+from mae.runs.run_directory import config_file, run_dir_of_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,7 @@ decoders): the one architecture number that weights do not show."""
 
 DECODER_PREFIXES = ("decoder_", "mask_token")
 MAE_KINDS = ("mae", "timm_encoder")
-"""Exports whose ``.json`` holds MAE constructor arguments (``python -m mae.export``)."""
+"""Exports whose ``.json`` holds MAE constructor arguments (``python -m mae.model_files.export``)."""
 
 
 class NoDecoderError(CheckpointError):
@@ -153,7 +159,7 @@ def read_source(path: str | Path) -> Source:
     """The weights and stated architecture of any supported source."""
     path = Path(path)
     if path.is_dir():
-        from mae.interop.transformers_format import from_transformers
+        from mae.model_files.transformers_format import from_transformers
 
         model = from_transformers(path)
         return Source(model.state_dict(), model_architecture(model), str(path / "config.json"))
@@ -225,7 +231,7 @@ def position_tables_on_grid(state: Mapping[str, torch.Tensor], grid: tuple[int, 
     """``state`` with ``pos_embed`` and ``decoder_pos_embed`` on ``grid``, and the file's grid if it was another.
 
     A table that is the fixed sin-cos one of its own grid is replaced by the exact sin-cos table of ``grid``;
-    another (trained or perturbed) is resized bicubically (:func:`~mae.checkpoint.interpolate_pos_embed`). One log
+    another (trained or perturbed) is resized bicubically (:func:`~mae.model_files.checkpoint.interpolate_pos_embed`). One log
     line says which tables were resized, from which grid to which.
     """
     state, resized_from, how = dict(state), None, []
@@ -284,6 +290,33 @@ def load_mae_weights(model: MaskedAutoencoderViT, path: str | Path,
         log.info("%s: keys the MAE does not use: %s", source, ", ".join(unused[:8]))
     model.load_state_dict({key: value for key, value in state.items() if key in expected}, strict=False)
     return LoadedWeights(decoder, resized_from, unused)
+
+
+def _listed(keys: list[str], limit: int = 8) -> str:
+    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_pretrained(model: torch.nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Initialise the encoder of an MAE ``model`` from any checkpoint this project reads, in place.
+
+    Accepted: whatever :func:`mae.model_files.loading.load_model` reads (this project's Lightning checkpoints and
+    ``.safetensors`` exports, a reference MAE ``.pth``, a timm ViT state_dict, a ``transformers`` directory). Position
+    embeddings are resized to the model's grid. Encoder weights the file lacks, and keys the encoder has no use
+    for, are logged by name and returned; a checkpoint none of whose weights fit is a :class:`CheckpointError`.
+    """
+    state = read_source(path).state
+    missing, unexpected = load_encoder_weights(model, state, f"checkpoint {path}", model.grid_size)
+    encoder_keys = set(model.encoder_state_dict())
+    missing_encoder = sorted(key for key in missing if key in encoder_keys)
+    if len(missing_encoder) == len(encoder_keys):
+        raise CheckpointError(f"checkpoint {path} holds none of the encoder's weights (it has keys "
+                              f"{_listed(sorted(state))}); expected e.g. patch_embed.proj.weight, blocks.0.*")
+    if missing_encoder:
+        log.warning("checkpoint %s lacks encoder weights %s; they keep their initialisation", path,
+                    _listed(missing_encoder))
+    if unexpected:
+        log.info("checkpoint %s: keys the encoder does not use: %s", path, _listed(unexpected))
+    return {"missing": missing_encoder, "unexpected": unexpected}
 
 
 def build(architecture: DictConfig | Mapping[str, Any], overrides: Mapping[str, Any]) -> MaskedAutoencoderViT:

@@ -1,4 +1,4 @@
-"""``python -m mae.export FORMAT CKPT OUT``: write a checkpoint's MAE for other code, as files that load without
+"""``python -m mae.model_files.export FORMAT CKPT OUT``: write a checkpoint's MAE for other code, as files that load without
 running anything (safetensors and JSON), except the ``.pth`` a user asks for.
 
 Formats:
@@ -9,7 +9,7 @@ Formats:
   transformers      a ``transformers.ViTMAEForPreTraining`` directory (config.json + model.safetensors).
   transformers-vit  the encoder alone as a ``transformers.ViTModel`` directory.
 
-CKPT is anything :func:`mae.loading.load_model` reads; ``key=value`` arguments after OUT are its overrides
+CKPT is anything :func:`mae.model_files.loading.load_model` reads; ``key=value`` arguments after OUT are its overrides
 (constructor arguments, e.g. ``num_heads=16`` for a file that does not state its architecture).
 """
 
@@ -27,11 +27,11 @@ import yaml
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from mae.atomic_files import replaced_atomically, write_text_atomically
-from mae.checkpoint import CheckpointError, export_timm_encoder
-from mae.loading import CONFIG_SUFFIX, load_model, model_architecture
+from mae.runs.atomic_files import replaced_atomically, write_text_atomically
+from mae.model_files.checkpoint import CheckpointError, export_timm_encoder
+from mae.model_files.loading import CONFIG_SUFFIX, load_model, model_architecture
 from mae.models import MaskedAutoencoderViT
-from mae.stored_config import StoredNormalization, stored_normalization
+from mae.model_files.stored_config import StoredNormalization, stored_normalization
 
 FORMAT_NAME = "mae-lightning"
 
@@ -93,7 +93,7 @@ def write(format_name: str, model: MaskedAutoencoderViT, out: Path,
         return save_mae(model, out, normalization)
     if format_name == "timm":
         return save_timm_encoder(model, out, normalization)
-    from mae.interop.transformers_format import save_transformers, save_transformers_vit, write_preprocessor_config
+    from mae.model_files.transformers_format import save_transformers, save_transformers_vit, write_preprocessor_config
 
     save = save_transformers if format_name == "transformers" else save_transformers_vit
     save(model, out)
@@ -114,7 +114,7 @@ def overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mae.export", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mae.model_files.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("format", choices=["mae", "timm", "transformers", "transformers-vit"])
     parser.add_argument("ckpt", type=Path, help="a checkpoint, .pth, .safetensors or transformers directory")

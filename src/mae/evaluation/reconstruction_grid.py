@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
-from mae.atomic_files import replaced_atomically
+from mae.runs.atomic_files import replaced_atomically
 from mae.models.loss import denormalize_patches
-from mae.torch_state import eval_mode, model_device_and_dtype
+from mae.runs.torch_state import eval_mode, model_device_and_dtype
 
 COLUMNS = ("original", "masked", "reconstruction", "pasted")
 

@@ -12,7 +12,12 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mae.checkpoint import UnsafeCheckpointError
+from mae.model_files.checkpoint import UnsafeCheckpointError, load_checkpoint_file
+from mae.runs.run_directory import config_file, run_dir_of_checkpoint
+
+RUN_CONFIG_KEY = "mae_run_config"
+"""Checkpoint entry holding the resolved ``model`` and ``module`` nodes, the task name and ``data`` (image size,
+channels, mean and std), written by :class:`mae.callbacks.run_config.RunConfigInCheckpoint`."""
 
 MODEL_TARGETS = frozenset({
     "mae.models.MaskedAutoencoderViT",
@@ -93,9 +98,6 @@ def stored_normalization(path: str | Path) -> StoredNormalization | None:
     ``config_resolved.yaml`` two folders up; an export's ``.json`` (``normalization``); a ``transformers``
     directory's ``preprocessor_config.json`` (``image_mean``/``image_std``). Only numbers are read.
     """
-    from mae.callbacks.run_config import RUN_CONFIG_KEY
-    from mae.checkpoint import load_checkpoint_file
-    from mae.run_directory import config_file, run_dir_of_checkpoint
 
     path = Path(path)
     if path.is_dir():

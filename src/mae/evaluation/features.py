@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mae.torch_state import eval_mode, model_device_and_dtype
+from mae.runs.torch_state import eval_mode, model_device_and_dtype
 
 POOLS = ("cls", "avg", "tokens")
 """``cls``: the cls token ``(N, D)``; ``avg``: the mean of the patch tokens ``(N, D)``; ``tokens``: every token,

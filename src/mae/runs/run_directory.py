@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mae.atomic_files import write_text_atomically
+from mae.runs.atomic_files import write_text_atomically
 
 
 RESULTS_FILE = "results.json"

@@ -1,11 +1,11 @@
-"""``python -m mae.extract CKPT OUT [data=<group>] [split=val] [key=value ...]``: the encoder's features and the
+"""``python -m mae.jobs.extract CKPT OUT [data=<group>] [split=val] [key=value ...]``: the encoder's features and the
 labels of a whole dataset split (``conf/extract.yaml``).
 
 OUT is a ``.safetensors`` file holding ``features`` (float32), ``labels`` (int64) and, with ``layers=[...]``,
 ``layer_<i>`` for each block ``i`` (0-based); or a ``.npy`` name, whose stem gets one file per key beside it
 (``feats.npy``: ``feats_features.npy``, ``feats_labels.npy``, ``feats_layer_<i>.npy``). Rows are the split's images
 in order, unaugmented (the data module's ``eval_train_dataloader()`` or ``val_dataloader()``), encoded with every
-patch visible (:func:`mae.features.extract_features`).
+patch visible (:func:`mae.evaluation.features.extract_features`).
 
 The split is encoded ``chunk_size`` images at a time; each chunk is written whole (atomically) into ``OUT.parts/``
 with the settings in ``OUT.parts/extraction.json``. Run again after an interruption, the command skips the chunks
@@ -35,12 +35,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from mae.atomic_files import replaced_atomically, write_text_atomically
-from mae.checkpoint import check_input_size
-from mae.config import compose_in_repo, instantiate_node
+from mae.runs.atomic_files import replaced_atomically, write_text_atomically
+from mae.model_files.checkpoint import check_input_size
+from mae.runs.config import compose_in_repo, instantiate_node
 from mae.data.errors import CorruptDataError, check_int, one_line
-from mae.features import check_layers, check_pool, extract_features
-from mae.loading import load
+from mae.evaluation.features import check_layers, check_pool, extract_features
+from mae.model_files.loading import load
 
 SUFFIXES = (".safetensors", ".npy")
 SPLIT_LOADERS = {"train": "eval_train_dataloader", "val": "val_dataloader"}
@@ -190,7 +190,7 @@ def extract(cfg: DictConfig, ckpt_path: Path, out: Path) -> dict[str, torch.Tens
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mae.extract", description=__doc__ + "\n\nSee conf/extract.yaml for the keys.",
+        prog="python -m mae.jobs.extract", description=__doc__ + "\n\nSee conf/extract.yaml for the keys.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", type=Path, help="anything mae.load_model reads: this project's .ckpt or "
                                                 ".safetensors export, a reference MAE .pth, a timm ViT state_dict, "

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from mae.atomic_files import replaced_atomically, write_text_atomically
-from mae.checkpoint import CheckpointError, check_state_dict_shapes
+from mae.runs.atomic_files import replaced_atomically, write_text_atomically
+from mae.model_files.checkpoint import CheckpointError, check_state_dict_shapes
 from mae.models.mae import MaskedAutoencoderViT
 from mae.models.pos_embed import sincos_2d
-from mae.stored_config import PREPROCESSOR_CONFIG
+from mae.model_files.stored_config import PREPROCESSOR_CONFIG
 
 if TYPE_CHECKING:
     import transformers
@@ -244,7 +244,7 @@ def save_transformers_vit(model: MaskedAutoencoderViT, out_dir: str | Path) -> P
 
 def write_preprocessor_config(out_dir: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float]) -> Path:
     """``preprocessor_config.json`` for ``ViTImageProcessor``: resize to ``img_size``, scale to [0, 1], normalise
-    with the model's training ``mean`` and ``std`` (which :func:`mae.stored_config.stored_normalization` reads back)."""
+    with the model's training ``mean`` and ``std`` (which :func:`mae.model_files.stored_config.stored_normalization` reads back)."""
     config = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
               "size": {"height": int(img_size), "width": int(img_size)}, "resample": 3, "do_rescale": True,
               "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [float(v) for v in mean],

@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-REPO_DIR = Path(__file__).resolve().parents[2]
+REPO_DIR = Path(__file__).resolve().parents[3]
 """The checkout this package lives in (an editable install): ``conf/`` and ``docs/`` are under it."""
 CONF_DIR = REPO_DIR / "conf"
 
