@@ -1,4 +1,5 @@
-"""The README's result tables are rendered from the runs' results.json files, and the README is up to date."""
+"""The result tables are rendered from the runs' results.json files, and every file that shows them (the README and
+the documentation's pages) is up to date."""
 
 import json
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mae.jobs.results_tables import RESULTS_DIR, TABLES, Row, Table, main, mean_and_spread, render, seeds, update
+from mae.jobs.results_tables import (RESULTS_DIR, TABLES, Row, Table, check_markers, main, marked_files,
+                                     mean_and_spread, render, seeds, update)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +86,42 @@ def test_update_replaces_only_the_marked_tables(tmp_path):
     assert empty.endswith("| 20.00 |\n<!-- /table:pretrain_knn -->\n")
 
 
-def test_the_readme_tables_are_the_committed_runs_results(capsys):
-    assert main([str(ROOT / "README.md"), "--check", "--results-dir", str(RESULTS_DIR)]) == 0, capsys.readouterr()
-    readme = (ROOT / "README.md").read_text()
-    assert all(f"<!-- table:{t.name} -->" in readme for t in TABLES)
+def test_the_readme_and_the_pages_hold_every_table_and_are_the_committed_runs_results(capsys):
+    files = marked_files()
+    assert ROOT / "README.md" in files and any(path.is_relative_to(ROOT / "docs") for path in files)
+    assert main(["--check", "--results-dir", str(RESULTS_DIR)]) == 0, capsys.readouterr()
+    shown = "".join(path.read_text() for path in files)
+    assert [t.name for t in TABLES if f"<!-- table:{t.name} -->" not in shown] == []
+
+
+def test_without_files_every_marked_file_is_rendered_and_checked(tmp_path, monkeypatch, capsys):
+    write(tmp_path, "pretrain.json", knn_top1_pretrained=0.5, knn_top1_random_init=0.4,
+          knn_top1_pixels_raw=0.3, knn_top1_pixels_standardized=0.2)
+    (tmp_path / "docs" / "deep").mkdir(parents=True)
+    stale = "<!-- table:pretrain_knn -->\nstale\n<!-- /table:pretrain_knn -->\n"
+    (tmp_path / "README.md").write_text(stale)
+    (tmp_path / "docs" / "deep" / "page.md").write_text("text\n" + stale)
+    (tmp_path / "docs" / "plain.md").write_text("no tables here\n")
+    files = marked_files(tmp_path)
+    assert files == [tmp_path / "README.md", tmp_path / "docs" / "deep" / "page.md"]
+    monkeypatch.setattr("mae.jobs.results_tables.marked_files", lambda: files)
+    assert main(["--check", "--results-dir", str(tmp_path)]) == 1
+    assert "README.md" in capsys.readouterr().err
+    assert main(["--results-dir", str(tmp_path)]) == 0
+    assert all("stale" not in path.read_text() and "| 20.00 |" in path.read_text() for path in files)
+    assert main(["--check", "--results-dir", str(tmp_path)]) == 0
+    assert main([str(files[1]), "--check", "--results-dir", str(tmp_path)]) == 0  # files named: only those
+
+
+def test_a_marker_of_no_table_or_without_its_partner_is_refused(tmp_path, capsys):
+    with pytest.raises(ValueError, match="names no table"):
+        check_markers("<!-- table:nosuch -->\n<!-- /table:nosuch -->\n")
+    with pytest.raises(ValueError, match="never closed"):
+        check_markers("<!-- table:finetune -->\n| x |\n")
+    with pytest.raises(ValueError, match="not opened"):
+        check_markers("<!-- /table:finetune -->\n")
+    check_markers("<!-- table:finetune -->\n<!-- /table:finetune -->\n<!-- table:finetune -->\n<!-- /table:finetune -->\n")
+    page = tmp_path / "page.md"
+    page.write_text("<!-- table:finetun -->\n<!-- /table:finetun -->\n")
+    assert main([str(page), "--check", "--results-dir", str(RESULTS_DIR)]) == 2
+    assert "names no table" in capsys.readouterr().err

@@ -1,9 +1,10 @@
-"""The README's result tables, rendered from the runs' own ``results.json`` files (copied into ``docs/results/``).
+"""The result tables of the README and the documentation site, rendered from the runs' own ``results.json`` files
+(copied into ``docs/results/``).
 
 Each table is a list of rows; a row names the results files it aggregates (one per seed) and the label it gets.
-``python -m mae.jobs.results_tables README.md`` rewrites the text between ``<!-- table:NAME -->`` and
-``<!-- /table:NAME -->`` in the README; ``--check`` only reports whether it is up to date (a test runs that), so
-a number in those tables is always one a run wrote.
+``python -m mae.jobs.results_tables`` rewrites the text between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``
+in every file that holds such markers (``README.md`` and ``docs/**/*.md``; or the files given); ``--check`` only
+reports whether they are up to date (a test runs that), so a number in those tables is always one a run wrote.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mae.runs.run_directory import read_json_object
 from mae.sweeps.summary import mean_std
 
 RESULTS_DIR = REPO_DIR / "docs" / "results"
+MARKER = re.compile(r"^<!-- (/?)table:([^ ]*) -->$", re.M)
 
 
 @dataclass(frozen=True)
@@ -183,25 +185,60 @@ def update(text: str, results_dir: Path = RESULTS_DIR) -> str:
     return text
 
 
+def marked_files(root: Path = REPO_DIR) -> list[Path]:
+    """The files that hold table markers: ``README.md`` and the pages under ``docs/``, in a stable order."""
+    candidates = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    return [path for path in candidates if path.is_file() and MARKER.search(path.read_text())]
+
+
+def check_markers(text: str) -> None:
+    """Raise ValueError for a marker that names no table of ``TABLES`` or that has no partner."""
+    names = {table.name for table in TABLES}
+    opened: list[str] = []
+    for match in MARKER.finditer(text):
+        closing, name = match.group(1) == "/", match.group(2)
+        if name not in names:
+            raise ValueError(f"the marker {match.group(0)} names no table (tables: {', '.join(sorted(names))})")
+        if closing:
+            if not opened or opened.pop() != name:
+                raise ValueError(f"the marker {match.group(0)} closes a table that was not opened just before it")
+        else:
+            if opened:
+                raise ValueError(f"the marker {match.group(0)} opens a table inside table {opened[-1]}")
+            opened.append(name)
+    if opened:
+        raise ValueError(f"the marker <!-- table:{opened[-1]} --> is never closed")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mae.jobs.results_tables", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("readme", type=Path)
+    parser.add_argument("files", type=Path, nargs="*",
+                        help="the markdown files to render (default: README.md and docs/**/*.md with markers)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is not up to date")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a file is not up to date")
     args = parser.parse_args(argv)
-    try:
-        text = args.readme.read_text()
-        updated = update(text, args.results_dir)
-    except (OSError, ValueError, KeyError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.check:
-        if updated != text:
-            print(f"{args.readme} is out of date: run python -m mae.jobs.results_tables {args.readme}", file=sys.stderr)
-            return 1
-        return 0
-    write_text_atomically(args.readme, updated)
+    files = args.files or marked_files()
+    stale = []
+    for path in files:
+        try:
+            text = path.read_text()
+            check_markers(text)
+            updated = update(text, args.results_dir)
+        except (OSError, ValueError, KeyError) as error:
+            print(f"error: {path}: {error}", file=sys.stderr)
+            return 2
+        if updated == text:
+            continue
+        if args.check:
+            stale.append(path)
+        else:
+            write_text_atomically(path, updated)
+            print(f"updated {path}")
+    if stale:
+        names = " ".join(str(path) for path in stale)
+        print(f"out of date: {names}; run python -m mae.jobs.results_tables", file=sys.stderr)
+        return 1
     return 0
 
 
