@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data browser pretrain pretrain-folder fashion-mnist-png finetune linprobe eval visualize demo sweep shards bench gpu-check test test-fast clean
+.PHONY: setup data browser pretrain pretrain-folder fashion-mnist-png finetune linprobe eval visualize demo sweep shards bench gpu-check docs lint test test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable), the Fashion-MNIST package and Chromium for
 ## the demo's browser test (idempotent)
@@ -18,10 +18,10 @@ setup: $(INSTALLED) data browser
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(INSTALLED): pyproject.toml | $(BIN)/python
+$(INSTALLED): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --no-cache-dir --upgrade pip
-	$(BIN)/pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --no-cache-dir -e '.[dev]'
+	$(BIN)/pip install --no-cache-dir -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --no-cache-dir -c constraints.txt -e '.[dev]'
 	touch $@
 
 ## data: Debian's dataset-fashion-mnist, the embedded default dataset
@@ -106,6 +106,16 @@ bench: $(INSTALLED)
 ## against eager and ViT-B/16 throughput with its share of the bf16 peak; exit 2 without a GPU
 gpu-check: $(INSTALLED)
 	$(BIN)/python scripts/gpu_check.py
+
+## docs: the documentation site into site/ (open site/index.html; `$(BIN)/mkdocs serve` for a live preview);
+## strict: a broken link, anchor or API reference fails the build
+docs: $(INSTALLED)
+	$(BIN)/mkdocs build --strict
+
+## lint: ruff's lint and format checks (`$(BIN)/ruff check --fix . && $(BIN)/ruff format .` applies them)
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ## test: the whole suite, slow learning tests included
 test: setup

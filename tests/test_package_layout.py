@@ -85,3 +85,26 @@ def test_model_files_do_not_reach_up_into_jobs_or_callbacks():
     upward = sorted((source, target) for source, targets in graph.items() if source.startswith("mae.model_files")
                     for target in targets if target.startswith(("mae.jobs", "mae.callbacks", "mae.training")))
     assert upward == []
+
+
+def package_edges() -> set[tuple[str, str]]:
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    return {(package(source), package(target)) for source, targets in import_graph().items() for target in targets
+            if package(source) != package(target)}
+
+
+def test_layers_import_downwards_only():
+    """The code map's direction: models and run plumbing at the bottom, data and model files just above them, and
+    the jobs imported by nothing but the demo (an entry point of its own)."""
+    edges = package_edges()
+    allowed_below = {
+        "mae.models": set(),
+        "mae.runs": set(),
+        "mae.data": {"mae.runs"},
+        "mae.model_files": {"mae.models", "mae.runs"},
+    }
+    for package, allowed in allowed_below.items():
+        assert {target for source, target in edges if source == package} <= allowed, package
+    assert {source for source, target in edges if target == "mae.jobs"} <= {"mae.demo"}
