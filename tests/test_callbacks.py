@@ -14,6 +14,7 @@ import mae.callbacks.knn as knn_callback_module
 from mae.callbacks import KNNEvaluationCallback, ReconstructionGridCallback
 from mae.callbacks.reconstruction import epoch_is_due
 from mae.evaluation import random_init_copy
+from mae.evaluation.reconstruction_grid import COLUMN_LABELS, COLUMNS, header_row
 from mae.models import MaskedAutoencoderViT
 
 MEAN, STD = (0.5,), (0.5,)
@@ -100,8 +101,11 @@ def fit(tmp_path, callbacks, max_epochs: int = 1, logger=False) -> tuple[L.Train
 
 
 def grid_size(rows: int) -> tuple[int, int]:
-    """(width, height) of a PNG grid of 8x8 tiles, 4 columns, padding 2."""
-    return 4 * 10 + 2, rows * 10 + 2
+    """(width, height) of a PNG grid of 8x8 tiles enlarged 14x (to 112 pixels), 4 columns, padding 2, under a
+    header row."""
+    width = 4 * (112 + 2) + 2
+    header = header_row([COLUMN_LABELS[name] for name in COLUMNS], 112, 2, width).shape[1]
+    return width, header + rows * (112 + 2) + 2
 
 
 # -- reconstruction grid -----------------------------------------------------------------------------------
@@ -121,6 +125,12 @@ def test_grid_only_at_the_end_by_default(tmp_path):
     assert [p.name for p in tmp_path.glob("*.png")] == ["reconstruction.png"]
     with Image.open(tmp_path / "reconstruction.png") as png:
         assert png.size == grid_size(2)
+
+
+def test_grid_at_the_images_own_size_without_labels(tmp_path):
+    fit(tmp_path, [ReconstructionGridCallback(num_images=2, min_cell_size=0, labels=False)])
+    with Image.open(tmp_path / "reconstruction.png") as png:
+        assert png.size == (4 * (8 + 2) + 2, 2 * (8 + 2) + 2)
 
 
 def test_epochs_due():
@@ -158,6 +168,7 @@ def test_only_rank_zero_writes(tmp_path):
     (lambda: ReconstructionGridCallback(num_images=0), "num_images=0"),
     (lambda: ReconstructionGridCallback(every_n_epochs=0), "every_n_epochs=0"),
     (lambda: ReconstructionGridCallback(filename="a/b"), "file stem"),
+    (lambda: ReconstructionGridCallback(min_cell_size=-1), "min_cell_size=-1"),
     (lambda: KNNEvaluationCallback(pool="max"), "pool='max'"),
     (lambda: KNNEvaluationCallback(k=0), "k=0"),
     (lambda: KNNEvaluationCallback(temperature=-1.0), "temperature"),

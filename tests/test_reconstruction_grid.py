@@ -1,5 +1,6 @@
 """Reconstruction views and grids: pixel-exact checks with a model whose prediction is known."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -7,11 +8,15 @@ from PIL import Image
 from mae.models import MaskedAutoencoderViT
 from mae.models.loss import normalize_patches
 from mae.evaluation.reconstruction_grid import (
+    COLUMN_LABELS,
     COLUMNS,
+    DEFAULT_MIN_CELL_SIZE,
     denormalize_images,
+    header_row,
     make_grid_image,
     reconstruct,
     save_reconstruction_grid,
+    upscale_factor,
 )
 
 PATCH = 4
@@ -98,7 +103,7 @@ def test_grid_layout_rows_are_images_and_columns_are_views(channels):
     imgs = images(n=3, channels=channels) - 0.5  # in [0, 1): mean 0, std 1 leaves them displayable as is
     views = reconstruct(model, imgs, noise=torch.rand(3, model.num_patches))
     mean, std = (0.0,) * channels, (1.0,) * channels
-    grid = make_grid_image(views, mean, std, padding=2)
+    grid = make_grid_image(views, mean, std, padding=2, min_cell_size=0, labels=False)
     assert grid.shape == (3, 3 * (8 + 2) + 2, len(COLUMNS) * (8 + 2) + 2)
     assert 0.0 <= grid.min() and grid.max() <= 1.0
     # Row 1 (second image), column 1 (masked view): its tile starts after one tile and two paddings.
@@ -111,9 +116,96 @@ def test_grid_layout_rows_are_images_and_columns_are_views(channels):
 def test_png_is_written_with_the_grid_size(tmp_path, channels):
     model = tiny_mae(in_chans=channels).train()
     path = save_reconstruction_grid(model, images(n=3, channels=channels), tmp_path / "sub" / "grid.png",
-                                    mean=(0.5,) * channels, std=(0.25,) * channels)
+                                    mean=(0.5,) * channels, std=(0.25,) * channels, min_cell_size=0, labels=False)
     assert path == tmp_path / "sub" / "grid.png" and path.is_file()
     with Image.open(path) as png:
         assert png.format == "PNG"
         assert png.size == (4 * (8 + 2) + 2, 3 * (8 + 2) + 2)  # (width: 4 views, height: 3 images)
     assert model.training
+
+
+# -- readable grids: enlarged small images, labelled columns ---------------------------------------------------------
+def header_height(cell: int, padding: int = 2) -> int:
+    width = len(COLUMNS) * (cell + padding) + padding
+    return header_row([COLUMN_LABELS[name] for name in COLUMNS], cell, padding, width).shape[1]
+
+
+@pytest.mark.parametrize(("height", "width", "min_cell_size", "factor"), [
+    (28, 28, 112, 4),  # Fashion-MNIST: 112-pixel cells
+    (32, 32, 112, 4),  # CIFAR: 128
+    (8, 8, 112, 14),
+    (30, 30, 112, 4),  # 120: the smallest whole factor reaching the minimum
+    (28, 56, 112, 4),  # the shorter side counts
+    (112, 112, 112, 1),
+    (224, 224, 112, 1),  # large images are never shrunk or enlarged
+    (28, 28, 0, 1),
+])
+def test_upscale_factor_is_the_smallest_whole_factor_reaching_the_minimum(height, width, min_cell_size, factor):
+    assert upscale_factor(height, width, min_cell_size) == factor
+    with pytest.raises(ValueError, match="min_cell_size=-1"):
+        upscale_factor(height, width, -1)
+
+
+def test_default_png_size_follows_the_upscale_rule(tmp_path):
+    model = tiny_mae()
+    path = save_reconstruction_grid(model, images(n=3), tmp_path / "grid.png", mean=(0.5,), std=(0.25,))
+    cell = 8 * upscale_factor(8, 8, DEFAULT_MIN_CELL_SIZE)
+    assert cell == 112
+    with Image.open(path) as png:
+        assert png.size == (4 * (cell + 2) + 2, header_height(cell) + 3 * (cell + 2) + 2)
+
+
+def test_upscaling_is_nearest_neighbour_each_pixel_an_exact_block():
+    model = tiny_mae()
+    imgs = images(n=2) - 0.5
+    views = reconstruct(model, imgs, noise=torch.rand(2, model.num_patches))
+    native = make_grid_image(views, (0.0,), (1.0,), min_cell_size=0, labels=False)
+    big = make_grid_image(views, (0.0,), (1.0,), min_cell_size=40, labels=False)  # 8 px -> 5x, 40-pixel cells
+    k, pad = 5, 2
+    for row in range(2):
+        for column in range(len(COLUMNS)):
+            tile = native[:, pad + row * (8 + pad):][:, :8, pad + column * (8 + pad):][:, :, :8]
+            block = big[:, pad + row * (8 * k + pad):][:, :8 * k, pad + column * (8 * k + pad):][:, :, :8 * k]
+            # Every k x k block is one source pixel: no smoothing, no shift.
+            assert torch.equal(block, tile.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2))
+            assert torch.equal(block[:, ::k, ::k], tile)
+
+
+def test_png_pixels_are_exact_blocks_after_saving(tmp_path):
+    model = tiny_mae()
+    path = save_reconstruction_grid(model, images(n=1), tmp_path / "grid.png", mean=(0.5,), std=(0.25,),
+                                    min_cell_size=32, labels=False)  # 8 px -> 4x
+    with Image.open(path) as png:
+        pixels = torch.from_numpy(np.array(png.convert("L"))).long()
+    original = pixels[2:2 + 32, 2:2 + 32]
+    assert torch.equal(original, original[::4, ::4].repeat_interleave(4, 0).repeat_interleave(4, 1))
+    assert len(original.unique()) > 1
+
+
+def test_header_names_the_columns_above_the_grid():
+    model = tiny_mae()
+    views = reconstruct(model, images(n=2), noise=torch.rand(2, model.num_patches))
+    plain = make_grid_image(views, (0.5,), (0.25,), labels=False)
+    labelled = make_grid_image(views, (0.5,), (0.25,))
+    height = header_height(112)
+    assert height >= 10
+    assert labelled.shape[1:] == (plain.shape[1] + height, plain.shape[2])
+    assert torch.equal(labelled[:, height:], plain)  # the grid itself is untouched
+    header = labelled[0, :height]
+    assert header.max() == 1.0  # a white background...
+    for column in range(len(COLUMNS)):  # ...with dark text over every column
+        cell = header[:, 2 + column * (112 + 2):][:, :112]
+        assert (cell < 0.5).sum() > 20, COLUMNS[column]
+    # The labels are what PIL draws for the column names: another text gives another header.
+    other = header_row(["a", "b", "c", "d"], 112, 2, labelled.shape[2])
+    assert not torch.equal(other[0], header)
+
+
+def test_large_images_are_not_upscaled():
+    model = tiny_mae(img_size=128, patch_size=32)
+    imgs = torch.rand(2, 1, 128, 128)
+    views = reconstruct(model, imgs, noise=torch.rand(2, model.num_patches))
+    grid = make_grid_image(views, (0.0,), (1.0,), labels=False)  # the default minimum, 112 pixels
+    assert grid.shape == (3, 2 * (128 + 2) + 2, len(COLUMNS) * (128 + 2) + 2)
+    labelled = make_grid_image(views, (0.0,), (1.0,))
+    assert labelled.shape[1] == grid.shape[1] + header_height(128)

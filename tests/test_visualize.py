@@ -22,6 +22,7 @@ from PIL import Image
 from mae.jobs.harness import SetupError
 from mae.model_files.export import save_mae
 from mae.jobs.visualize import compose_config, prepare, visualize
+from mae.evaluation.reconstruction_grid import COLUMN_LABELS, COLUMNS, header_row
 from mae.model_files.loading import has_decoder
 from mae.models import MaskedAutoencoderViT
 
@@ -35,7 +36,7 @@ TINY = {"img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": 16, "depth"
 # The same architecture from the default model group (mae_vit_tiny_patch7: 28 px, 7x7 patches, norm_pix_loss).
 TINY_OVERRIDES = ["model.embed_dim=16", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=8",
                   "model.decoder_depth=1", "model.decoder_num_heads=2"]
-NUM_IMAGES, TILE, PAD = 3, 28, 2
+NUM_IMAGES, TILE, PAD, SCALE = 3, 28, 2, 4
 
 
 def tiny_state(seed: int) -> dict[str, torch.Tensor]:
@@ -82,13 +83,22 @@ def commands(runs: dict[str, list[str]], cwd: Path) -> dict[str, subprocess.Comp
 
 
 def grid_tiles(path: Path) -> np.ndarray:
-    """``(rows, 4, 28, 28)`` gray tiles of a PNG grid, after checking its pixel size."""
+    """``(rows, 4, 28, 28)`` gray tiles of a PNG grid, after checking its pixel size: 28-pixel images enlarged 4x
+    (conf/visualize.yaml's min_cell_size, 112) under a header row naming the columns (labels=true)."""
+    cell = TILE * SCALE
+    width = 4 * (cell + PAD) + PAD
+    header = header_row([COLUMN_LABELS[name] for name in COLUMNS], cell, PAD, width).shape[1]
     with Image.open(path) as png:
         assert png.format == "PNG"
-        assert png.size == (4 * (TILE + PAD) + PAD, NUM_IMAGES * (TILE + PAD) + PAD)  # (width, height)
+        assert png.size == (width, header + NUM_IMAGES * (cell + PAD) + PAD)  # (width, height)
         pixels = np.asarray(png.convert("L"))
-    return np.stack([np.stack([pixels[PAD + r * (TILE + PAD):][:TILE, PAD + c * (TILE + PAD):][:, :TILE]
-                               for c in range(4)]) for r in range(NUM_IMAGES)])
+    assert (pixels[:header] < 128).any()  # dark text on the white strip
+    pixels = pixels[header:]
+    cells = np.stack([np.stack([pixels[PAD + r * (cell + PAD):][:cell, PAD + c * (cell + PAD):][:, :cell]
+                                for c in range(4)]) for r in range(NUM_IMAGES)])
+    tiles = cells[..., ::SCALE, ::SCALE]
+    assert np.array_equal(cells, tiles.repeat(SCALE, axis=-2).repeat(SCALE, axis=-1))  # nearest-neighbour blocks
+    return tiles
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +179,7 @@ def test_encoder_only_checkpoint_is_a_one_line_error_with_exit_code_2(checkpoint
     (["model.decoder_depth=2"], "lacks decoder weights ['decoder_blocks.1."),
     (["data.img_size=32", "model.img_size=28"], "takes 28 px images with 1 channels, but the data serves 32 px with 1"),
     (["mask_ratio=1.0"], "mask_ratio=1.0 is outside [0, 1)"),
+    (["min_cell_size=-1"], "min_cell_size=-1 must be non-negative"),
 ])
 def test_bad_input_is_one_line(checkpoints, visualize_config, overrides, message):
     with pytest.raises(SetupError) as error:

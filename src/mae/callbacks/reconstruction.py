@@ -10,7 +10,7 @@ from torchvision.utils import save_image
 from mae.runs.atomic_files import replaced_atomically
 from mae.callbacks.tracking import log_image_file
 from mae.models.masking import seeded_noise
-from mae.evaluation.reconstruction_grid import make_grid_image, reconstruct
+from mae.evaluation.reconstruction_grid import DEFAULT_MIN_CELL_SIZE, make_grid_image, reconstruct, upscale_factor
 from mae.runs.run_directory import RESULTS_FILE, merge_json, read_json_object
 from mae.runs.torch_state import preserved_rng
 
@@ -45,18 +45,25 @@ class ReconstructionGridCallback(L.Callback):
         every_n_epochs: interval of the per-epoch grids; ``None`` for the final grid only.
         seed: seed of the masking noise.
         filename: file stem of the grids.
+        min_cell_size: images whose shorter side is smaller are enlarged by a whole factor, nearest-neighbour, to at
+            least this many pixels (0: their own size).
+        labels: a header row naming the columns.
     """
 
     def __init__(self, num_images: int = 8, every_n_epochs: int | None = None, seed: int = 0,
-                 filename: str = "reconstruction") -> None:
+                 filename: str = "reconstruction", min_cell_size: int = DEFAULT_MIN_CELL_SIZE,
+                 labels: bool = True) -> None:
         if num_images < 1:
             raise ValueError(f"num_images={num_images} must be at least 1")
+        upscale_factor(1, 1, min_cell_size)  # a negative size fails here, not after the first epoch
         if not filename or Path(filename).name != filename:
             raise ValueError(f"filename={filename!r} must be a plain file stem (the grid goes to the run directory)")
         self.num_images = num_images
         self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self.seed = seed
         self.filename = filename
+        self.min_cell_size = min_cell_size
+        self.labels = labels
         self.last_path: Path | None = None
         self._logged_step: int | None = None
 
@@ -83,7 +90,9 @@ class ReconstructionGridCallback(L.Callback):
             return None
         path = Path(trainer.default_root_dir) / name
         with replaced_atomically(path) as tmp:
-            save_image(make_grid_image(views, datamodule.mean, datamodule.std), tmp, format="png")
+            grid = make_grid_image(views, datamodule.mean, datamodule.std, min_cell_size=self.min_cell_size,
+                                   labels=self.labels)
+            save_image(grid, tmp, format="png")
         if trainer.global_step != self._logged_step:  # the last epoch's grid and the final one show the same weights
             log_image_file(trainer.loggers, "reconstruction", path, trainer.global_step)
             self._logged_step = trainer.global_step

@@ -32,6 +32,7 @@ from mae.jobs.harness import (
     one_line_setup_error,
     output_dir,
     prepare_data,
+    set_float32_matmul_precision,
     write_config,
 )
 from mae.runs.run_directory import check_writable
@@ -65,6 +66,7 @@ def restore_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Ligh
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.data``'s evaluation split; print and write ``results.json``."""
     L.seed_everything(cfg.seed, workers=True)
+    set_float32_matmul_precision(cfg)
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise SetupError("ckpt_path is required: python eval.py ckpt_path=<fine-tuning or linear-probe checkpoint> "
                          "[data=...]")

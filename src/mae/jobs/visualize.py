@@ -1,7 +1,8 @@
 """Reconstructions of any MAE checkpoint with a decoder: `python -m mae.jobs.visualize ckpt_path=<file> out=grid.png`.
 
 Writes a grid with one row per image and the columns original / masked / reconstruction / reconstruction with the
-visible patches pasted back (see :mod:`mae.evaluation.reconstruction_grid`), for the first ``num_images`` images of the data group's
+visible patches pasted back (see :mod:`mae.evaluation.reconstruction_grid`; small images enlarged to
+``min_cell_size`` pixels, a header row naming the columns with ``labels``), for the first ``num_images`` images of the data group's
 evaluation split, with a mask fixed by ``seed`` (through the model's ``noise`` argument). Options are in
 ``conf/visualize.yaml``.
 
@@ -42,7 +43,12 @@ from mae.jobs.harness import (
 )
 from mae.model_files.loading import load
 from mae.models.masking import seeded_noise
-from mae.evaluation.reconstruction_grid import ReconstructionViews, reconstruct, save_reconstruction_grid
+from mae.evaluation.reconstruction_grid import (
+    ReconstructionViews,
+    reconstruct,
+    save_reconstruction_grid,
+    upscale_factor,
+)
 from mae.runs.run_directory import check_writable
 
 log = logging.getLogger(__name__)
@@ -90,6 +96,7 @@ def prepare(cfg: DictConfig) -> Inspection:
         if int(cfg.num_images) < 1:
             raise ValueError(f"num_images={cfg.num_images} must be at least 1")
         mask_ratio = check_mask_ratio(cfg.mask_ratio)
+        upscale_factor(1, 1, int(cfg.min_cell_size))  # a negative min_cell_size fails before the model is loaded
         check_writable(Path(str(cfg.out)).parent)
         loaded = load(cfg.ckpt_path, fallback=cfg.model, use_stated=bool(cfg.get("use_run_config", True)),
                       require_decoder=True)
@@ -126,7 +133,8 @@ def visualize(cfg: DictConfig) -> Path:
     """The command's job: write the grid of ``cfg.ckpt_path`` to ``cfg.out`` and return its path."""
     inspection = prepare(cfg)
     path = save_reconstruction_grid(inspection.model, inspection.imgs, cfg.out, inspection.mean, inspection.std,
-                                    noise=inspection.noise, mask_ratio=inspection.mask_ratio)
+                                    noise=inspection.noise, mask_ratio=inspection.mask_ratio,
+                                    min_cell_size=int(cfg.min_cell_size), labels=bool(cfg.labels))
     print(f"wrote {path} ({inspection.imgs.shape[0]} images x original / masked / reconstruction / pasted; "
           f"{cfg.ckpt_path}, architecture from {inspection.architecture})")
     return path

@@ -1,8 +1,10 @@
-"""What the downstream modules share: top-1/top-5 metrics, the validation step and the number of images seen."""
+"""What the downstream modules share: top-1/top-5 metrics, the validation step, the number of images seen and
+``compile``."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
+from torch import nn
 from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -10,7 +12,22 @@ from mae.training.scheduled import ScheduledModule
 
 
 class ClassificationModule(ScheduledModule):
-    """A scheduled module whose ``forward(imgs)`` returns class logits; validated with loss, top-1 and top-5."""
+    """A scheduled module whose ``forward(imgs)`` returns class logits; validated with loss, top-1 and top-5.
+
+    With a ``compile`` hyperparameter set, :meth:`configure_model` compiles :meth:`modules_to_compile` in place
+    (``nn.Module.compile()``), as pre-training does: parameter names, and so checkpoints, stay as they are.
+    """
+
+    def modules_to_compile(self) -> list[nn.Module]:
+        """What ``compile=true`` compiles in place (modules called through ``__call__`` in the forward pass)."""
+        return []
+
+    def configure_model(self) -> None:
+        # Lightning may call this hook more than once (fit, then validate), hence the flag.
+        if self.hparams.get("compile", False) and not getattr(self, "_compiled", False):
+            for module in self.modules_to_compile():
+                module.compile()
+            self._compiled = True
 
     def add_metrics(self, num_classes: int) -> None:
         self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")

@@ -27,12 +27,13 @@ class FinetuneModule(ClassificationModule):
             with mixup and cutmix both 0 the loss is label-smoothed cross-entropy on hard labels.
         seed: base seed of each batch's random draws (mixup, drop path), so a resumed run repeats exactly.
         fused: AdamW's fused kernel (see :class:`~mae.training.MAEPretrainModule`).
+        compile: ``torch.compile`` the classifier in place before training (parameter names unchanged).
     """
 
     def __init__(self, model: nn.Module, num_classes: int, blr: float = 5e-4, lr: float | None = None,
                  min_lr: float = 1e-6, weight_decay: float = 0.05, layer_decay: float = 0.65,
                  warmup_epochs: float = 5, epochs: int = 100, mixup: float = 0.8, cutmix: float = 1.0,
-                 label_smoothing: float = 0.1, seed: int = 0, fused: bool = True) -> None:
+                 label_smoothing: float = 0.1, seed: int = 0, fused: bool = True, compile: bool = False) -> None:
         super().__init__()
         self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
         if not 0.0 < layer_decay <= 1.0:
@@ -55,6 +56,9 @@ class FinetuneModule(ClassificationModule):
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.model(imgs)
+
+    def modules_to_compile(self) -> list[nn.Module]:
+        return [self.model]
 
     def configure_optimizers(self):
         groups = param_groups_layer_decay(self.model, weight_decay=self.hparams.weight_decay,

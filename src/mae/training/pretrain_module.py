@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
@@ -56,7 +54,6 @@ class MAEPretrainModule(ScheduledModule):
         self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
         self.model = model
         self.save_hyperparameters(ignore=["model"])
-        self._step_started = 0.0
 
     def configure_model(self) -> None:
         # Lightning's ModelParallelStrategy (FSDP2) hands over a device mesh and leaves the sharding to the module;
@@ -83,10 +80,7 @@ class MAEPretrainModule(ScheduledModule):
         return self.with_schedule(optimizer)
 
     # -- steps -------------------------------------------------------------------------------------
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)  # seeds the masks of batches without sample seeds
-        self._step_started = time.perf_counter()
-
+    # Images per second, FLOP/s and MFU: mae.callbacks.AnalyticThroughputMonitor (callbacks.throughput).
     def training_noise(self, batch) -> torch.Tensor | None:
         """The batch's masking noise, row ``i`` drawn from sample ``i``'s seed (the third item of a training batch,
         a function of (seed, epoch, sample index)), so a sample is masked alike on any number of processes;
@@ -104,11 +98,6 @@ class MAEPretrainModule(ScheduledModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        seconds = time.perf_counter() - self._step_started
-        images = batch[0].shape[0] * self.trainer.world_size
-        self.log("train/img_per_s", images / max(seconds, 1e-9), prog_bar=True, on_step=True, on_epoch=False)
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         imgs = batch[0]
