@@ -25,8 +25,9 @@ from mae.demo.reconstruction import demo_views, load_demo_model
 
 from test_data_fashion_mnist import make_fashion_mnist
 from test_demo import MEAN, STD, export, photo
+from extras import needs_extra
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="the [demo] extra (make setup installs it)")
+playwright_api = needs_extra("playwright.sync_api", "demo")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TIMEOUT_MS = 30_000
 DISPLAY = 224  # conf/demo.yaml's display_size
@@ -56,7 +57,8 @@ def server(checkpoints, fmnist, tmp_path_factory) -> str:
     root = fmnist[0]
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "mae.demo", str(checkpoints["first"]), f"port={port}", f"data.root={root}"],
+        [sys.executable, "-m", "mae.demo", str(checkpoints["first"]), f"port={port}", f"data.root={root}",
+         f"compare_root={checkpoints['second'].parent}"],  # the folder the compare tab may read
         cwd=tmp_path_factory.mktemp("demo_cwd"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}/"

@@ -220,11 +220,11 @@ def wandb_logger_arguments(monkeypatch) -> dict:
     """What ``wandb_logger`` passes on to Lightning's WandbLogger (no run is started)."""
     captured: dict = {}
 
-    def record(**kwargs) -> WandbLogger:
-        captured.update(kwargs)
+    def record(*, init_timeout: float, require_online: bool, **kwargs) -> WandbLogger:
+        captured.update(kwargs, init_timeout=init_timeout, require_online=require_online)
         return WandbLogger(**kwargs)  # constructing it starts no run
 
-    monkeypatch.setattr(wandb_run, "WandbLogger", record)
+    monkeypatch.setattr(wandb_run, "BoundedWandbLogger", record)
     return captured
 
 
@@ -264,7 +264,8 @@ def test_several_loggers_compose_and_all_get_the_config(config_factory, wandb_of
     cfg = config_factory(["logger=[csv,tensorboard,wandb]"])
     assert list(cfg.logger) == ["csv", "tensorboard", "wandb"]
     trainer = build_trainer(cfg)
-    assert [type(logger) for logger in trainer.loggers] == [ResumableCSVLogger, TensorBoardLogger, WandbLogger]
+    assert [type(logger) for logger in trainer.loggers] == [ResumableCSVLogger, TensorBoardLogger,
+                                                            wandb_run.BoundedWandbLogger]
     [callback] = [c for c in trainer.callbacks if isinstance(c, LogResolvedConfig)]
     assert callback.config["model"]["mask_ratio"] == cfg.model.mask_ratio
 

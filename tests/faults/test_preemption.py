@@ -85,7 +85,11 @@ def test_sigterm_mid_epoch_saves_the_step_and_resume_is_exact(tmp_path, uninterr
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr
     assert_same_weights(run_dir, uninterrupted)
-    assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "finished" and record["optimizer_steps"] == STEPS
+    assert not {"signal", "epoch", "checkpoint"} & set(record), record  # the interrupted attempt's keys are gone
+    assert [(a["status"], a.get("signal"), a["optimizer_steps"]) for a in record["attempts"]] == [
+        ("interrupted", "SIGTERM", 12), ("finished", None, STEPS)]
     # Resumed in its own directory, the run appends to the metrics of its first attempt: one curve, every step once.
     stitched, full = step_losses(run_dir), step_losses(uninterrupted)
     assert [step for step, _ in stitched] == [step for step, _ in full] == list(range(STEPS))

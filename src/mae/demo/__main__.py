@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from hydra.errors import HydraException
 from omegaconf import DictConfig
@@ -73,9 +74,10 @@ def prepare(cfg: DictConfig, ckpt_path: str) -> DemoSession:
     check_trainable_mask_ratio(float(cfg.mask_ratio), primary.model.num_patches)
     limits = DemoLimits(display_size=int(cfg.display_size), max_bytes=int(cfg.max_upload_mb) * 2**20,
                         max_pixels=int(cfg.max_megapixels) * 10**6)
-    session = DemoSession(primary, examples_of(datamodule, int(cfg.num_examples)), limits, fallback)
+    session = DemoSession(primary, examples_of(datamodule, int(cfg.num_examples)), limits, fallback,
+                          Path(str(cfg.compare_root)))
     if cfg.compare_ckpt_path:
-        session.compared_model(str(cfg.compare_ckpt_path))
+        session.compared_model(str(cfg.compare_ckpt_path), checked=True)
     return session
 
 

@@ -3,6 +3,7 @@ them. Pure functions of PIL images and tensors: nothing here knows about Gradio.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,15 +36,46 @@ def read_image(path: str | Path, max_bytes: int, max_pixels: int) -> Image.Image
         with Image.open(path) as image:
             pixels = image.width * image.height
             if pixels > max_pixels:
-                raise ImageInputError(f"{path.name} is {image.width}x{image.height} pixels; images up to "
-                                      f"{max_pixels / 1e6:.0f} megapixels are accepted")
+                raise too_many_pixels(path, f"{image.width}x{image.height}", max_pixels)
             image.load()
             return ImageOps.exif_transpose(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Pillow's own pixel limit fires in Image.open, before the check above: the same message, not "unreadable".
+        size = header_size(path)
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        shown = (f"{size[0]}x{size[1]}" if size is not None else
+                 f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "larger than Pillow opens")
+        raise too_many_pixels(path, shown, max_pixels) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         if isinstance(error, ImageInputError):
             raise
         raise ImageInputError(f"{path.name} is not an image this demo can read (PNG, JPEG, WebP, BMP, GIF, TIFF, "
                               "...)") from None
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the header of an image that ``Image.open`` refuses as a decompression bomb: the
+    format plugins read only the header, and it is ``Image.open`` that checks the size (None when no plugin
+    reads it)."""
+    Image.init()
+    with open(path, "rb") as f:
+        prefix = f.read(16)
+        for format_id in Image.ID:
+            factory, accept = Image.OPEN[format_id]
+            if accept is not None and not accept(prefix):
+                continue
+            f.seek(0)
+            try:
+                return factory(f, path.name).size
+            except Exception:  # noqa: BLE001 - not this format, as Image.open itself treats every plugin's failure
+                continue
+    return None
+
+
+def too_many_pixels(path: Path, size: str, max_pixels: int) -> ImageInputError:
+    """The one message for an image over the pixel limit, whether the demo's check or Pillow's found it."""
+    pixels = f"{size} pixels" if size[:1].isdigit() else size
+    return ImageInputError(f"{path.name} is {pixels}; images up to {max_pixels / 1e6:.0f} megapixels are accepted")
 
 
 def fit_image(image: Image.Image, img_size: int, in_chans: int) -> tuple[Image.Image, list[str]]:

@@ -59,6 +59,12 @@ class DemoSession:
     limits: DemoLimits
     fallback: object = None
     """The model node for second checkpoints that state no architecture (the demo's model group)."""
+    compare_root: Path | None = None
+    """The folder whose files and directories the page's path box may name (``compare_root`` in
+    ``conf/demo.yaml``, by default the run directories); None (library use only): any path."""
+    trusted: set[str] = field(default_factory=set)
+    """Paths the operator named on the command line (``compare_ckpt_path``): the page may use them wherever they
+    are."""
     _compared: OrderedDict[str, DemoModel] = field(default_factory=OrderedDict)
 
     def image(self, source: Source) -> tuple[torch.Tensor, str]:
@@ -77,8 +83,31 @@ class DemoSession:
         done = "; ".join(notes) if notes else "used as it is"
         return to_model_input(fitted, self.primary.mean, self.primary.std), f"uploaded {path.name}: {done}"
 
-    def compared_model(self, path: str) -> DemoModel:
-        """The second checkpoint at ``path`` (loaded once), if it has a decoder and the first one's geometry."""
+    def servable_path(self, text: str) -> str:
+        """``text`` from the page's path box as a path under :attr:`compare_root` (a relative one is taken from
+        there) that exists; anything else is one :class:`PageError` whose words do not depend on the path, so the
+        page says nothing about what exists elsewhere on the server."""
+        if self.compare_root is None:
+            return text
+        try:
+            root = self.compare_root.resolve()
+            candidate = Path(text)
+            resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()  # symlinks followed
+            if resolved.is_relative_to(root) and resolved.exists():
+                return str(resolved)
+        except (OSError, ValueError):  # an unreadable folder on the way, a NUL byte: the same answer
+            pass
+        raise PageError(f"the second checkpoint must be a file or model directory under {self.compare_root} "
+                        "(the demo's compare_root)")
+
+    def compared_model(self, path: str, checked: bool = False) -> DemoModel:
+        """The second checkpoint at ``path`` (loaded once), if it has a decoder and the first one's geometry; unless
+        ``checked`` (the command's own ``compare_ckpt_path``, trusted from then on), only under
+        :attr:`compare_root`."""
+        if checked:
+            self.trusted.add(path)
+        elif path not in self.trusted:
+            path = self.servable_path(path)
         if path in self._compared:
             self._compared.move_to_end(path)
             return self._compared[path]

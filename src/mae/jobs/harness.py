@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -23,6 +24,7 @@ from mae.callbacks.tracking import LogResolvedConfig
 from mae.callbacks.wandb_run import finish_wandb_run
 from mae.model_files.checkpoint import check_resume_checkpoint
 from mae.runs.config import instantiate_node, process_batch_size, validate_schedule
+from mae.runs.optional import MissingExtraError
 from mae.data.errors import CorruptDataError
 from mae.data.transforms import AUTO
 from mae.runs.run_directory import (
@@ -50,6 +52,23 @@ class SetupError(Exception):
     """Bad input found while building or running a job; ``str()`` is a one-line message for the user."""
 
 
+FLOAT32_MATMUL_PRECISIONS = ("highest", "high", "medium")
+"""The values of ``float32_matmul_precision`` (runtime group), as ``torch.set_float32_matmul_precision`` takes them."""
+
+
+def set_float32_matmul_precision(cfg: DictConfig) -> None:
+    """``torch.set_float32_matmul_precision(cfg.float32_matmul_precision)``, before a job builds anything; another
+    value is a :class:`SetupError`. A config without the key (a run config written before it existed) leaves
+    torch's setting as it is."""
+    value = cfg.get("float32_matmul_precision")
+    if value is None:
+        return
+    if value not in FLOAT32_MATMUL_PRECISIONS:
+        raise SetupError(f"float32_matmul_precision={value} must be one of {', '.join(FLOAT32_MATMUL_PRECISIONS)} "
+                         "(highest: full float32 matmuls, the reference's numbers)")
+    torch.set_float32_matmul_precision(value)
+
+
 def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """The entry points' wrapper: bad input ends the program with ``error: <one line>`` and exit code 2, a job
     stopped by SIGTERM or SIGUSR1 with ``interrupted: <one line>`` and ``128 + signal`` (see
@@ -58,10 +77,13 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     Optuna reads its objective from it)."""
     exit_code = 1
     try:
-        result = job(cfg)
+        from mae.runs.run_lock import owned_run_directory  # one run per directory; a full disk is one line
+
+        with owned_run_directory(cfg):
+            result = job(cfg)
         exit_code = 0
         return result
-    except SetupError as error:
+    except (SetupError, MissingExtraError) as error:  # a missing extra found after the setup checks too
         exit_code = 2
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -113,7 +135,9 @@ def build_training_run(cfg: DictConfig, model: Callable[[], Any],
                        extra_callbacks: Sequence[L.Callback] = ()) -> TrainingRun:
     """The data module, the task's ``module`` node around ``model()`` (with ``module_arguments(datamodule)``, e.g.
     the number of classes), and the trainer; every constructor's bad-input error becomes one :class:`SetupError`
-    before anything is trained or written, as does a resume checkpoint that does not fit the module."""
+    before anything is trained or written, as does a resume checkpoint that does not fit the module. Sets the
+    run's float32 matmul precision first (:func:`set_float32_matmul_precision`)."""
+    set_float32_matmul_precision(cfg)
     try:
         check_writable(output_dir(cfg))
         validate_schedule(cfg.schedule)

@@ -10,7 +10,6 @@ which adds their model group as the architecture of files that state none, and c
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from mae.model_files.checkpoint import (
     load_encoder_weights,
     model_state_dict,
 )
-from mae.model_files.stored_config import MODEL_TARGETS, RUN_CONFIG_KEY, trusted_node
+from mae.model_files.stored_config import MODEL_TARGETS, RUN_CONFIG_KEY, read_config_file, trusted_node
 from mae.models import MaskedAutoencoderViT
 from mae.models.pos_embed import sincos_2d
 from mae.runs.config import instantiate_node
@@ -124,7 +123,8 @@ def stored_architecture(path: Path, checkpoint: Mapping[str, Any]) -> tuple[Dict
         return trusted_node(stored["model"], MODEL_TARGETS, f"checkpoint {path}"), f"the run config stored in {path}"
     run_config = config_file(run_dir_of_checkpoint(path))
     if "state_dict" in checkpoint and run_config.is_file():
-        node = OmegaConf.load(run_config).get("model")
+        content = read_config_file(run_config)
+        node = content.get("model") if isinstance(content, DictConfig) else None
         if isinstance(node, DictConfig) and "_target_" in node:
             return trusted_node(node, MODEL_TARGETS, str(run_config)), str(run_config)
     args = checkpoint.get("args")
@@ -169,7 +169,8 @@ def read_source(path: str | Path) -> Source:
         from safetensors.torch import load_file
 
         sidecar = path.with_suffix(CONFIG_SUFFIX)
-        config = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        config = read_config_file(sidecar) if sidecar.is_file() else {}
+        config = config if isinstance(config, Mapping) else {}
         # A classifier's config describes timm's ViT, not the MAE: its weights say what the encoder is.
         architecture = config.get("architecture") if config.get("kind") in MAE_KINDS else None
         return Source(encoder_and_decoder(load_file(path)), architecture, str(sidecar) if architecture else "")

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from mae.model_files.checkpoint import UnsafeCheckpointError, load_checkpoint_file
+from mae.data.errors import one_line
+from mae.model_files.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint_file
 from mae.runs.run_directory import config_file, run_dir_of_checkpoint
 
 RUN_CONFIG_KEY = "mae_run_config"
@@ -36,6 +39,19 @@ MODULE_TARGETS = frozenset({
     "mae.training.LinearProbeModule",
 })
 """What a stored ``module`` node may build: the three task modules."""
+
+
+def read_config_file(path: Path) -> Any:
+    """A config that comes with a model file (``config_resolved.yaml``, an export's ``.json``, a ``transformers``
+    directory's ``preprocessor_config.json``), read as data: JSON, or YAML's safe subset (OmegaConf's loader
+    refuses ``!!python/...`` tags, which name objects to build). A damaged or hostile file is one
+    :class:`CheckpointError` line naming it, not a parser's traceback."""
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        return OmegaConf.load(path)
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
+        raise CheckpointError(f"cannot read {path}: {one_line(error)}") from error
 
 
 def trusted_node(node: Any, allowed: frozenset[str], source: str) -> DictConfig:
@@ -104,12 +120,12 @@ def stored_normalization(path: str | Path) -> StoredNormalization | None:
         preprocessor = path / PREPROCESSOR_CONFIG
         if not preprocessor.is_file():
             return None
-        return _from_mapping(json.loads(preprocessor.read_text()), "image_mean", "image_std", str(preprocessor))
+        return _from_mapping(read_config_file(preprocessor), "image_mean", "image_std", str(preprocessor))
     if path.suffix == ".safetensors":
         sidecar = path.with_suffix(".json")
         if not sidecar.is_file():
             return None
-        return _from_mapping(json.loads(sidecar.read_text()).get("normalization"), "mean", "std", str(sidecar))
+        return _from_mapping(_get(read_config_file(sidecar), "normalization"), "mean", "std", str(sidecar))
     if not path.is_file():
         return None
     checkpoint = load_checkpoint_file(path)
@@ -118,5 +134,10 @@ def stored_normalization(path: str | Path) -> StoredNormalization | None:
         return found
     run_config = config_file(run_dir_of_checkpoint(path))
     if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint and run_config.is_file():
-        return _from_mapping(OmegaConf.load(run_config).get("data"), "mean", "std", str(run_config))
+        return _from_mapping(_get(read_config_file(run_config), "data"), "mean", "std", str(run_config))
     return None
+
+
+def _get(content: Any, key: str) -> Any:
+    """``content[key]`` of a config file's top level, None when the file holds no mapping (a list, a number)."""
+    return content.get(key) if isinstance(content, (Mapping, DictConfig)) else None

@@ -63,8 +63,19 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return content
 
 
+ATTEMPT_KEYS = ("status", "signal", "epoch", "checkpoint", "reason")
+"""What one attempt of a run records about how it ended (finished, interrupted by a signal at an epoch with its
+checkpoint, failed for a reason): replaced as a whole when a later attempt (a resume) ends."""
+ATTEMPTS_KEY = "attempts"
+"""Every attempt's end in order, the last being the current one: the history the top-level keys do not keep."""
+
+
 def merge_json(path: Path, values: dict[str, Any]) -> dict[str, Any]:
     """Update the JSON object in ``path`` with ``values`` (other keys kept) and return the merged object.
+
+    ``values`` with a ``status`` end an attempt: the keys an earlier attempt left (:data:`ATTEMPT_KEYS`, e.g. the
+    ``signal`` of an interrupted attempt a resume finished) are removed rather than kept beside the new status,
+    and the attempt is appended to ``attempts`` (its :data:`ATTEMPT_KEYS` and ``optimizer_steps``).
 
     Written to a temporary file and renamed, so an interrupted write never leaves a truncated results file.
     """
@@ -73,6 +84,12 @@ def merge_json(path: Path, values: dict[str, Any]) -> dict[str, Any]:
     except ValueError as error:
         warnings.warn(f"{error}; writing a new one")
         merged = {}
+    if "status" in values:
+        for key in ATTEMPT_KEYS:
+            merged.pop(key, None)
+        previous = merged.pop(ATTEMPTS_KEY, None)
+        attempt = {key: values[key] for key in (*ATTEMPT_KEYS, "optimizer_steps") if key in values}
+        values = {**values, ATTEMPTS_KEY: [*(previous if isinstance(previous, list) else []), attempt]}
     merged.update(values)
     write_text_atomically(path, json.dumps(merged, indent=2) + "\n")
     return merged

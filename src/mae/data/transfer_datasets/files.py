@@ -6,6 +6,8 @@ names the file, so a damaged download is reported as such rather than as a stack
 
 from __future__ import annotations
 
+import codecs
+import importlib
 import json
 import pickle
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mae.data.errors import CorruptDataError, one_line
+from mae.runs.optional import require
 
 
 def corrupt(path: Path, problem: str) -> CorruptDataError:
@@ -22,18 +25,59 @@ def corrupt(path: Path, problem: str) -> CorruptDataError:
     return CorruptDataError(f"corrupt {path}: {one_line(problem)}")
 
 
-def read_pickle(path: Path) -> Any:
-    """A Python pickle, decoded as torchvision does (``latin1``: the CIFAR batches are Python 2 pickles).
+def _numpy_global(module: str, name: str) -> Any:
+    """``module.name`` of numpy, wherever this numpy version keeps it (``numpy.core``, which the release's pickles
+    name, became ``numpy._core`` in numpy 2 and warns when imported)."""
+    for candidate in (module.replace("numpy.core", "numpy._core"), module.replace("numpy._core", "numpy.core")):
+        try:
+            return getattr(importlib.import_module(candidate), name)
+        except (ImportError, AttributeError):
+            continue
+    raise pickle.UnpicklingError(f"numpy has no {module}.{name}")
 
-    Only for the dataset files one chose to download: unpickling runs code named in the file.
-    """
+
+ARRAY_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),
+})
+"""The only globals a dataset pickle may name: what numpy arrays, numpy scalars and (protocol 2, written by Python
+3) bytes are rebuilt from. None of them runs code named in the file; everything else a pickle can hold (dicts,
+lists, strings, bytes, numbers) needs no global at all."""
+
+
+class DataUnpickler(pickle.Unpickler):
+    """An unpickler for files that are data: a global outside :data:`ARRAY_GLOBALS` (a function to call, a class to
+    build) is refused before it is imported, so a dataset file one was handed cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks for the global {module}.{name}; dataset pickles may hold only "
+                                         "arrays, lists, strings, bytes and numbers")
+        if module == "_codecs":
+            return codecs.encode
+        return _numpy_global(module, name)
+
+
+def read_pickle(path: Path) -> Any:
+    """A Python pickle of plain data, decoded as torchvision does (``latin1``: the CIFAR batches are Python 2
+    pickles), through :class:`DataUnpickler`: anything but arrays, lists, dicts, strings, bytes and numbers is
+    refused with one line naming the file, never run. A dict's ``bytes`` keys (a Python 3 re-pickle of a batch
+    read with ``encoding="bytes"``) become ``str`` as the release's keys do."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            content = DataUnpickler(f, encoding="latin1").load()
     except OSError as error:
         raise corrupt(path, f"cannot read it: {error}") from error
+    except pickle.UnpicklingError as error:
+        raise corrupt(path, f"not a plain-data pickle: {error}") from error
     except Exception as error:  # unpickling damaged bytes can raise nearly any exception type
         raise corrupt(path, f"not a readable pickle ({type(error).__name__}: {error})") from error
+    if isinstance(content, dict):
+        return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in content.items()}
+    return content
 
 
 def read_json(path: Path) -> Any:
@@ -49,7 +93,7 @@ def read_json(path: Path) -> Any:
 
 def read_mat(path: Path, *keys: str) -> dict[str, np.ndarray]:
     """The named variables of a MATLAB ``.mat`` file, each flattened to one dimension."""
-    from scipy.io import loadmat
+    loadmat = require("scipy.io", "transfer", f"reading {path.name} (a MATLAB file)").loadmat
 
     try:
         content = loadmat(path)
