@@ -9,6 +9,11 @@ class CorruptDataError(ValueError):
     """A data file exists but cannot be read; ``str()`` is one line that names the file."""
 
 
+class TooFewImagesError(ValueError):
+    """The training set cannot fill one global batch, so an epoch would train on nothing; raised when the training
+    loader is built (the start of ``fit``), before any step."""
+
+
 def one_line(text: object) -> str:
     """Collapse whitespace (newlines included) so a third-party reason fits in a one-line message."""
     return " ".join(str(text).split())

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from mae.data.errors import check_int, check_optional_limit
+from mae.data.errors import TooFewImagesError, check_int, check_optional_limit
 
 
 def mixed_seed(*values: int) -> int:
@@ -171,8 +171,9 @@ class LoaderSettings:
         global_batch = self.batch_size * world_size
         if size < global_batch:
             # With drop_last an epoch would be empty and training would silently do nothing.
-            raise ValueError(f"the training set has {size} images, fewer than batch_size={self.batch_size} x "
-                             f"{world_size} process(es)")
+            raise TooFewImagesError(f"the training set has {size} images, fewer than batch_size={self.batch_size} x "
+                                    f"{world_size} process(es); lower schedule.batch_size to at most "
+                                    f"{max(size // world_size, 1)} or train on more images")
         sampler = EpochSeededSampler(size, self.seed, epoch, skip=batches_done * global_batch, rank=rank,
                                      num_replicas=world_size)
         return self._loader(splits.train, TrainLoader, sampler=sampler, drop_last=True, order_seed=self.seed,

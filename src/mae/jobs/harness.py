@@ -25,7 +25,7 @@ from mae.callbacks.wandb_run import finish_wandb_run
 from mae.model_files.checkpoint import check_resume_checkpoint
 from mae.runs.config import instantiate_node, process_batch_size, validate_schedule
 from mae.runs.optional import MissingExtraError
-from mae.data.errors import CorruptDataError
+from mae.data.errors import CorruptDataError, TooFewImagesError
 from mae.data.transforms import AUTO
 from mae.runs.run_directory import (
     BAD_IMAGES_FILE,
@@ -69,6 +69,19 @@ def set_float32_matmul_precision(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision(value)
 
 
+SEED_RANGE = (0, 2**32 - 1)
+"""The seeds every generator the runs use accepts (numpy's range; Lightning's ``seed_everything``)."""
+
+
+def check_seed(cfg: DictConfig) -> None:
+    """``cfg.seed``, where the config has one, is an integer in :data:`SEED_RANGE`; else a :class:`SetupError`."""
+    if "seed" not in cfg:
+        return
+    seed, (low, high) = cfg.seed, SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+        raise SetupError(f"seed={seed!r} must be an integer from {low} to {high}")
+
+
 def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """The entry points' wrapper: bad input ends the program with ``error: <one line>`` and exit code 2, a job
     stopped by SIGTERM or SIGUSR1 with ``interrupted: <one line>`` and ``128 + signal`` (see
@@ -79,6 +92,7 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         from mae.runs.run_lock import owned_run_directory  # one run per directory; a full disk is one line
 
+        check_seed(cfg)
         with owned_run_directory(cfg):
             result = job(cfg)
         exit_code = 0
@@ -253,6 +267,8 @@ def fit(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodu
                  if isinstance(callback, PreemptionCheckpoint) and callback.preempted is not None]
         raise (saved[0] if saved else Preempted(signal.SIGTERM, trainer.current_epoch, trainer.global_step,
                                                 None)) from stop
+    except TooFewImagesError as error:  # raised when the training loader is built, before the first step
+        raise SetupError(str(error)) from error
     except CorruptDataError as error:
         # Checkpoints written so far stay; fix or remove the file and resume from last.ckpt.
         raise SetupError(f"{data_error_message(error)} (checkpoints so far are in "
