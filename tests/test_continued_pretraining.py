@@ -24,6 +24,8 @@ from mae.model_files.loading import load_mae_weights
 from mae.models.classifier import vit_classifier_from_mae
 from mae.models.pos_embed import sincos_2d
 
+from extras import needs_extra
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "official_mae_tiny.pt"
 
@@ -87,7 +89,7 @@ class FirstStep(L.Callback):
 def export(model: torch.nn.Module, fmt: str, tmp_path: Path) -> Path:
     if fmt == "mae":
         return save_mae(model, tmp_path / "source.safetensors")
-    pytest.importorskip("transformers")
+    needs_extra("transformers", "hf")
     from mae.model_files.transformers_format import save_transformers
 
     return save_transformers(model, tmp_path / "source_hf")

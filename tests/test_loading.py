@@ -17,6 +17,8 @@ from mae.model_files.loading import architecture_from_weights, load_model, model
 from mae.models import MaskedAutoencoderViT, mae_vit_tiny_patch7
 from mae.models.classifier import vit_classifier_from_mae
 
+from extras import needs_extra
+
 IMAGES = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 NOISE = torch.rand(3, 16, generator=torch.Generator().manual_seed(1))
 
@@ -132,7 +134,7 @@ def test_export_command(tmp_path, capsys):
 
 
 def test_a_transformers_directory_and_the_export_command_to_it(tmp_path):
-    pytest.importorskip("transformers")
+    needs_extra("transformers", "hf")
     source = trained_like(norm_pix_loss=True)
     torch.save({"model": source.state_dict()}, tmp_path / "full.pth")
     assert export_main(["transformers", str(tmp_path / "full.pth"), str(tmp_path / "hf"), "norm_pix_loss=true"]) == 0

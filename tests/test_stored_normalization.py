@@ -17,6 +17,7 @@ from mae.models import MaskedAutoencoderViT
 from mae.model_files.stored_config import PREPROCESSOR_CONFIG, stored_normalization
 
 from conftest import compose_config, data_module
+from extras import needs_extra
 
 ARCHITECTURE = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
                     decoder_depth=1, decoder_num_heads=2)
@@ -61,7 +62,7 @@ def test_every_export_carries_the_numbers(tmp_path, checkpoint, kind, out):
     if kind == "transformers":
         processor = json.loads((tmp_path / out / PREPROCESSOR_CONFIG).read_text())
         assert processor["image_mean"] == MEAN and processor["size"] == {"height": 28, "width": 28}
-        transformers = pytest.importorskip("transformers")
+        transformers = needs_extra("transformers", "hf")
         image_processor = transformers.ViTImageProcessor.from_pretrained(tmp_path / out)
         assert list(image_processor.image_std) == STD
 

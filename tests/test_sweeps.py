@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import mae.jobs.ablation as ablation
+import mae.sweeps.optuna_search as optuna_search
 from mae.jobs.ablation_stages import compose_stage
 from mae.jobs.harness import SetupError
 from mae.jobs.pretrain import pretrain
@@ -129,22 +130,133 @@ def test_slurm_launcher_config_extends_the_submitit_plugin():
     assert plain._target_ == launcher._target_
 
 
-def test_optuna_sweep_maximises_the_probe_over_mask_ratio_and_decoder_depth():
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
-    from optuna.distributions import CategoricalDistribution, UniformDistribution
+# The Optuna search (python -m mae.sweeps.optuna_search) ---------------------------------------------------------------
 
-    cfg = compose_with_hydra(["experiment=sweep_optuna"])
-    sweeper = cfg.hydra.sweeper
-    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    assert sweeper.direction == "maximize" and sweeper.sampler._target_ == "optuna.samplers.TPESampler"
-    assert cfg.job._target_ == "mae.jobs.ablation.objective" and cfg.ablation.objective == "linprobe_top1"
-    parser = OverridesParser.create()
-    distributions = {key: create_optuna_distribution_from_override(parser.parse_override(f"{key}={value}"))
-                     for key, value in sweeper.params.items()}
-    assert distributions["model.mask_ratio"] == UniformDistribution(0.1, 0.9)
-    assert distributions["model.decoder_depth"] == CategoricalDistribution([1, 2, 4, 8])
-    instance = instantiate(sweeper, sampler={"seed": 0})
-    assert type(instance).__name__ == "OptunaSweeper"
+def test_optuna_search_config_searches_mask_ratio_and_decoder_depth_on_sweep_cpu_points(tmp_path, monkeypatch):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    monkeypatch.chdir(tmp_path)
+    search = optuna_search.prepare([])
+    settings = search.settings
+    assert (settings.experiment, settings.sweep_name, settings.n_trials, settings.direction) == (
+        "sweep_cpu", "optuna", 12, "maximize")
+    assert (settings.sampler.seed, settings.sampler.n_startup_trials) == (0, 4)
+    assert {p.key: p.distribution() for p in search.parameters} == {
+        "model.mask_ratio": FloatDistribution(0.1, 0.9), "model.decoder_depth": CategoricalDistribution([1, 2, 4, 8])}
+    assert search.objective == "linprobe_top1" and search.sweep_dir == tmp_path / "outputs" / "sweeps" / "optuna"
+    # A trial is the sweep_cpu point train.py runs, in the directory a multirun would give its overrides.
+    values = {"mask_ratio": 0.5, "decoder_depth": 2}
+    command = search.trial_command(values)
+    assert command[1] == str(ROOT / "train.py")
+    assert command[2:7] == ["experiment=sweep_cpu", "sweep_name=optuna", f"paths.log_dir='{tmp_path / 'outputs'}'",
+                            "model.mask_ratio=0.5", "model.decoder_depth=2"]
+    assert search.trial_dir(values) == search.sweep_dir / "model.decoder_depth_2+model.mask_ratio_0.5"
+    assert command[-1] == f"hydra.run.dir='{search.trial_dir(values)}'"
+
+
+def test_optuna_search_arguments_split_into_settings_and_trial_overrides():
+    search, trial = optuna_search.split_arguments(
+        ["n_trials=3", "sampler.seed=1", "~params.decoder_depth", "+params.width.key=model.decoder_embed_dim",
+         "data.train_samples=256", "seed=1", "+trainer.max_steps=2"])
+    assert search == ["n_trials=3", "sampler.seed=1", "~params.decoder_depth", "+params.width.key=model.decoder_embed_dim"]
+    assert trial == ["data.train_samples=256", "seed=1", "+trainer.max_steps=2"]
+    chosen = optuna_search.prepare(["~params.mask_ratio", "params.decoder_depth.choices=[1,2]", "seed=3"])
+    assert [(p.key, p.choices) for p in chosen.parameters] == [("model.decoder_depth", (1, 2))]
+    assert chosen.trial_overrides == ["seed=3"]
+
+
+def test_optuna_search_sampler_is_seeded_tpe():
+    import optuna
+
+    search = optuna_search.prepare(["n_trials=3"])
+    none = optuna_search.EarlierTrials([], [])
+    distributions = {p.name: p.distribution() for p in search.parameters}
+    studies = [optuna_search.create_study(search, none) for _ in range(2)]
+    assert all(isinstance(study.sampler, optuna.samplers.TPESampler) for study in studies)
+    proposals = [[study.ask(distributions).params for _ in range(3)] for study in studies]
+    assert proposals[0] == proposals[1] and len({str(p) for p in proposals[0]}) == 3
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["n_trials=0"], "n_trials=0 must be an integer of at least 1"),
+    (["params.mask_ratio.key=model.nonexistent"], "params.mask_ratio.key=model.nonexistent is not a key of the trial"),
+    (["+params.width.key=model.no_such_knob", "+params.width.choices=[1]"], "model.no_such_knob is not a key"),
+    (["params.mask_ratio.high=1.5"], "model.mask_ratio=1.5 is refused (mask_ratio=1.5 is outside [0, 1))"),
+    (["params.mask_ratio.low=0.9"], "params.mask_ratio: low=0.9 must be below high=0.9"),
+    (["params.decoder_depth.choices=[]"], "params.decoder_depth.choices=[] must be a non-empty list"),
+    (["params.decoder_depth.choices=[0,1]"], "model.decoder_depth=0 is refused"),
+    (["+params.mask_ratio.bogus=1"], "params.mask_ratio has unknown field(s) bogus"),
+    (["~params"], "params is empty"),
+    (["direction=up"], "direction=up must be one of maximize, minimize"),
+    (["sampler.n_startup_trials=-1"], "sampler.n_startup_trials=-1 must be an integer of at least 0"),
+    (["data.bogus=1"], "Could not override 'data.bogus'"),
+    (["model.mask_ratio=0.5"], "model.mask_ratio is searched (params.mask_ratio) and also given as an override"),
+])
+def test_optuna_search_bad_settings_stop_with_one_line_before_any_trial(monkeypatch, capsys, arguments, message):
+    monkeypatch.setattr(optuna_search, "run_trial", lambda *args: pytest.fail("a trial ran"))
+    assert optuna_search.main(arguments) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+def write_trial_job(sweep: Path, name: str, overrides: list[str], results: dict | None) -> None:
+    (sweep / name / ".hydra").mkdir(parents=True, exist_ok=True)
+    (sweep / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if results is not None:
+        (sweep / name / "results.json").write_text(json.dumps(results))
+
+
+def test_optuna_search_reads_finished_trials_back_and_continues_the_unfinished_one_first(tmp_path, monkeypatch):
+    """Resuming: the finished trial is not run again, the interrupted one runs first, then new ones up to n_trials."""
+    sweep = tmp_path / "sweeps" / "optuna"
+    done = {"stages_done": ["pretrain", "linprobe"], "linprobe_top1": 61.5, "knn_top1": 50.0}
+    write_trial_job(sweep, "model.decoder_depth_2+model.mask_ratio_0.5", ["model.mask_ratio=0.5", "model.decoder_depth=2"],
+              done)
+    write_trial_job(sweep, "model.decoder_depth_4+model.mask_ratio_0.3", ["model.mask_ratio=0.3", "model.decoder_depth=4"],
+              {"stages_done": []})
+    write_trial_job(sweep, "model.decoder_depth_3+model.mask_ratio_0.3", ["model.mask_ratio=0.3", "model.decoder_depth=3"],
+              done)  # not a point of the search space
+    ran = []
+
+    def fake_trial(search, values):
+        ran.append(values)
+        write_trial_job(search.sweep_dir, search.trial_dir(values).name,
+                  [f"model.mask_ratio={values['mask_ratio']}", f"model.decoder_depth={values['decoder_depth']}"],
+                  {**done, "linprobe_top1": 100 * values["mask_ratio"]})
+        return 0, 100 * values["mask_ratio"]
+
+    monkeypatch.setattr(optuna_search, "run_trial", fake_trial)
+    assert optuna_search.main([f"log_dir={tmp_path}", "n_trials=3"]) == 0
+    assert ran[0] == {"mask_ratio": 0.3, "decoder_depth": 4} and len(ran) == 2
+    assert {"mask_ratio": 0.5, "decoder_depth": 2} not in ran
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    expected = max([61.5, *(100 * values["mask_ratio"] for values in ran)])
+    assert best["best_value"] == pytest.approx(expected) and best["finished_trials"] == 3
+    trials = (sweep / "trials.csv").read_text().splitlines()
+    assert trials[0] == "number,model.mask_ratio,model.decoder_depth,linprobe_top1,state,dir" and len(trials) == 4
+    assert trials[1].endswith(",61.5,complete,model.decoder_depth_2+model.mask_ratio_0.5")
+    assert (sweep / "summary.csv").is_file() and (sweep / "summary.md").is_file()
+    # Everything finished: running it again runs nothing.
+    ran.clear()
+    assert optuna_search.main([f"log_dir={tmp_path}", "n_trials=3"]) == 0 and ran == []
+
+
+def test_optuna_search_stops_when_a_trial_stops_on_bad_input(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(optuna_search, "run_trial", lambda search, values: (2, None))
+    assert optuna_search.main([f"log_dir={tmp_path}", "n_trials=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: trial 0 (model.decoder_depth_") and "stopped on bad input" in err
+    monkeypatch.setattr(optuna_search, "run_trial", lambda search, values: (143, None))
+    assert optuna_search.main([f"log_dir={tmp_path}", "n_trials=3"]) == 143
+    assert capsys.readouterr().err.startswith("interrupted: trial 0 was stopped (exit code 143)")
+
+
+def test_optuna_search_without_optuna_names_the_sweeps_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    assert optuna_search.main(["n_trials=2"]) == 2
+    assert capsys.readouterr().err == ("error: the Optuna search (python -m mae.sweeps.optuna_search) needs optuna: "
+                                       "pip install 'mae-lightning[sweeps]' "
+                                       "(from a checkout: pip install -e '.[sweeps]')\n")
 
 
 def test_objective_returns_the_configured_result(config_factory, monkeypatch):
@@ -546,17 +658,41 @@ def test_multirun_sweep_aggregates_seeds_and_skips_finished_jobs_when_run_again(
     assert [json.loads((job / "results.json").read_text()) for job in jobs] == records
 
 
-def test_optuna_sweep_through_train_py_maximises_the_recorded_probe(tmp_path):
-    """train.py hands the job's objective back to the sweeper: Optuna's best value is the best trial's probe top-1."""
-    excluded = ["experiment", "paths.log_dir"] + [override.split("=")[0] for override in SMALL]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", "experiment=sweep_optuna", f"paths.log_dir={tmp_path / 'out'}",
-         *SMALL, "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
-         f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    sweep = tmp_path / "out" / "sweeps" / "optuna"
-    probes = [json.loads(path.read_text())["linprobe_top1"] for path in sorted(sweep.glob("*/results.json"))]
-    assert len(probes) == 2
+@pytest.mark.slow
+def test_optuna_search_runs_sweep_points_through_train_py_and_resumes(tmp_path, monkeypatch):
+    """Two real tiny trials: each a train.py sweep point in the sweep directory; the best value is the best trial's
+    probe top-1; running the search again runs nothing."""
+    monkeypatch.chdir(tmp_path)
+    small = [override for override in SMALL if not override.startswith("model.decoder_depth=")]
+    arguments = ["n_trials=2", "sampler.n_startup_trials=2", "params.decoder_depth.choices=[1,2]", *small]
+    assert optuna_search.main(arguments) == 0
+    sweep = tmp_path / "outputs" / "sweeps" / "optuna"
+    jobs = sorted(path.parent for path in sweep.glob("*/results.json"))
+    assert len(jobs) == 2 and all(job.name.startswith("model.decoder_depth_") for job in jobs)
+    probes = [json.loads((job / "results.json").read_text())["linprobe_top1"] for job in jobs]
+    configs = [yaml.safe_load((job / "config_resolved.yaml").read_text()) for job in jobs]
+    assert all(config["sweep_name"] == "optuna" and config["task_name"] == "ablation" for config in configs)
+    assert [f"model.decoder_depth_{c['model']['decoder_depth']}+model.mask_ratio_{c['model']['mask_ratio']!r}"
+            for c in configs] == [job.name for job in jobs]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(max(probes))
+    assert best["best_value"] == pytest.approx(max(probes)) and best["objective"] == "linprobe_top1"
+    assert best["best_dir"] == jobs[probes.index(max(probes))].name
+    runs = (sweep / "runs.csv").read_text().splitlines()
+    assert len(runs) == 1 + 2 and runs[0].startswith("model.decoder_depth,model.mask_ratio,")
+    assert (sweep / "summary.md").is_file() and (sweep / "model.mask_ratio.png").stat().st_size > 0
+    before = [(job / "results.json").read_text() for job in jobs]
+    monkeypatch.setattr(optuna_search, "run_trial", lambda *args: pytest.fail("a finished trial ran again"))
+    assert optuna_search.main(arguments) == 0
+    assert [(job / "results.json").read_text() for job in jobs] == before
+
+
+def test_summary_without_matplotlib_writes_the_tables_and_says_why_there_are_no_plots(seeded_sweep, monkeypatch,
+                                                                                      caplog):
+    for name in [key for key in sys.modules if key == "matplotlib" or key.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with caplog.at_level("WARNING", logger="mae.sweeps.summary"):
+        written = write_summary(seeded_sweep)
+    assert [path.name for path in written] == ["summary.csv", "summary.md", "runs.csv"]
+    assert not list(seeded_sweep.glob("*.png"))
+    assert "needs matplotlib" in caplog.text and "mae-lightning[sweeps]" in caplog.text

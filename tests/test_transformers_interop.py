@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from extras import needs_extra
+
+transformers = needs_extra("transformers", "hf")
 from safetensors.torch import load_file, save_file  # noqa: E402  (transformers brings safetensors)
 
 from mae.model_files.checkpoint import CheckpointError  # noqa: E402

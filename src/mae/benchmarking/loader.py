@@ -31,6 +31,7 @@ from PIL import Image
 from mae.data.decoding import ImageLoader
 from mae.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
 from mae.data.transforms import pretrain_transform
+from mae.runs.optional import require
 
 IMG_SIZE = 224
 CROP_SCALE = (0.2, 1.0)
@@ -110,7 +111,7 @@ STREAM = "project_stream"
 def write_stream(paths: Sequence[Path], out_dir: Path):
     """``paths`` as litdata shards (the converter's item function, one chunk) and the training stream reading
     them: a callable that serves every image once, decoded and augmented, and returns how many it served."""
-    from litdata import optimize
+    optimize = require("litdata", "streaming", "the streaming loader benchmark").optimize
 
     from mae.data.shards.writer import encode_item
     from mae.data.streaming import AugmentedShards

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from litdata import StreamingDataLoader, StreamingDataset
 from torch.utils.data import DataLoader, Dataset
 
 from mae.data.base import ImageDataModule
@@ -32,6 +31,11 @@ from mae.data.shards.info import (
     read_shard_info,
 )
 from mae.data.transforms import Transformed
+from mae.runs.optional import require
+
+STREAMING = "streaming shards (data=*_stream)"
+_litdata = require("litdata", "streaming", STREAMING)
+StreamingDataLoader, StreamingDataset = _litdata.StreamingDataLoader, _litdata.StreamingDataset
 
 
 def read_info(input_dir: str) -> ShardInfo:
@@ -39,7 +43,7 @@ def read_info(input_dir: str) -> ShardInfo:
     its splits store only safe item formats (:func:`~mae.data.shards.info.check_item_format`)."""
     if not is_remote(input_dir):
         return read_shard_info(input_dir)
-    from litdata.streaming.downloader import get_downloader
+    get_downloader = require("litdata.streaming.downloader", "streaming", STREAMING).get_downloader
 
     root = input_dir.rstrip("/")
     make = "write the shards with `python -m mae.data.shards <source> <dir>` and upload the directory"

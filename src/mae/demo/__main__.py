@@ -87,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__)
         return 0
     try:
+        # Gradio is the demo extra: a missing one is one line before any checkpoint is read.
+        from mae.demo.app import THEME, build_app
+
         ckpt_arg, overrides = split_arguments(argv)
         cfg = compose_in_repo("demo", overrides)
         ckpt_path = ckpt_arg or str(cfg.ckpt_path)
@@ -99,8 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (*SETUP_ERRORS, PageError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    from mae.demo.app import THEME, build_app
-
     app = build_app(session, float(cfg.mask_ratio), int(cfg.seed), str(cfg.compare_ckpt_path or ""))
     print(f"serving {ckpt_path} on http://{cfg.host}:{cfg.port} (Ctrl+C stops)", flush=True)
     try:

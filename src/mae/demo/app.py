@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import gradio as gr
-
 from mae.demo.session import EXAMPLE, UPLOAD, DemoSession, PageError, PageUpdate, Source
+from mae.runs.optional import require
+
+gr = require("gradio", "demo", "the demo (python -m mae.demo)")
 
 VIEW_LABELS = {"original": "Original", "masked": "Masked input", "reconstruction": "Reconstruction",
                "pasted": "Reconstruction + visible patches"}

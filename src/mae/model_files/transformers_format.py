@@ -6,7 +6,7 @@ the module names of the pinned ``transformers`` (5.x: ``vit.layers.N.attention.q
 ``save_pretrained`` writes (4.x names, but its decoder layers under ``decoder.decoder_encoder.layer.N``).
 
 ``transformers`` itself is imported only by the functions that build its configs; it is the optional extra
-``pip install -e '.[hf]'``.
+``pip install 'mae-lightning[hf]'``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import safetensors.torch
 import torch
 
 from mae.runs.atomic_files import replaced_atomically, write_text_atomically
@@ -25,6 +26,7 @@ from mae.model_files.checkpoint import CheckpointError, check_state_dict_shapes
 from mae.models.mae import MaskedAutoencoderViT
 from mae.models.pos_embed import sincos_2d
 from mae.model_files.stored_config import PREPROCESSOR_CONFIG
+from mae.runs.optional import require
 
 if TYPE_CHECKING:
     import transformers
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRANSFORMERS_VERSION = "5.25.0"
-"""The ``transformers`` version these conversions are tested against (the ``hf`` extra pins it)."""
+"""The ``transformers`` version these conversions are tested against (constraints.txt pins it)."""
 
 Layout = Literal["5.x", "4.x"]
 
@@ -93,20 +95,7 @@ VITMAE_CONFIG_DEFAULTS: dict[str, Any] = {
 
 def _transformers() -> Any:
     """The ``transformers`` module, or a one-line error saying how to install it."""
-    try:
-        import transformers
-    except ImportError:
-        raise ImportError("this needs Hugging Face transformers: pip install -e '.[hf]' "
-                          f"(transformers=={TRANSFORMERS_VERSION})") from None
-    return transformers
-
-
-def _safetensors_torch() -> Any:
-    try:
-        import safetensors.torch
-    except ImportError:
-        raise ImportError("this needs safetensors: pip install -e '.[hf]'") from None
-    return safetensors.torch
+    return require("transformers", "hf", "the Hugging Face format (ViTMAE/ViT directories)")
 
 
 def _check_model(model: Any) -> MaskedAutoencoderViT:
@@ -217,7 +206,7 @@ def _write_directory(out_dir: str | Path, config_json: str, state: Mapping[str, 
     # The q/k/v views share the fused tensor's storage, which safetensors refuses: each is written as its own copy.
     tensors = {key: tensor.detach().to("cpu", copy=True).contiguous() for key, tensor in state.items()}
     with replaced_atomically(out / "model.safetensors") as tmp:
-        _safetensors_torch().save_file(tensors, str(tmp), metadata={"format": "pt"})
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"})
     write_text_atomically(out / "config.json", config_json)
     return out
 
@@ -371,7 +360,7 @@ def _read_directory(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     if not config_file.is_file():
         raise CheckpointError(f"{path} is not a transformers model directory: it has no config.json")
     config = json.loads(config_file.read_text())
-    load_file = _safetensors_torch().load_file
+    load_file = safetensors.torch.load_file
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
     if single.is_file():
         return config, load_file(str(single))

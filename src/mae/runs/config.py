@@ -14,6 +14,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mae.runs.optional import check_target, missing_extra
+
 REPO_DIR = Path(__file__).resolve().parents[3]
 """The checkout this package lives in (an editable install): ``conf/`` and ``docs/`` are under it."""
 CONF_DIR = REPO_DIR / "conf"
@@ -69,12 +71,15 @@ def compose_in_repo(config_name: str, overrides: Sequence[str] = ()) -> DictConf
 
 
 def instantiate_node(node: DictConfig, *args: Any, **kwargs: Any) -> Any:
-    """Hydra's ``instantiate`` raising the constructor's own error (a one-line ``ValueError`` naming the value)."""
+    """Hydra's ``instantiate`` raising the constructor's own error (a one-line ``ValueError`` naming the value), or
+    the :class:`~mae.runs.optional.MissingExtraError` of an optional package the node needs."""
+    check_target(node)
     try:
         return instantiate(node, *args, **kwargs)
     except InstantiationException as error:
-        # Hydra wraps the constructor's own error in a multi-line message; the cause is what the user needs.
-        raise (error.__cause__ or error) from error
+        # Hydra wraps the constructor's own error in a multi-line message; the cause is what the user needs (a
+        # missing extra may be wrapped twice: in the ImportError of the _target_'s module).
+        raise (missing_extra(error) or error.__cause__ or error) from error
 
 
 class ConfigError(ValueError):

@@ -11,15 +11,23 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+from mae.runs.atomic_files import replaced_atomically
+from mae.runs.optional import require
 
-matplotlib.use("Agg")  # files only: no display on servers and in sweeps
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-from matplotlib.figure import Figure  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-from mae.runs.atomic_files import replaced_atomically  # noqa: E402
+PLOTS = "the sweep plots"
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot on the Agg backend (files only: no display on servers and in sweeps), imported when a
+    plot is drawn: matplotlib is the optional ``sweeps`` extra."""
+    require("matplotlib", "sweeps", PLOTS).use("Agg")
+    return require("matplotlib.pyplot", "sweeps", PLOTS)
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ def parameter_figure(rows: list[dict[str, Any]], parameter: str, parameters: lis
     xs = sorted({point.x for points in series.values() for point in points}, key=_order)
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
     position = {x: (x if numeric else index) for index, x in enumerate(xs)}
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    figure, axes = _pyplot().subplots(figsize=(6, 4), dpi=100)
     for (metric, group), points in sorted(series.items(), key=lambda item: (item[0][0], str(item[0][1]))):
         label = labels.get(metric, metric) + "".join(f", {key}={value}" for key, value in zip(others, group))
         axes.errorbar([position[point.x] for point in points], [point.mean for point in points],
@@ -81,7 +89,7 @@ def plot_parameter(rows: list[dict[str, Any]], parameter: str, parameters: list[
         return None
     with replaced_atomically(path) as tmp:
         figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(figure)
+    _pyplot().close(figure)
     return path
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import statistics
 import sys
 from collections.abc import Iterable
@@ -32,8 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from mae.runs.atomic_files import replaced_atomically, write_text_atomically
+from mae.runs.optional import MissingExtraError
 from mae.sweeps.sweep_runs import Job, load_jobs, swept_parameters
 from mae.sweeps.plots import plot_parameter
+
+log = logging.getLogger(__name__)
 
 SEED = "seed"
 """The swept parameter whose values repeat a point rather than make another one."""
@@ -164,8 +168,12 @@ def write_summary(sweep_dir: Path) -> list[Path]:
     summary = summarize(sweep_dir)
     accuracies = [metric.column for metric in summary.metrics if metric.column in ACCURACIES]
     labels = {metric.column: metric.header for metric in summary.metrics}
-    plots = [plot_parameter(summary.points, parameter, summary.parameters, accuracies, labels,
-                            sweep_dir / _plot_name(parameter)) for parameter in summary.parameters]
+    try:
+        plots = [plot_parameter(summary.points, parameter, summary.parameters, accuracies, labels,
+                                sweep_dir / _plot_name(parameter)) for parameter in summary.parameters]
+    except MissingExtraError as missing:  # the tables need no plotting library: write them, say what is missing
+        log.warning("%s; summary.csv and summary.md are written without plots", missing)
+        plots = []
     plots = [path for path in plots if path is not None]
     csv_path, md_path, runs_path = sweep_dir / "summary.csv", sweep_dir / "summary.md", sweep_dir / "runs.csv"
     _write_csv(csv_path, *_points_table(summary))

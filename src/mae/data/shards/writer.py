@@ -16,6 +16,7 @@ from mae.data.decoding import ImageLoader
 from mae.data.errors import CorruptDataError, one_line
 from mae.data.shards.info import INFO_FILE, SPLITS, ShardInfo
 from mae.data.shards.sources import SourceItem, raw_splits, split_items, stored_format
+from mae.runs.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def write_shards(module, out_dir: str | Path, *, chunk_bytes: str, num_workers: 
     """Write ``module``'s training and evaluation splits under ``out_dir``/train and /val (items in the split's
     order, ``chunk_bytes`` per chunk, ``num_workers`` processes) and ``mae_shards.json``; return what it says.
     A module without labels (``has_labels`` False) gets no classes and label -1 on every item."""
-    from litdata import optimize
+    optimize = require("litdata", "streaming", "writing shards (python -m mae.data.shards)").optimize
 
     out = Path(out_dir)
     prepare_output_dir(out, overwrite)
