@@ -3,9 +3,9 @@
 import hydra
 from omegaconf import DictConfig
 
-from mae.runs.config import register_resolvers
 from mae.jobs.evaluate import evaluate
 from mae.jobs.harness import run_job
+from mae.runs.config import register_resolvers
 
 register_resolvers()
 

@@ -6,8 +6,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mae.runs.config import register_resolvers
 from mae.jobs.harness import run_job
+from mae.runs.config import register_resolvers
 
 register_resolvers()
 

@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from mae.benchmarking.peak import DEFAULT_SIZES, measure_peak, native_support
 from mae.benchmarking.report import Peaks, achieved_gflops, peak_share
 from mae.benchmarking.step import measure_step
-from mae.runs.config import CONF_DIR
 from mae.models import mae_vit_tiny_patch7
+from mae.runs.config import CONF_DIR
 from mae.training import MAEPretrainModule
 
 EPOCHS = 3
@@ -84,13 +84,13 @@ class LossRecorder(L.Callback):
     def __init__(self) -> None:
         self.losses: list[float] = []
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.losses.append(float(outputs["loss"]))
 
 
-def trainer_check(name: str, strategy: Strategy, accelerator: str = "gpu",
-                  precision: str = "bf16-mixed") -> Check:
+def trainer_check(name: str, strategy: Strategy, accelerator: str = "gpu", precision: str = "bf16-mixed") -> Check:
     """Pre-train the tiny MAE for a few steps through a 1-device Trainer with ``strategy`` and ``precision``."""
     torch.manual_seed(0)
     module = MAEPretrainModule(mae_vit_tiny_patch7(), lr=1e-3, warmup_epochs=0, epochs=EPOCHS)
@@ -100,9 +100,19 @@ def trainer_check(name: str, strategy: Strategy, accelerator: str = "gpu",
     started = time.perf_counter()
     environment = dict(os.environ)
     with tempfile.TemporaryDirectory() as root:
-        trainer = L.Trainer(accelerator=accelerator, devices=1, strategy=strategy, precision=precision,
-                            max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, default_root_dir=root, callbacks=[recorder])
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            strategy=strategy,
+            precision=precision,
+            max_epochs=EPOCHS,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=root,
+            callbacks=[recorder],
+        )
         try:
             trainer.fit(module, DataLoader(images, batch_size=BATCH))
             # The strategy's full state dict: an FSDP module's own parameters are its shards.
@@ -115,11 +125,20 @@ def trainer_check(name: str, strategy: Strategy, accelerator: str = "gpu",
             # process would take LOCAL_RANK as "already launched" and never start its other processes.
             os.environ.clear()
             os.environ.update(environment)
-    change = max((after[key].float().cpu() - value.float().cpu()).abs().max().item()
-                 for key, value in before.items() if key in after and value.is_floating_point())
+    change = max(
+        (after[key].float().cpu() - value.float().cpu()).abs().max().item()
+        for key, value in before.items()
+        if key in after and value.is_floating_point()
+    )
     losses = recorder.losses
-    detail = (f"{len(losses)} steps {precision}, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
-              f"max |weight change| {change:.2e}, {time.perf_counter() - started:.1f} s") if losses else "no steps ran"
+    detail = (
+        (
+            f"{len(losses)} steps {precision}, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
+            f"max |weight change| {change:.2e}, {time.perf_counter() - started:.1f} s"
+        )
+        if losses
+        else "no steps ran"
+    )
     return Check(name, trained_well(losses, change), detail)
 
 
@@ -150,8 +169,11 @@ def compile_check(device: torch.device) -> Check:
     torch._dynamo.reset()
     gaps = {dtype: relative_difference(compiled[dtype], eager[dtype]) for dtype in eager}
     passed = all(gaps[dtype] <= TOLERANCE[dtype] for dtype in gaps)
-    detail = ", ".join(f"{dtype} eager {eager[dtype]:.6f} compiled {compiled[dtype]:.6f} "
-                       f"(rel. diff {gaps[dtype]:.1e}, allowed {TOLERANCE[dtype]:.0e})" for dtype in gaps)
+    detail = ", ".join(
+        f"{dtype} eager {eager[dtype]:.6f} compiled {compiled[dtype]:.6f} "
+        f"(rel. diff {gaps[dtype]:.1e}, allowed {TOLERANCE[dtype]:.0e})"
+        for dtype in gaps
+    )
     return Check("compile", passed, f"{detail}; compiling and running {seconds:.1f} s")
 
 
@@ -163,8 +185,10 @@ def throughput_detail(forward_flops: int, batch: int, s_per_step: float, peaks: 
     rate = f"batch {batch}: {batch / s_per_step:.1f} img/s, {gflops / 1e3:.1f} TFLOP/s"
     if share["pct_of_peak"] is None:
         return f"{rate}; peak unknown ({share['peak_note']})"
-    return (f"{rate}, {share['pct_of_peak']:.1f}% of the measured bf16 matmul peak "
-            f"({share['peak_gflops_per_s'] / 1e3:.1f} TFLOP/s)")
+    return (
+        f"{rate}, {share['pct_of_peak']:.1f}% of the measured bf16 matmul peak "
+        f"({share['peak_gflops_per_s'] / 1e3:.1f} TFLOP/s)"
+    )
 
 
 def throughput_check(device: torch.device) -> Check:
@@ -180,8 +204,10 @@ def throughput_check(device: torch.device) -> Check:
             batch //= 2
             torch.cuda.empty_cache()
     # fp32's peak too: peak_share refuses a bf16 "peak" that is far below fp32's (an emulation's).
-    measured = {name: measure_peak(dtype, device, PEAK_SIZES, repeats=3).gflops_per_s
-                for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    measured = {
+        name: measure_peak(dtype, device, PEAK_SIZES, repeats=3).gflops_per_s
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
     peaks = Peaks(measured, {name: native_support(name, device) for name in measured})
     detail = throughput_detail(result.forward_flops, batch, result.s_per_step, peaks, device.type)
     return Check("throughput", True, f"ViT-B/16 224 px bf16 {detail}")
@@ -191,7 +217,7 @@ def run(name: str, check: Callable[[], Check]) -> Check:
     """``check()``, or a failed check naming the exception it raised."""
     try:
         return check()
-    except Exception as error:  # noqa: BLE001 - a failing check is a result; the others still run
+    except Exception as error:
         first_line = (str(error).strip().splitlines() or [""])[0]
         return Check(name, False, f"{type(error).__name__}: {first_line}")
 

@@ -21,8 +21,9 @@ CONF = ROOT / "conf"
 register_resolvers()
 
 
-def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None,
-                   config_name: str = "train") -> DictConfig:
+def compose_config(
+    overrides: list[str] | None = None, output_dir: Path | None = None, config_name: str = "train"
+) -> DictConfig:
     """The composed config exactly as train.py would see it, with Hydra's runtime values filled in."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

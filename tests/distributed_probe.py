@@ -20,6 +20,12 @@ class RankRecorder(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"seeds": dict(self.seeds), "state": pl_module.model.state_dict(),
-                    "world_size": trainer.world_size, "environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__},
-                   self.out_dir / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {
+                "seeds": dict(self.seeds),
+                "state": pl_module.model.state_dict(),
+                "world_size": trainer.world_size,
+                "environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
+            },
+            self.out_dir / f"rank{trainer.global_rank}.pt",
+        )

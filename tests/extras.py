@@ -21,9 +21,13 @@ def needs_extra(module: str, extra: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        reason = (f"{module} is not importable ({type(error).__name__}: {error}); "
-                  f"the [{extra}] extra installs it: pip install -e '.[{extra}]'")
+        reason = (
+            f"{module} is not importable ({type(error).__name__}: {error}); "
+            f"the [{extra}] extra installs it: pip install -e '.[{extra}]'"
+        )
         if in_ci():
-            pytest.fail(f"{reason}. CI installs every extra (pip install -e '.[dev]'): a missing one is a failure, "
-                        "not a skip", pytrace=False)
+            pytest.fail(
+                f"{reason}. CI installs every extra (pip install -e '.[dev]'): a missing one is a failure, not a skip",
+                pytrace=False,
+            )
         pytest.skip(reason, allow_module_level=True)

@@ -12,8 +12,7 @@ import torch
 from mae.benchmarking import report
 from mae.benchmarking.__main__ import main as benchmark_main
 from mae.benchmarking.flops import MAEShape, all_tokens_forward_flops, block_flops, mae_forward_flops, train_flops
-from mae.benchmarking.peak import (LAYOUTS, cpu_flags, layout_mix_gflops, measure_peak, native_bf16_cpu,
-                                   native_support)
+from mae.benchmarking.peak import LAYOUTS, cpu_flags, layout_mix_gflops, measure_peak, native_bf16_cpu, native_support
 from mae.benchmarking.report import Peaks, peak_share
 from mae.benchmarking.simmim import AllTokensMAE
 from mae.benchmarking.step import MATMUL_DTYPES, StepResult, build_model, forward_flops_of
@@ -35,7 +34,12 @@ def test_block_formula_at_mlp_ratio_4():
 def test_vit_b_forward_flops_match_reference():
     shape = meta_shape(mae_vit_base_patch16)
     assert (shape.num_patches, shape.embed_dim, shape.depth, shape.decoder_embed_dim, shape.decoder_depth) == (
-        196, 768, 12, 512, 8)
+        196,
+        768,
+        12,
+        512,
+        8,
+    )
     assert mae_forward_flops(shape) / 1e9 == pytest.approx(19.56, abs=0.01)
     assert train_flops(mae_forward_flops(shape)) / 1e9 == pytest.approx(58.7, abs=0.05)
 
@@ -48,20 +52,28 @@ def test_large_and_huge_train_flops_match_reference(factory, per_trained_image):
 def test_count_is_the_sum_of_its_parts():
     shape = meta_shape(mae_vit_base_patch16)
     kept, length, d, e, pd = 49 + 1, 196 + 1, 768, 512, 16 * 16 * 3
-    expected = (2 * 196 * pd * d + 12 * block_flops(kept, d) + 2 * kept * d * e + 8 * block_flops(length, e)
-                + 2 * length * e * pd)
+    expected = (
+        2 * 196 * pd * d
+        + 12 * block_flops(kept, d)
+        + 2 * kept * d * e
+        + 8 * block_flops(length, e)
+        + 2 * length * e * pd
+    )
     assert mae_forward_flops(shape) == expected
 
 
-@pytest.mark.parametrize("factory, ratio", [(mae_vit_base_patch16, 2.351), (mae_vit_large_patch16, 3.228),
-                                            (mae_vit_huge_patch14, 3.594)])
+@pytest.mark.parametrize(
+    "factory, ratio", [(mae_vit_base_patch16, 2.351), (mae_vit_large_patch16, 3.228), (mae_vit_huge_patch14, 3.594)]
+)
 def test_all_tokens_encoder_costs_the_expected_multiple(factory, ratio):
     shape = meta_shape(factory)
     mae, all_tokens = mae_forward_flops(shape), all_tokens_forward_flops(shape)
     # Only the encoder blocks and decoder_embed see more tokens: 197 (or 257) instead of kept + 1.
     length, kept = shape.num_patches + 1, int(shape.num_patches * 0.25) + 1
-    extra = shape.depth * (block_flops(length, shape.embed_dim) - block_flops(kept, shape.embed_dim)) + 2 * (
-        length - kept) * shape.embed_dim * shape.decoder_embed_dim
+    extra = (
+        shape.depth * (block_flops(length, shape.embed_dim) - block_flops(kept, shape.embed_dim))
+        + 2 * (length - kept) * shape.embed_dim * shape.decoder_embed_dim
+    )
     assert all_tokens - mae == extra
     assert all_tokens / mae == pytest.approx(ratio, abs=1e-3)
 
@@ -69,7 +81,8 @@ def test_all_tokens_encoder_costs_the_expected_multiple(factory, ratio):
 def test_all_tokens_gap_shrinks_with_the_decoder_only_through_the_denominator():
     deep, shallow = meta_shape(mae_vit_large_patch16), meta_shape(mae_vit_large_patch16, decoder_depth=1)
     assert all_tokens_forward_flops(deep) - mae_forward_flops(deep) == (
-        all_tokens_forward_flops(shallow) - mae_forward_flops(shallow))
+        all_tokens_forward_flops(shallow) - mae_forward_flops(shallow)
+    )
     assert all_tokens_forward_flops(shallow) / mae_forward_flops(shallow) > 3.7
 
 
@@ -196,8 +209,10 @@ def test_step_rows_and_markdown_never_show_a_share_of_an_emulated_peak():
     fp32 = report.step_row("mae_vit_tiny_patch7", 10, "fp32", False, "cpu", fake_step(0.5), EMULATED)
     assert report.missing_fields(bf16) == [] and bf16["gflops_per_s"] == pytest.approx(30.0)
     assert bf16["pct_of_peak"] is None and fp32["pct_of_peak"] == pytest.approx(40.0)
-    peak_rows = [report.peak_row("fp32", 150.0, device="cpu", native=True),
-                 report.peak_row("bf16", 1.3, device="cpu", native=False)]
+    peak_rows = [
+        report.peak_row("fp32", 150.0, device="cpu", native=True),
+        report.peak_row("bf16", 1.3, device="cpu", native=False),
+    ]
     text = report.markdown([*peak_rows, bf16, fp32], note="env line")
     assert "| bf16 | cpu | 1.3 | no |" in text and "bf16 is not native on this CPU" in text
     assert "| 30.0 | bf16 not native on this CPU (emulated): 30.0 GFLOP/s, no share of peak |" in text
@@ -206,10 +221,20 @@ def test_step_rows_and_markdown_never_show_a_share_of_an_emulated_peak():
 
 
 def test_reassessing_an_old_row_replaces_its_share():
-    old = {"kind": "step", "preset": "p", "batch": 256, "dtype": "bf16", "compiled": False, "device": "cpu",
-           "gflops_per_s": 4.03, "pct_of_peak": 299.99}
-    peak_rows = [{"kind": "peak", "dtype": "fp32", "gflops_per_s": 153.1},
-                 {"kind": "peak", "dtype": "bf16", "gflops_per_s": 1.34}]  # written before `native` existed
+    old = {
+        "kind": "step",
+        "preset": "p",
+        "batch": 256,
+        "dtype": "bf16",
+        "compiled": False,
+        "device": "cpu",
+        "gflops_per_s": 4.03,
+        "pct_of_peak": 299.99,
+    }
+    peak_rows = [
+        {"kind": "peak", "dtype": "fp32", "gflops_per_s": 153.1},
+        {"kind": "peak", "dtype": "bf16", "gflops_per_s": 1.34},
+    ]  # written before `native` existed
     new = report.reassess_share(old, Peaks.from_rows(peak_rows))
     assert new["pct_of_peak"] is None and "bf16 slow on this CPU" in new["peak_note"] and new["batch"] == 256
     failed = report.failed_step_row("p", 4, "bf16", False, "cpu", TimeoutError("not started"))
@@ -255,11 +280,17 @@ def test_quick_run_rows_match_the_schema(quick_results):
     kinds = [row["kind"] for row in rows]
     assert kinds.count("peak") == 2 and kinds.count("step") == 2 and kinds.count("speedup") == 2
     assert {row["name"] for row in rows if row["kind"] == "fast_path"} == {"fused_adamw", "grad_checkpointing"}
-    assert {row["pipeline"] for row in rows if row["kind"] == "loader"} == {"project", "project_pil", "pil_torchvision",
-                                                                            "project_stream"}
+    assert {row["pipeline"] for row in rows if row["kind"] == "loader"} == {
+        "project",
+        "project_pil",
+        "pil_torchvision",
+        "project_stream",
+    }
     assert {row["decoder_depth"] for row in rows if row["kind"] == "speedup"} == {8, 1}
-    assert {(row["dtype"], row["compiled"]) for row in rows if row["kind"] == "step"} == {("fp32", False),
-                                                                                         ("bf16", False)}
+    assert {(row["dtype"], row["compiled"]) for row in rows if row["kind"] == "step"} == {
+        ("fp32", False),
+        ("bf16", False),
+    }
 
 
 def test_quick_run_rows_are_internally_consistent(quick_results):
@@ -295,16 +326,24 @@ def test_quick_run_rows_are_internally_consistent(quick_results):
     demo_rows = [row for row in rows if row["kind"] == "demo"]
     assert [(row["preset"], row["img_size"], row["in_chans"]) for row in demo_rows] == [("mae_vit_tiny_patch7", 28, 1)]
     assert 0 < demo_rows[0]["s_per_update"] < 60
-    for heading in ("Matmul peak", "Full pre-training step", "Table 2", "Data pipeline", "Fast paths",
-                    "Reconstruction demo", "Listing a folder"):
+    for heading in (
+        "Matmul peak",
+        "Full pre-training step",
+        "Table 2",
+        "Data pipeline",
+        "Fast paths",
+        "Reconstruction demo",
+        "Listing a folder",
+    ):
         assert heading in markdown
 
 
 def test_a_merged_run_says_which_rows_it_measured_and_keeps_the_earlier_runs_note(tmp_path):
     benchmark_main(["--quick", "--kinds", "demo", "--out", str(tmp_path)])
     first_note = report.note_of((tmp_path / "results.md").read_text())
-    (tmp_path / "results.json").write_text(json.dumps(
-        json.loads((tmp_path / "results.json").read_text()) + [report.loader_row("project", 1.0)]))
+    (tmp_path / "results.json").write_text(
+        json.dumps(json.loads((tmp_path / "results.json").read_text()) + [report.loader_row("project", 1.0)])
+    )
     benchmark_main(["--quick", "--kinds", "demo", "--merge", "--out", str(tmp_path)])
     note = report.note_of((tmp_path / "results.md").read_text())
     assert note.startswith("Rows of kind demo: ") and "mode quick" in note
@@ -336,4 +375,3 @@ def test_listing_rows_count_every_generated_file_and_leave_no_folder_behind(tmp_
     assert (split["held_out"], split["training"]) == (len(held), 2500 - len(held)) and 0 < len(held) < 2500
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "| list_image_files | 2,500 |" in markdown and "| split_held_out | 2,500 |" in markdown
-

@@ -21,8 +21,17 @@ MEAN, STD = (0.5,), (0.5,)
 
 
 def tiny_mae() -> MaskedAutoencoderViT:
-    return MaskedAutoencoderViT(img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2,
-                                decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+    return MaskedAutoencoderViT(
+        img_size=8,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=8,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
 
 
 def two_class_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,9 +100,16 @@ class RecordingLogger(Logger):
 
 
 def fit(tmp_path, callbacks, max_epochs: int = 1, logger=False) -> tuple[L.Trainer, TinyModule]:
-    trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=logger, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        callbacks=callbacks)
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+    )
     torch.manual_seed(0)  # the same tiny model whatever ran before (the kNN bound below depends on it)
     module = TinyModule()
     trainer.fit(module, datamodule=FakeDataModule())
@@ -140,10 +156,22 @@ def test_epochs_due():
 
 def fake_trainer(tmp_path, loggers=(), is_global_zero=True) -> SimpleNamespace:
     """One process, or rank 1 of two whose gather returns its own share twice (the values do not matter there)."""
-    world = SimpleNamespace(world_size=1, global_rank=0) if is_global_zero else SimpleNamespace(
-        world_size=2, global_rank=1, strategy=SimpleNamespace(all_gather=lambda share: torch.stack([share, share])))
-    return SimpleNamespace(is_global_zero=is_global_zero, datamodule=FakeDataModule(), default_root_dir=str(tmp_path),
-                           loggers=list(loggers), global_step=7, current_epoch=3, **vars(world))
+    world = (
+        SimpleNamespace(world_size=1, global_rank=0)
+        if is_global_zero
+        else SimpleNamespace(
+            world_size=2, global_rank=1, strategy=SimpleNamespace(all_gather=lambda share: torch.stack([share, share]))
+        )
+    )
+    return SimpleNamespace(
+        is_global_zero=is_global_zero,
+        datamodule=FakeDataModule(),
+        default_root_dir=str(tmp_path),
+        loggers=list(loggers),
+        global_step=7,
+        current_epoch=3,
+        **vars(world),
+    )
 
 
 def test_grid_goes_to_wandb_and_leaves_the_global_rng_alone(tmp_path, monkeypatch):
@@ -164,15 +192,18 @@ def test_only_rank_zero_writes(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: ReconstructionGridCallback(num_images=0), "num_images=0"),
-    (lambda: ReconstructionGridCallback(every_n_epochs=0), "every_n_epochs=0"),
-    (lambda: ReconstructionGridCallback(filename="a/b"), "file stem"),
-    (lambda: ReconstructionGridCallback(min_cell_size=-1), "min_cell_size=-1"),
-    (lambda: KNNEvaluationCallback(pool="max"), "pool='max'"),
-    (lambda: KNNEvaluationCallback(k=0), "k=0"),
-    (lambda: KNNEvaluationCallback(temperature=-1.0), "temperature"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ReconstructionGridCallback(num_images=0), "num_images=0"),
+        (lambda: ReconstructionGridCallback(every_n_epochs=0), "every_n_epochs=0"),
+        (lambda: ReconstructionGridCallback(filename="a/b"), "file stem"),
+        (lambda: ReconstructionGridCallback(min_cell_size=-1), "min_cell_size=-1"),
+        (lambda: KNNEvaluationCallback(pool="max"), "pool='max'"),
+        (lambda: KNNEvaluationCallback(k=0), "k=0"),
+        (lambda: KNNEvaluationCallback(temperature=-1.0), "temperature"),
+    ],
+)
 def test_bad_settings_fail_at_construction(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -199,8 +230,7 @@ def test_knn_results_are_printed_and_merged_into_results_json(tmp_path, capsys):
 
 
 def test_knn_without_baselines(tmp_path):
-    callback = KNNEvaluationCallback(k=3, compare_random_init=False, compare_pixels=False,
-                                     results_file="eval/knn.json")
+    callback = KNNEvaluationCallback(k=3, compare_random_init=False, compare_pixels=False, results_file="eval/knn.json")
     fit(tmp_path, [callback])
     results = json.loads((tmp_path / "eval" / "knn.json").read_text())
     assert "knn_top1_random_init" not in results and 0.0 <= results["knn_top1_pretrained"] <= 1.0

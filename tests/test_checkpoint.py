@@ -1,8 +1,8 @@
 """Checkpoints in and out: reference layouts, position-embedding interpolation, export to timm."""
 
+import pytest
 import timm
 import torch
-import pytest
 
 from mae.model_files.checkpoint import (
     CheckpointError,
@@ -19,8 +19,17 @@ from mae.models.pos_embed import sincos_2d
 
 
 def small(img_size: int = 16, **kwargs) -> MaskedAutoencoderViT:
-    return MaskedAutoencoderViT(img_size=img_size, patch_size=4, embed_dim=32, depth=2, num_heads=4,
-                                decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, **kwargs)
+    return MaskedAutoencoderViT(
+        img_size=img_size,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        **kwargs,
+    )
 
 
 def test_interpolation_keeps_cls_row_and_the_original_grid_at_the_original_size():
@@ -66,9 +75,19 @@ def test_unexpected_keys_are_reported_and_pos_embed_is_resized():
 
 
 def test_shape_mismatch_names_key_and_both_shapes():
-    wide = MaskedAutoencoderViT(img_size=16, patch_size=4, embed_dim=48, depth=2, num_heads=4,
-                                decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
-    with pytest.raises(CheckpointError, match=r"wide.pth: cls_token has shape \(1, 1, 48\), this model expects \(1, 1, 32\)"):
+    wide = MaskedAutoencoderViT(
+        img_size=16,
+        patch_size=4,
+        embed_dim=48,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
+    with pytest.raises(
+        CheckpointError, match=r"wide.pth: cls_token has shape \(1, 1, 48\), this model expects \(1, 1, 32\)"
+    ):
         load_encoder_weights(small(), wide.state_dict(), "wide.pth", (4, 4))
 
 
@@ -97,8 +116,9 @@ def encoder_equal(a: MaskedAutoencoderViT, b: MaskedAutoencoderViT, skip: tuple[
 def test_pretrained_weights_load_from_every_supported_layout(tmp_path, caplog):
     source = small()
     torch.nn.init.normal_(source.blocks[0].attn.qkv.weight)  # distinct from any fresh initialisation
-    timm_vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=2,
-                                 num_heads=4, num_classes=0)
+    timm_vit = timm.create_model(
+        "vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, num_classes=0
+    )
     timm_vit.load_state_dict(source.encoder_state_dict())
     classifier = vit_classifier_from_mae(source, num_classes=5)  # the reference's fine-tuned layout: fc_norm, head
     layouts = {
@@ -106,8 +126,12 @@ def test_pretrained_weights_load_from_every_supported_layout(tmp_path, caplog):
         "encoder.pth": {"model": source.encoder_state_dict()},
         "timm.pth": timm_vit.state_dict(),
         "lightning_pretrain.ckpt": {"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}},
-        "lightning_linprobe.ckpt": {"state_dict": {**{f"encoder.{k}": v for k, v in source.state_dict().items()},
-                                                   "head.1.weight": torch.zeros(5, 32)}},
+        "lightning_linprobe.ckpt": {
+            "state_dict": {
+                **{f"encoder.{k}": v for k, v in source.state_dict().items()},
+                "head.1.weight": torch.zeros(5, 32),
+            }
+        },
         "finetuned.pth": {"model": classifier.state_dict()},
     }
     for name, checkpoint in layouts.items():
@@ -128,5 +152,7 @@ def test_pretrained_weights_load_from_every_supported_layout(tmp_path, caplog):
 def test_a_checkpoint_without_encoder_weights_is_refused(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"model": {"backbone.conv1.weight": torch.zeros(3)}}, path)
-    with pytest.raises(CheckpointError, match=r"holds none of the encoder's weights \(it has keys backbone.conv1.weight\)"):
+    with pytest.raises(
+        CheckpointError, match=r"holds none of the encoder's weights \(it has keys backbone.conv1.weight\)"
+    ):
         load_pretrained(small(), path)

@@ -9,8 +9,17 @@ from mae.models.classifier import vit_classifier_from_mae
 
 
 def small_mae() -> MaskedAutoencoderViT:
-    return MaskedAutoencoderViT(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=3, num_heads=4,
-                                decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    return MaskedAutoencoderViT(
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=32,
+        depth=3,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
 
 
 def reference_layer_id(name: str, depth: int) -> int:
@@ -46,8 +55,9 @@ def test_avg_pool_classifier_uses_fc_norm_on_mean_patch_tokens():
 @pytest.mark.parametrize("decay", [0.65, 0.75])
 def test_layer_decay_scales_equal_the_reference_rule(decay):
     vit = vit_classifier_from_mae(small_mae(), num_classes=4)
-    groups = param_groups_layer_decay(vit, weight_decay=0.05, no_weight_decay_list=vit.no_weight_decay(),
-                                      layer_decay=decay)
+    groups = param_groups_layer_decay(
+        vit, weight_decay=0.05, no_weight_decay_list=vit.no_weight_decay(), layer_decay=decay
+    )
     names = {id(p): n for n, p in vit.named_parameters()}
     seen = set()
     for group in groups:

@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from omegaconf import OmegaConf
 from timm.models.vision_transformer import Block
 
-from mae.runs.config import ConfigError, validate_schedule
 from mae.models import MaskedAutoencoderViT, mae_vit_base_patch16, mae_vit_huge_patch14, mae_vit_large_patch16
+from mae.runs.config import ConfigError, validate_schedule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -28,7 +28,8 @@ def test_every_model_preset_builds_its_factory_architecture(config_factory, pres
     with torch.device("meta"):  # no memory, no init cost: only the structure is compared
         model = instantiate(cfg.model)
         factory_model = getattr(__import__("mae.models", fromlist=[preset]), preset)(
-            img_size=cfg.data.img_size, in_chans=cfg.data.in_chans)
+            img_size=cfg.data.img_size, in_chans=cfg.data.in_chans
+        )
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in factory_model.state_dict().items()}
     assert model.mask_ratio == 0.75 and model.norm_pix_loss is True
@@ -55,20 +56,30 @@ def test_every_model_preset_states_its_factory_numbers(monkeypatch, preset):
 
 
 def test_paper_presets_have_paper_widths(config_factory):
-    for preset, factory, width, depth in [("mae_vit_base_patch16", mae_vit_base_patch16, 768, 12),
-                                          ("mae_vit_large_patch16", mae_vit_large_patch16, 1024, 24),
-                                          ("mae_vit_huge_patch14", mae_vit_huge_patch14, 1280, 32)]:
+    for preset, _factory, width, depth in [
+        ("mae_vit_base_patch16", mae_vit_base_patch16, 768, 12),
+        ("mae_vit_large_patch16", mae_vit_large_patch16, 1024, 24),
+        ("mae_vit_huge_patch14", mae_vit_huge_patch14, 1280, 32),
+    ]:
         cfg = config_factory([f"model={preset}", "data.img_size=224"])
-        assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.decoder_embed_dim, cfg.model.decoder_depth,
-                cfg.model.decoder_num_heads) == (width, depth, 512, 8, 16)
+        assert (
+            cfg.model.embed_dim,
+            cfg.model.depth,
+            cfg.model.decoder_embed_dim,
+            cfg.model.decoder_depth,
+            cfg.model.decoder_num_heads,
+        ) == (width, depth, 512, 8, 16)
 
 
-@pytest.mark.parametrize(("override", "attribute", "expected"), [
-    ("model.mask_ratio=0.5", lambda m: m.mask_ratio, 0.5),
-    ("model.decoder_depth=1", lambda m: len(m.decoder_blocks), 1),
-    ("model.decoder_embed_dim=256", lambda m: m.mask_token.shape[-1], 256),
-    ("model.norm_pix_loss=false", lambda m: m.norm_pix_loss, False),
-])
+@pytest.mark.parametrize(
+    ("override", "attribute", "expected"),
+    [
+        ("model.mask_ratio=0.5", lambda m: m.mask_ratio, 0.5),
+        ("model.decoder_depth=1", lambda m: len(m.decoder_blocks), 1),
+        ("model.decoder_embed_dim=256", lambda m: m.mask_token.shape[-1], 256),
+        ("model.norm_pix_loss=false", lambda m: m.norm_pix_loss, False),
+    ],
+)
 def test_ablation_knobs_are_plain_overrides(config_factory, override, attribute, expected):
     cfg = config_factory([override])
     assert attribute(instantiate(cfg.model)) == expected
@@ -118,8 +129,14 @@ def test_finetune_task_wires_the_schedules_augmentation_into_data_and_module(con
     assert cfg.data.rand_augment is None and cfg.data.random_erasing == 0.0
     assert (cfg.module.mixup, cfg.module.cutmix, cfg.module.label_smoothing) == (0.0, 0.0, 0.1)
     assert tuple(cfg.data.crop_scale) == (0.8, 1.0) and cfg.module.global_pool == "avg"
-    strong = config_factory(["task=finetune", "schedule.mixup=0.8", "schedule.rand_augment=rand-m9-mstd0.5-inc1",
-                             "schedule.random_erasing=0.25"])
+    strong = config_factory(
+        [
+            "task=finetune",
+            "schedule.mixup=0.8",
+            "schedule.rand_augment=rand-m9-mstd0.5-inc1",
+            "schedule.random_erasing=0.25",
+        ]
+    )
     assert strong.module.mixup == 0.8 and strong.data.rand_augment == "rand-m9-mstd0.5-inc1"
     assert strong.data.random_erasing == 0.25
     # Pre-training keeps the paper's plain crop + flip.
@@ -127,18 +144,28 @@ def test_finetune_task_wires_the_schedules_augmentation_into_data_and_module(con
     assert plain.data.rand_augment is None and plain.data.random_erasing == 0.0
 
 
-@pytest.mark.parametrize(("experiment", "preset", "blr", "layer_decay", "drop_path", "epochs"), [
-    ("mae_vit_base_in1k_finetune", "mae_vit_base_patch16", 5e-4, 0.65, 0.1, 100),
-    ("mae_vit_large_in1k_finetune", "mae_vit_large_patch16", 1e-3, 0.75, 0.2, 50),
-    ("mae_vit_huge_in1k_finetune", "mae_vit_huge_patch14", 1e-3, 0.75, 0.3, 50),
-])
+@pytest.mark.parametrize(
+    ("experiment", "preset", "blr", "layer_decay", "drop_path", "epochs"),
+    [
+        ("mae_vit_base_in1k_finetune", "mae_vit_base_patch16", 5e-4, 0.65, 0.1, 100),
+        ("mae_vit_large_in1k_finetune", "mae_vit_large_patch16", 1e-3, 0.75, 0.2, 50),
+        ("mae_vit_huge_in1k_finetune", "mae_vit_huge_patch14", 1e-3, 0.75, 0.3, 50),
+    ],
+)
 def test_paper_finetune_recipes(config_factory, experiment, preset, blr, layer_decay, drop_path, epochs):
     cfg = config_factory([f"experiment={experiment}", "pretrained=/weights/mae_pretrain.pth"])
     assert cfg.task_name.startswith("finetune") and cfg.model._target_ == f"mae.models.{preset}"
-    effective = cfg.schedule.batch_size * cfg.schedule.accumulate_grad_batches * cfg.trainer.devices * cfg.trainer.num_nodes
+    effective = (
+        cfg.schedule.batch_size * cfg.schedule.accumulate_grad_batches * cfg.trainer.devices * cfg.trainer.num_nodes
+    )
     assert effective == 1024
     module = cfg.module
-    assert (module.blr, module.layer_decay, module.drop_path_rate, module.epochs) == (blr, layer_decay, drop_path, epochs)
+    assert (module.blr, module.layer_decay, module.drop_path_rate, module.epochs) == (
+        blr,
+        layer_decay,
+        drop_path,
+        epochs,
+    )
     assert (module.warmup_epochs, module.min_lr, module.weight_decay) == (5, 1e-6, 0.05)
     assert tuple(cfg.data.crop_scale) == (0.08, 1.0) and cfg.data.random_erasing == 0.25
     assert cfg.data.rand_augment == "rand-m9-mstd0.5-inc1"
@@ -147,7 +174,9 @@ def test_paper_finetune_recipes(config_factory, experiment, preset, blr, layer_d
 
 def test_paper_linprobe_recipe(config_factory):
     cfg = config_factory(["experiment=mae_vit_base_in1k_linprobe", "pretrained=/weights/mae_pretrain.pth"])
-    effective = cfg.schedule.batch_size * cfg.schedule.accumulate_grad_batches * cfg.trainer.devices * cfg.trainer.num_nodes
+    effective = (
+        cfg.schedule.batch_size * cfg.schedule.accumulate_grad_batches * cfg.trainer.devices * cfg.trainer.num_nodes
+    )
     assert effective == 16384
     module = cfg.module
     assert (module.blr, module.weight_decay, module.epochs, module.warmup_epochs) == (0.1, 0.0, 90, 10)
@@ -180,8 +209,9 @@ def test_fsdp_wraps_each_transformer_block(config_factory):
     assert strategy.kwargs["use_orig_params"] is True
 
 
-@pytest.mark.parametrize(("option", "logger_type"), [("csv", CSVLogger), ("tensorboard", TensorBoardLogger),
-                                                     ("wandb", WandbLogger)])
+@pytest.mark.parametrize(
+    ("option", "logger_type"), [("csv", CSVLogger), ("tensorboard", TensorBoardLogger), ("wandb", WandbLogger)]
+)
 def test_loggers_instantiate(config_factory, option, logger_type, monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
@@ -201,15 +231,20 @@ def test_no_logger_option(config_factory):
     assert not config_factory(["logger=none"]).get("logger")
 
 
-@pytest.mark.parametrize(("experiment", "preset", "blr", "epochs"), [
-    ("mae_vit_base_in1k", "mae_vit_base_patch16", 1.5e-4, 800),
-    ("mae_vit_large_in1k", "mae_vit_large_patch16", 1.5e-4, 800),
-    ("mae_vit_huge_in1k", "mae_vit_huge_patch14", 1.5e-4, 800),
-])
+@pytest.mark.parametrize(
+    ("experiment", "preset", "blr", "epochs"),
+    [
+        ("mae_vit_base_in1k", "mae_vit_base_patch16", 1.5e-4, 800),
+        ("mae_vit_large_in1k", "mae_vit_large_patch16", 1.5e-4, 800),
+        ("mae_vit_huge_in1k", "mae_vit_huge_patch14", 1.5e-4, 800),
+    ],
+)
 def test_paper_recipes(config_factory, experiment, preset, blr, epochs):
     cfg = config_factory([f"experiment={experiment}"])
     assert cfg.model._target_ == f"mae.models.{preset}"
-    effective = cfg.schedule.batch_size * cfg.schedule.accumulate_grad_batches * cfg.trainer.devices * cfg.trainer.num_nodes
+    effective = (
+        cfg.schedule.batch_size * cfg.schedule.accumulate_grad_batches * cfg.trainer.devices * cfg.trainer.num_nodes
+    )
     assert effective == 4096
     assert (cfg.schedule.blr, cfg.schedule.epochs, cfg.schedule.warmup_epochs) == (blr, epochs, 40)
     assert cfg.model.mask_ratio == 0.75 and cfg.model.norm_pix_loss is True
@@ -223,13 +258,16 @@ def test_cpu_experiment_is_the_default_recipe(config_factory):
         assert default[group] == explicit[group]
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("schedule.batch_size=0", "schedule.batch_size=0 must be at least 1"),
-    ("schedule.epochs=0", "schedule.epochs=0 must be at least 1"),
-    ("schedule.warmup_epochs=13", r"schedule.warmup_epochs=13 must be in \[0, schedule.epochs=12\]"),
-    ("schedule.blr=0", "schedule.blr=0 must be positive"),
-    ("schedule.accumulate_grad_batches=0", "schedule.accumulate_grad_batches=0 must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("schedule.batch_size=0", "schedule.batch_size=0 must be at least 1"),
+        ("schedule.epochs=0", "schedule.epochs=0 must be at least 1"),
+        ("schedule.warmup_epochs=13", r"schedule.warmup_epochs=13 must be in \[0, schedule.epochs=12\]"),
+        ("schedule.blr=0", "schedule.blr=0 must be positive"),
+        ("schedule.accumulate_grad_batches=0", "schedule.accumulate_grad_batches=0 must be at least 1"),
+    ],
+)
 def test_schedule_validation(config_factory, override, message):
     with pytest.raises(ConfigError, match=message):
         validate_schedule(config_factory([override]).schedule)

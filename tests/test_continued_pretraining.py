@@ -13,33 +13,48 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from extras import needs_extra
 
 import mae.jobs.pretrain as pretrain_job
-from mae.model_files.checkpoint import CheckpointError, interpolate_pos_embed
-from mae.runs.config import instantiate_node
-from mae.model_files.export import save_mae
 from mae.jobs.harness import SetupError
 from mae.jobs.pretrain import initial_model, pretrain
+from mae.model_files.checkpoint import CheckpointError, interpolate_pos_embed
+from mae.model_files.export import save_mae
 from mae.model_files.loading import load_mae_weights
 from mae.models.classifier import vit_classifier_from_mae
 from mae.models.pos_embed import sincos_2d
-
-from extras import needs_extra
+from mae.runs.config import instantiate_node
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "official_mae_tiny.pt"
 
 # The default model group (patch 7 on 28 px Fashion-MNIST) shrunk to one block, and one step on 16 images.
 TINY = [
-    "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16",
-    "model.decoder_depth=1", "model.decoder_num_heads=2",
-    "data.train_samples=64", "schedule.batch_size=16", "+trainer.max_steps=1", "trainer.limit_val_batches=0",
-    "callbacks.knn_evaluation=null", "callbacks.reconstruction_grid=null", "callbacks.progress_bar.refresh_rate=0",
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "data.train_samples=64",
+    "schedule.batch_size=16",
+    "+trainer.max_steps=1",
+    "trainer.limit_val_batches=0",
+    "callbacks.knn_evaluation=null",
+    "callbacks.reconstruction_grid=null",
+    "callbacks.progress_bar.refresh_rate=0",
 ]
 # The architecture of the reference fixture (see /work/shared/fixtures/README.md) as model group overrides.
 FIXTURE_MODEL = [
-    "model=mae_vit_tiny_patch4", "data.img_size=32", "data.in_chans=3", "model.embed_dim=64", "model.depth=2",
-    "model.num_heads=4", "model.decoder_embed_dim=32", "model.decoder_depth=2", "model.decoder_num_heads=4",
+    "model=mae_vit_tiny_patch4",
+    "data.img_size=32",
+    "data.in_chans=3",
+    "model.embed_dim=64",
+    "model.depth=2",
+    "model.num_heads=4",
+    "model.decoder_embed_dim=32",
+    "model.decoder_depth=2",
+    "model.decoder_num_heads=4",
 ]
 
 
@@ -149,8 +164,9 @@ def test_an_encoder_only_file_keeps_the_decoders_own_initialisation_and_says_so(
     assert_same_state(model, initial, decoder_keys)
     warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
-    assert warnings[0].getMessage() == (f"pretrained={path} holds an encoder only: the decoder keeps the model's "
-                                        "initialisation")
+    assert warnings[0].getMessage() == (
+        f"pretrained={path} holds an encoder only: the decoder keeps the model's initialisation"
+    )
     assert not load_mae_weights(fresh(cfg), path).decoder
 
 
@@ -166,8 +182,10 @@ def test_a_fine_tuned_classifier_gives_its_encoder_and_keeps_the_final_norm(conf
     assert_same_state(model, initial, kept)
     assert_same_state(model, source.state_dict(), [key for key in initial if key not in kept])
     warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
-    assert warnings == [f"pretrained={path} holds an encoder only: the decoder and the final norm (a fine-tuned "
-                        "classifier has fc_norm instead) keep the model's initialisation"]
+    assert warnings == [
+        f"pretrained={path} holds an encoder only: the decoder and the final norm (a fine-tuned "
+        "classifier has fc_norm instead) keep the model's initialisation"
+    ]
     assert load_mae_weights(fresh(cfg), path).unused == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
 
 
@@ -183,9 +201,11 @@ def test_another_image_size_takes_the_models_own_sincos_tables(config_factory, t
     same_shape = [key for key in source.state_dict() if not key.endswith("pos_embed")]
     assert_same_state(model, source.state_dict(), same_shape)
     resized = [record.getMessage() for record in caplog.records if "resized" in record.getMessage()]
-    assert resized == [f"pretrained={path}: position tables resized from the file's 4x4 patch grid to the model's "
-                       "8x8 (pos_embed: the sin-cos table of the new grid; decoder_pos_embed: the sin-cos table of "
-                       "the new grid)"]
+    assert resized == [
+        f"pretrained={path}: position tables resized from the file's 4x4 patch grid to the model's "
+        "8x8 (pos_embed: the sin-cos table of the new grid; decoder_pos_embed: the sin-cos table of "
+        "the new grid)"
+    ]
 
 
 def test_another_image_size_interpolates_tables_that_are_not_sincos(config_factory, tmp_path, caplog):
@@ -198,19 +218,28 @@ def test_another_image_size_interpolates_tables_that_are_not_sincos(config_facto
         expected = interpolate_pos_embed(fixture["state_dict"][name], (12, 12))
         assert expected.shape[1] == 1 + 12 * 12 and torch.equal(getattr(model, name), expected), name
         assert not torch.allclose(getattr(model, name)[0], sincos_2d(expected.shape[-1], 12), atol=1e-3)
-    assert "from the file's 8x8 patch grid to the model's 12x12 (pos_embed: interpolated bicubically; " \
-           "decoder_pos_embed: interpolated bicubically)" in caplog.text
+    assert (
+        "from the file's 8x8 patch grid to the model's 12x12 (pos_embed: interpolated bicubically; "
+        "decoder_pos_embed: interpolated bicubically)" in caplog.text
+    )
 
 
-@pytest.mark.parametrize(("overrides", "numbers"), [
-    (["model.embed_dim=48", "model.depth=2"], ("embed_dim=32, depth=1", "embed_dim=48, depth=2")),
-    (["model=mae_vit_tiny_patch4", "model.embed_dim=32", "model.depth=1", "model.num_heads=2"],
-     ("patch_size=7", "patch_size=4")),
-    (["data.in_chans=3"], ("in_chans=1", "in_chans=3")),
-    (["model.mlp_ratio=2.0", "model.decoder_embed_dim=24"], ("mlp_ratio=4.0, decoder_embed_dim=16",
-                                                              "mlp_ratio=2.0, decoder_embed_dim=24")),
-    (["model.num_heads=4"], ("num_heads=2", "num_heads=4")),  # not in the shapes: as the export states it
-])
+@pytest.mark.parametrize(
+    ("overrides", "numbers"),
+    [
+        (["model.embed_dim=48", "model.depth=2"], ("embed_dim=32, depth=1", "embed_dim=48, depth=2")),
+        (
+            ["model=mae_vit_tiny_patch4", "model.embed_dim=32", "model.depth=1", "model.num_heads=2"],
+            ("patch_size=7", "patch_size=4"),
+        ),
+        (["data.in_chans=3"], ("in_chans=1", "in_chans=3")),
+        (
+            ["model.mlp_ratio=2.0", "model.decoder_embed_dim=24"],
+            ("mlp_ratio=4.0, decoder_embed_dim=16", "mlp_ratio=2.0, decoder_embed_dim=24"),
+        ),
+        (["model.num_heads=4"], ("num_heads=2", "num_heads=4")),  # not in the shapes: as the export states it
+    ],
+)
 def test_another_architecture_is_one_line_naming_both(config_factory, tmp_path, overrides, numbers):
     source = trained_like(config_factory(TINY, name="source"))
     path = save_mae(source, tmp_path / "source.safetensors")
@@ -218,16 +247,19 @@ def test_another_architecture_is_one_line_naming_both(config_factory, tmp_path, 
     with pytest.raises(CheckpointError) as error:
         continued(cfg)
     preset = "mae_vit_tiny_patch4" if "model=mae_vit_tiny_patch4" in overrides else "mae_vit_tiny_patch7"
-    assert str(error.value) == (f"pretrained={path} has {numbers[0]} but model={preset} builds {numbers[1]}; choose "
-                                "the model group that matches the file (or set those numbers, e.g. "
-                                "model.embed_dim=...)")
+    assert str(error.value) == (
+        f"pretrained={path} has {numbers[0]} but model={preset} builds {numbers[1]}; choose "
+        "the model group that matches the file (or set those numbers, e.g. "
+        "model.embed_dim=...)"
+    )
 
 
 def test_an_encoder_only_file_is_not_held_to_the_decoder(config_factory, tmp_path):
     source = trained_like(config_factory(TINY, name="source"))
     torch.save({"model": source.encoder_state_dict()}, tmp_path / "encoder.pth")
-    cfg = config_factory(TINY + ["model.decoder_embed_dim=24", "model.decoder_depth=2",
-                                 f"pretrained={tmp_path / 'encoder.pth'}"])
+    cfg = config_factory(
+        TINY + ["model.decoder_embed_dim=24", "model.decoder_depth=2", f"pretrained={tmp_path / 'encoder.pth'}"]
+    )
     assert len(continued(cfg).decoder_blocks) == 2
     wider = config_factory(TINY + ["model.embed_dim=64", f"pretrained={tmp_path / 'encoder.pth'}"], name="wider")
     with pytest.raises(CheckpointError, match=r"has embed_dim=32 but model=mae_vit_tiny_patch7 builds embed_dim=64;"):
@@ -238,13 +270,28 @@ def test_another_architecture_through_train_py_exits_2_with_one_line(config_fact
     source = trained_like(config_factory(TINY, name="source"))
     path = save_mae(source, tmp_path / "source.safetensors")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / 'cli'}",
-                             f"paths.log_dir={tmp_path / 'outputs'}", *TINY, "model.depth=2", f"pretrained={path}"],
-                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"hydra.run.dir={tmp_path / 'cli'}",
+            f"paths.log_dir={tmp_path / 'outputs'}",
+            *TINY,
+            "model.depth=2",
+            f"pretrained={path}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: pretrained={path} has depth=1 but model=mae_vit_tiny_patch7 builds depth=2; choose "
-                      "the model group that matches the file (or set those numbers, e.g. model.embed_dim=...)"]
+    assert errors == [
+        f"error: pretrained={path} has depth=1 but model=mae_vit_tiny_patch7 builds depth=2; choose "
+        "the model group that matches the file (or set those numbers, e.g. model.embed_dim=...)"
+    ]
     assert "Traceback" not in result.stderr and not (tmp_path / "cli" / "checkpoints").exists()
 
 
@@ -254,9 +301,11 @@ def test_pretrained_and_resume_together_are_one_line_before_any_work(config_fact
     cfg = config_factory(TINY + [f"pretrained={path}", f"ckpt_path={tmp_path / 'last.ckpt'}"])
     with pytest.raises(SetupError) as error:
         pretrain(cfg)
-    assert str(error.value) == (f"pretrained={path} and ckpt_path={tmp_path / 'last.ckpt'} are both set: resuming "
-                                "(ckpt_path) restores a run's weights, optimizer and schedule, continued pre-training "
-                                "(pretrained) starts a new schedule from weights; give one of them")
+    assert str(error.value) == (
+        f"pretrained={path} and ckpt_path={tmp_path / 'last.ckpt'} are both set: resuming "
+        "(ckpt_path) restores a run's weights, optimizer and schedule, continued pre-training "
+        "(pretrained) starts a new schedule from weights; give one of them"
+    )
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 

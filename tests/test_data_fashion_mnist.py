@@ -8,13 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import data_module
 from omegaconf import OmegaConf
 
-from mae.data import CorruptDataError, FashionMNISTDataModule, read_idx
-from mae.data import fashion_mnist
+from mae.data import CorruptDataError, FashionMNISTDataModule, fashion_mnist, read_idx
 from mae.data.fashion_mnist import FILES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
-
-from conftest import data_module
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 N_TRAIN, N_VAL = 24, 10
@@ -286,16 +284,19 @@ def test_hydra_list_values_are_accepted(data_fmnist_root):
     assert dm.crop_scale == (0.35, 1.0) and dm.mean == (0.2860,) and isinstance(dm.std, tuple)
 
 
-@pytest.mark.parametrize("overrides, named", [
-    ({"batch_size": 0}, "batch_size=0"),
-    ({"num_workers": -1}, "num_workers=-1"),
-    ({"img_size": 0}, "img_size=0"),
-    ({"crop_scale": (0.5, 0.2)}, "crop_scale=[0.5, 0.2]"),
-    ({"crop_scale": (0.0, 1.0)}, "crop_scale=[0.0, 1.0]"),
-    ({"mean": (0.5, 0.5)}, "in_chans=1"),
-    ({"in_chans": 2}, "in_chans=2"),
-    ({"train_samples": 0}, "train_samples=0"),
-])
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"num_workers": -1}, "num_workers=-1"),
+        ({"img_size": 0}, "img_size=0"),
+        ({"crop_scale": (0.5, 0.2)}, "crop_scale=[0.5, 0.2]"),
+        ({"crop_scale": (0.0, 1.0)}, "crop_scale=[0.0, 1.0]"),
+        ({"mean": (0.5, 0.5)}, "in_chans=1"),
+        ({"in_chans": 2}, "in_chans=2"),
+        ({"train_samples": 0}, "train_samples=0"),
+    ],
+)
 def test_invalid_values_raise_one_line_value_errors(data_fmnist_root, overrides, named):
     root, _ = data_fmnist_root
     with pytest.raises(ValueError) as error:

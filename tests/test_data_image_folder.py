@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import data_module
 from PIL import Image
 from torchvision.transforms import v2
 
 from mae.data import CorruptDataError, ImageFolderDataModule, ImageNetDataModule
 from mae.data.decoding import ImageLoader
 from mae.data.transforms import eval_transform, pretrain_transform, sample_crop
-
-from conftest import data_module
 
 WNIDS = ("n01440764", "n01443537", "n01484850")
 PER_CLASS = {"train": 4, "val": 2}
@@ -45,18 +44,30 @@ def data_imagenet_root(tmp_path) -> Path:
 
 def module(root, group="image_folder", **overrides) -> ImageFolderDataModule:
     """The data group's module (``image_folder`` or ``imagenet``) on the tiny copy at ``root``, small and in-process."""
-    args = dict(root=str(root), img_size=32, batch_size=4, num_workers=0, pin_memory=False, persistent_workers=False,
-                knn_train_samples=None, knn_val_samples=None)
+    args = dict(
+        root=str(root),
+        img_size=32,
+        batch_size=4,
+        num_workers=0,
+        pin_memory=False,
+        persistent_workers=False,
+        knn_train_samples=None,
+        knn_val_samples=None,
+    )
     return data_module(group, **{**args, **overrides})
 
 
 def reference_eval(path: Path, img_size: int, ratio: float = 0.875) -> torch.Tensor:
     """The reference's eval pipeline, spelled with torchvision's standard transforms."""
-    pipeline = v2.Compose([
-        v2.Resize(int(img_size / ratio), interpolation=v2.InterpolationMode.BICUBIC),
-        v2.CenterCrop(img_size), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    pipeline = v2.Compose(
+        [
+            v2.Resize(int(img_size / ratio), interpolation=v2.InterpolationMode.BICUBIC),
+            v2.CenterCrop(img_size),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     return pipeline(Image.open(path).convert("RGB"))
 
 
@@ -224,13 +235,16 @@ def test_imagenet_group_has_imagenet_settings(data_imagenet_root):
     assert dm.eval_resize_ratio == 0.875 and dm.interpolation == "bicubic" and dm.num_classes == 3
 
 
-@pytest.mark.parametrize("overrides, named", [
-    ({"interpolation": "lanczos"}, "interpolation='lanczos'"),
-    ({"eval_resize_ratio": 1.5}, "eval_resize_ratio=1.5"),
-    ({"crop_scale": (0.2, 1.2)}, "crop_scale=[0.2, 1.2]"),
-    ({"std": (0.2, 0.0, 0.2)}, "std=[0.2, 0.0, 0.2]"),
-    ({"batch_size": 0}, "batch_size=0"),
-])
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"interpolation": "lanczos"}, "interpolation='lanczos'"),
+        ({"eval_resize_ratio": 1.5}, "eval_resize_ratio=1.5"),
+        ({"crop_scale": (0.2, 1.2)}, "crop_scale=[0.2, 1.2]"),
+        ({"std": (0.2, 0.0, 0.2)}, "std=[0.2, 0.0, 0.2]"),
+        ({"batch_size": 0}, "batch_size=0"),
+    ],
+)
 def test_invalid_values_raise_one_line_value_errors(data_imagenet_root, overrides, named):
     with pytest.raises(ValueError) as error:
         module(data_imagenet_root, **overrides)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import data_module
 from hydra.utils import instantiate
 from PIL import Image
 from scipy.io import savemat
@@ -30,8 +31,6 @@ from mae.data import (
     Places365DataModule,
 )
 from mae.data.transfer_datasets import TransferDataModule
-
-from conftest import data_module
 
 PALETTE = ((200, 40, 40), (40, 200, 40), (40, 40, 200))  # the colour of label 0, 1, 2
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -66,15 +65,20 @@ def write_jpeg(path: Path, label: int, index: int = 0) -> str:
     return str(path)
 
 
-CONFIG_GROUPS = {CIFAR10DataModule: "cifar10", CIFAR100DataModule: "cifar100", Flowers102DataModule: "flowers102",
-                 Food101DataModule: "food101", INaturalistDataModule: "inat2018", OxfordPetsDataModule: "oxford_pets",
-                 Places365DataModule: "places365"}
+CONFIG_GROUPS = {
+    CIFAR10DataModule: "cifar10",
+    CIFAR100DataModule: "cifar100",
+    Flowers102DataModule: "flowers102",
+    Food101DataModule: "food101",
+    INaturalistDataModule: "inat2018",
+    OxfordPetsDataModule: "oxford_pets",
+    Places365DataModule: "places365",
+}
 
 
 def module(cls: type[TransferDataModule], root: Path, **overrides) -> TransferDataModule:
     """``cls`` as its config group builds it, on a tiny copy at ``root``, small and in-process."""
-    args = dict(root=str(root), img_size=32, batch_size=2, num_workers=0, pin_memory=False,
-                persistent_workers=False)
+    args = dict(root=str(root), img_size=32, batch_size=2, num_workers=0, pin_memory=False, persistent_workers=False)
     dm = data_module(CONFIG_GROUPS[cls], **{**args, **overrides})
     assert type(dm) is cls
     return dm
@@ -117,26 +121,57 @@ CIFAR10_TEST = [2, 1, 0]
 def write_cifar10(root: Path) -> Tiny:
     folder = root / "cifar-10-batches-py"
     for number, labels in enumerate(CIFAR10_TRAIN, 1):
-        write_pickle(folder / f"data_batch_{number}", {
-            "batch_label": f"training batch {number} of 5", "labels": labels, "data": cifar_rows(labels),
-            "filenames": [f"img_{number}_{i}.png" for i in range(len(labels))]})
-    write_pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": CIFAR10_TEST,
-                                         "data": cifar_rows(CIFAR10_TEST), "filenames": ["a.png", "b.png", "c.png"]})
-    write_pickle(folder / "batches.meta", {"num_cases_per_batch": 2, "label_names": ["airplane", "automobile", "bird"],
-                                           "num_vis": 3072})
-    return Tiny(CIFAR10DataModule, root, "cifar10", 3, (10, 3), missing=folder / "data_batch_4",
-                metadata=folder / "data_batch_3")
+        write_pickle(
+            folder / f"data_batch_{number}",
+            {
+                "batch_label": f"training batch {number} of 5",
+                "labels": labels,
+                "data": cifar_rows(labels),
+                "filenames": [f"img_{number}_{i}.png" for i in range(len(labels))],
+            },
+        )
+    write_pickle(
+        folder / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": CIFAR10_TEST,
+            "data": cifar_rows(CIFAR10_TEST),
+            "filenames": ["a.png", "b.png", "c.png"],
+        },
+    )
+    write_pickle(
+        folder / "batches.meta",
+        {"num_cases_per_batch": 2, "label_names": ["airplane", "automobile", "bird"], "num_vis": 3072},
+    )
+    return Tiny(
+        CIFAR10DataModule,
+        root,
+        "cifar10",
+        3,
+        (10, 3),
+        missing=folder / "data_batch_4",
+        metadata=folder / "data_batch_3",
+    )
 
 
 def write_cifar100(root: Path) -> Tiny:
     folder = root / "cifar-100-python"
     for name, fine in (("train", [0, 1, 2, 2, 1, 0]), ("test", [1, 2, 0])):
         coarse = [1 - (label % 2) for label in fine]  # deliberately not the fine labels: those are the task
-        write_pickle(folder / name, {"filenames": [f"{name}_{i}.png" for i in range(len(fine))],
-                                     "batch_label": f"{name} batch", "fine_labels": fine, "coarse_labels": coarse,
-                                     "data": cifar_rows(fine)})
-    write_pickle(folder / "meta", {"fine_label_names": ["apple", "aquarium_fish", "baby"],
-                                   "coarse_label_names": ["aquatic_mammals", "fish"]})
+        write_pickle(
+            folder / name,
+            {
+                "filenames": [f"{name}_{i}.png" for i in range(len(fine))],
+                "batch_label": f"{name} batch",
+                "fine_labels": fine,
+                "coarse_labels": coarse,
+                "data": cifar_rows(fine),
+            },
+        )
+    write_pickle(
+        folder / "meta",
+        {"fine_label_names": ["apple", "aquarium_fish", "baby"], "coarse_label_names": ["aquatic_mammals", "fish"]},
+    )
     return Tiny(CIFAR100DataModule, root, "cifar100", 3, (6, 3), missing=folder / "meta", metadata=folder / "meta")
 
 
@@ -150,10 +185,13 @@ def coco_document(year: int, items: list[tuple[int, int, str]], categories: list
     return {
         "info": {"year": year, "version": "1.0", "description": f"iNaturalist {year} tiny copy"},
         "licenses": [{"id": 1, "name": "CC BY-NC", "url": "http://creativecommons.org/licenses/by-nc/4.0/"}],
-        "images": [{"id": image_id, "file_name": name, "width": 24, "height": 30, "license": 1}
-                   for image_id, _, name in items],
-        "annotations": [{"id": 100 + image_id, "image_id": image_id, "category_id": category}
-                        for image_id, category, _ in reversed(items)],
+        "images": [
+            {"id": image_id, "file_name": name, "width": 24, "height": 30, "license": 1} for image_id, _, name in items
+        ],
+        "annotations": [
+            {"id": 100 + image_id, "image_id": image_id, "category_id": category}
+            for image_id, category, _ in reversed(items)
+        ],
         "categories": [{"id": category, "name": name, "supercategory": group} for category, name, group in categories],
     }
 
@@ -172,8 +210,17 @@ def write_inat(root: Path, year: int) -> Tiny:
                 splits[split].append((image_id, category, file_name))
     for split, items in splits.items():
         (root / f"{split}{year}.json").write_text(json.dumps(coco_document(year, items, INAT_CATEGORIES)))
-    return Tiny(INaturalistDataModule, root, f"inat{year}", 3, (6, 3), missing=root / f"val{year}.json",
-                metadata=root / f"train{year}.json", image=root / splits["train"][1][2], args={"year": year})
+    return Tiny(
+        INaturalistDataModule,
+        root,
+        f"inat{year}",
+        3,
+        (6, 3),
+        missing=root / f"val{year}.json",
+        metadata=root / f"train{year}.json",
+        image=root / splits["train"][1][2],
+        args={"year": year},
+    )
 
 
 PLACES_CATEGORIES = ["/a/airfield", "/b/bakery/shop", "/c/canyon"]
@@ -194,9 +241,17 @@ def write_places365(root: Path, small: bool = True, train_folder: str | None = N
         val_lines.append(f"Places365_val_{number:08d}.jpg {label}\n")
     (root / "places365_train_standard.txt").write_text("".join(train_lines))
     (root / "places365_val.txt").write_text("".join(val_lines))
-    return Tiny(Places365DataModule, root, "places365", 3, (6, 3), missing=root / "categories_places365.txt",
-                metadata=root / "places365_train_standard.txt",
-                image=root / train_folder / "b/bakery/shop/00000002.jpg", args={"small": small})
+    return Tiny(
+        Places365DataModule,
+        root,
+        "places365",
+        3,
+        (6, 3),
+        missing=root / "categories_places365.txt",
+        metadata=root / "places365_train_standard.txt",
+        image=root / train_folder / "b/bakery/shop/00000002.jpg",
+        args={"small": small},
+    )
 
 
 FLOWER_LABELS = [3, 1, 2, 2, 1, 3, 1, 3, 2]  # 1-based, of image_00001.jpg .. image_00009.jpg
@@ -210,8 +265,16 @@ def write_flowers102(root: Path) -> Tiny:
     # As in the release: MATLAB doubles, row vectors.
     savemat(folder / "imagelabels.mat", {"labels": np.array([FLOWER_LABELS], dtype=np.float64)})
     savemat(folder / "setid.mat", {key: np.array([ids], dtype=np.float64) for key, ids in FLOWER_SPLITS.items()})
-    return Tiny(Flowers102DataModule, root, "flowers102", 3, (6, 3), missing=folder / "setid.mat",
-                metadata=folder / "imagelabels.mat", image=folder / "jpg" / "image_00004.jpg")
+    return Tiny(
+        Flowers102DataModule,
+        root,
+        "flowers102",
+        3,
+        (6, 3),
+        missing=folder / "setid.mat",
+        metadata=folder / "imagelabels.mat",
+        image=folder / "jpg" / "image_00004.jpg",
+    )
 
 
 PET_BREEDS = [("Abyssinian", 1, 1), ("american_bulldog", 2, 1), ("Bengal", 1, 2)]  # class 1-3: (breed, species, id)
@@ -227,9 +290,16 @@ def write_oxford_pets(root: Path) -> Tiny:
     for split, split_lines in lines.items():
         (folder / "annotations").mkdir(parents=True, exist_ok=True)
         (folder / "annotations" / f"{split}.txt").write_text("".join(split_lines))
-    return Tiny(OxfordPetsDataModule, root, "oxford_pets", 3, (6, 3), missing=folder / "annotations" / "test.txt",
-                metadata=folder / "annotations" / "trainval.txt",
-                image=folder / "images" / "american_bulldog_101.jpg")
+    return Tiny(
+        OxfordPetsDataModule,
+        root,
+        "oxford_pets",
+        3,
+        (6, 3),
+        missing=folder / "annotations" / "test.txt",
+        metadata=folder / "annotations" / "trainval.txt",
+        image=folder / "images" / "american_bulldog_101.jpg",
+    )
 
 
 FOOD_CLASSES = ["apple_pie", "baby_back_ribs", "baklava"]
@@ -246,8 +316,16 @@ def write_food101(root: Path) -> Tiny:
     for split, listing in listings.items():
         (folder / "meta" / f"{split}.json").write_text(json.dumps(listing))
     (folder / "meta" / "classes.txt").write_text("".join(f"{name}\n" for name in FOOD_CLASSES))
-    return Tiny(Food101DataModule, root, "food101", 3, (6, 3), missing=folder / "meta" / "classes.txt",
-                metadata=folder / "meta" / "test.json", image=folder / "images" / "baklava" / "1005651.jpg")
+    return Tiny(
+        Food101DataModule,
+        root,
+        "food101",
+        3,
+        (6, 3),
+        missing=folder / "meta" / "classes.txt",
+        metadata=folder / "meta" / "test.json",
+        image=folder / "images" / "baklava" / "1005651.jpg",
+    )
 
 
 WRITERS: dict[str, Callable[[Path], Tiny]] = {
@@ -344,8 +422,15 @@ def test_a_corrupt_image_is_named_when_served(data_tiny_files):
 
 
 def test_the_hydra_config_instantiates(data_tiny, config_factory):
-    cfg = config_factory([f"data={data_tiny.config}", f"data.root={data_tiny.root}", "data.img_size=32",
-                          "data.num_workers=0", "data.batch_size=2"])
+    cfg = config_factory(
+        [
+            f"data={data_tiny.config}",
+            f"data.root={data_tiny.root}",
+            "data.img_size=32",
+            "data.num_workers=0",
+            "data.batch_size=2",
+        ]
+    )
     assert cfg.data.root == str(data_tiny.root) and cfg.data.crop_scale == [0.08, 1.0]
     dm = instantiate(cfg.data)
     assert type(dm) is data_tiny.cls and dm.num_classes == data_tiny.num_classes
@@ -360,12 +445,15 @@ def test_default_config_root_is_the_named_data_folder(data_tiny, config_factory)
     assert cfg.data.download is False and cfg.data.img_size == 224
 
 
-@pytest.mark.parametrize("overrides, named", [
-    ({"eval_resize_ratio": 0.0}, "eval_resize_ratio=0.0"),
-    ({"crop_scale": (0.5, 0.1)}, "crop_scale=[0.5, 0.1]"),
-    ({"interpolation": "lanczos"}, "interpolation='lanczos'"),
-    ({"batch_size": 0}, "batch_size=0"),
-])
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"eval_resize_ratio": 0.0}, "eval_resize_ratio=0.0"),
+        ({"crop_scale": (0.5, 0.1)}, "crop_scale=[0.5, 0.1]"),
+        ({"interpolation": "lanczos"}, "interpolation='lanczos'"),
+        ({"batch_size": 0}, "batch_size=0"),
+    ],
+)
 def test_invalid_values_raise_one_line_value_errors(tmp_path, overrides, named):
     tiny = write_food101(tmp_path / "food")
     with pytest.raises(ValueError) as error:
@@ -373,8 +461,14 @@ def test_invalid_values_raise_one_line_value_errors(tmp_path, overrides, named):
     assert named in str(error.value) and "\n" not in str(error.value)
 
 
-DOWNLOADERS = {"cifar10": ("CIFAR10", 10), "cifar100": ("CIFAR100", 100), "places365": ("Places365", 365),
-               "flowers102": ("Flowers102", 102), "oxford_pets": ("OxfordIIITPet", 37), "food101": ("Food101", 101)}
+DOWNLOADERS = {
+    "cifar10": ("CIFAR10", 10),
+    "cifar100": ("CIFAR100", 100),
+    "places365": ("Places365", 365),
+    "flowers102": ("Flowers102", 102),
+    "oxford_pets": ("OxfordIIITPet", 37),
+    "food101": ("Food101", 101),
+}
 
 
 @pytest.mark.parametrize("name", list(DOWNLOADERS))
@@ -402,8 +496,15 @@ def test_cifar_pixels_are_read_in_the_documented_layout(tmp_path):
     tiny = write_cifar10(tmp_path)
     picture = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # (H, W, RGB)
     test_batch = tiny.root / "cifar-10-batches-py" / "test_batch"
-    write_pickle(test_batch, {"batch_label": "testing batch 1 of 1", "labels": [1],
-                              "data": cifar_row(picture)[None], "filenames": ["x.png"]})
+    write_pickle(
+        test_batch,
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": [1],
+            "data": cifar_row(picture)[None],
+            "filenames": ["x.png"],
+        },
+    )
     dm = module(CIFAR10DataModule, tiny.root)
     dm.setup()
     img, label = dm.splits.val.dataset[0]
@@ -419,8 +520,10 @@ def test_cifar_is_resized_up_whole_for_evaluation(tmp_path):
     tiny = write_cifar10(tmp_path)
     half = np.zeros((32, 32, 3), dtype=np.uint8)
     half[:, 16:] = 255  # left black, right white: a centre crop would change the proportion
-    write_pickle(tiny.root / "cifar-10-batches-py" / "test_batch",
-                 {"labels": [0], "data": cifar_row(half)[None], "batch_label": "", "filenames": ["h.png"]})
+    write_pickle(
+        tiny.root / "cifar-10-batches-py" / "test_batch",
+        {"labels": [0], "data": cifar_row(half)[None], "batch_label": "", "filenames": ["h.png"]},
+    )
     dm = module(CIFAR10DataModule, tiny.root, img_size=64)
     assert dm.eval_resize_ratio == 1.0 and dm.classes == ["airplane", "automobile", "bird"]
     img, _ = dm.splits.val[0]
@@ -429,12 +532,15 @@ def test_cifar_is_resized_up_whole_for_evaluation(tmp_path):
     assert white[:, :30].sum() == 0 and white[:, 34:].all()
 
 
-@pytest.mark.parametrize("content, problem", [
-    ({"labels": [0, 7], "data": cifar_rows([0, 1])}, "label 7 outside 0-2"),
-    ({"labels": [0, 1], "data": cifar_rows([0, 1])[:, :3000]}, "(N, 3072)"),
-    ({"labels": [0], "data": cifar_rows([0, 1])}, "one integer per image"),
-    ({"data": cifar_rows([0, 1])}, "'labels'"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ({"labels": [0, 7], "data": cifar_rows([0, 1])}, "label 7 outside 0-2"),
+        ({"labels": [0, 1], "data": cifar_rows([0, 1])[:, :3000]}, "(N, 3072)"),
+        ({"labels": [0], "data": cifar_rows([0, 1])}, "one integer per image"),
+        ({"data": cifar_rows([0, 1])}, "'labels'"),
+    ],
+)
 def test_cifar_batches_are_checked(tmp_path, content, problem):
     tiny = write_cifar10(tmp_path)
     batch = tiny.root / "cifar-10-batches-py" / "data_batch_2"
@@ -539,12 +645,15 @@ def test_flowers_split_choice(tmp_path):
     assert dm.splits.val.dataset.labels == [0, 1, 2]  # image ids 5, 4, 6: classes 1, 2, 3
 
 
-@pytest.mark.parametrize("overrides, named", [
-    ({"train_splits": ["train", "holdout"]}, "train_splits=['train', 'holdout']"),
-    ({"train_splits": []}, "train_splits=[]"),
-    ({"val_split": "validation"}, "val_split='validation'"),
-    ({"train_splits": ["train", "test"]}, "val_split='test' is also in train_splits"),
-])
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"train_splits": ["train", "holdout"]}, "train_splits=['train', 'holdout']"),
+        ({"train_splits": []}, "train_splits=[]"),
+        ({"val_split": "validation"}, "val_split='validation'"),
+        ({"train_splits": ["train", "test"]}, "val_split='test' is also in train_splits"),
+    ],
+)
 def test_flowers_bad_split_choices(tmp_path, overrides, named):
     tiny = write_flowers102(tmp_path)
     with pytest.raises(ValueError) as error:
@@ -552,11 +661,14 @@ def test_flowers_bad_split_choices(tmp_path, overrides, named):
     assert named in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("file, content, problem", [
-    ("imagelabels.mat", {"labels": np.array([[1, 0, 2]], dtype=np.float64)}, "label 0 outside 1-102"),
-    ("imagelabels.mat", {"label": np.array([[1, 2]], dtype=np.float64)}, "no variable labels"),
-    ("setid.mat", {"trnid": [[1, 2]], "valid": [[3]], "tstid": [[10]]}, "image id 10 outside 1-9"),
-])
+@pytest.mark.parametrize(
+    "file, content, problem",
+    [
+        ("imagelabels.mat", {"labels": np.array([[1, 0, 2]], dtype=np.float64)}, "label 0 outside 1-102"),
+        ("imagelabels.mat", {"label": np.array([[1, 2]], dtype=np.float64)}, "no variable labels"),
+        ("setid.mat", {"trnid": [[1, 2]], "valid": [[3]], "tstid": [[10]]}, "image id 10 outside 1-9"),
+    ],
+)
 def test_flowers_mat_contents_are_checked(tmp_path, file, content, problem):
     tiny = write_flowers102(tmp_path)
     path = tiny.root / "flowers-102" / file
@@ -603,10 +715,13 @@ def test_food_labels_follow_classes_txt(tmp_path):
     assert by_file[str(tiny.root / "food-101" / "images" / "baklava" / "1026330.jpg")] == 2
 
 
-@pytest.mark.parametrize("listing, problem", [
-    ({"apple_pie": ["apple_pie/1"], "tiramisu": ["tiramisu/2"]}, "class 'tiramisu' is not in classes.txt"),
-    ({"apple_pie": "apple_pie/1"}, "mapping each class to a list"),
-])
+@pytest.mark.parametrize(
+    "listing, problem",
+    [
+        ({"apple_pie": ["apple_pie/1"], "tiramisu": ["tiramisu/2"]}, "class 'tiramisu' is not in classes.txt"),
+        ({"apple_pie": "apple_pie/1"}, "mapping each class to a list"),
+    ],
+)
 def test_food_listing_is_checked(tmp_path, listing, problem):
     tiny = write_food101(tmp_path)
     train_json = tiny.root / "food-101" / "meta" / "train.json"

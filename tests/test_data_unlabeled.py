@@ -3,7 +3,6 @@ the run's stored file list, the kNN on knn_data or its absence, and bad input re
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -13,30 +12,49 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import data_module
 from PIL import Image
 
 from mae.data.decoding import ImageLoader
 from mae.data.file_listing import FileList, held_out, list_image_files, split_held_out
-from mae.data.png_folder import image_path, main as png_folder_main
+from mae.data.png_folder import image_path
+from mae.data.png_folder import main as png_folder_main
 from mae.data.unlabeled import FILE_LIST, NO_LABEL
 from mae.jobs.downstream import downstream
 from mae.jobs.harness import SetupError
 from mae.jobs.pretrain import build, pretrain
 from mae.model_files.stored_config import stored_normalization
 
-from conftest import data_module
-
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16",
-              "model.decoder_depth=1", "model.decoder_num_heads=2"]
+TINY_MODEL = [
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+]
 QUIET = ["callbacks.progress_bar.refresh_rate=0", "trainer.log_every_n_steps=1"]
 
 
 def folder_overrides(root: Path, **data: object) -> list[str]:
-    settings = {"img_size": 28, "num_workers": 0, "persistent_workers": False, "pin_memory": False,
-                "stats_samples": 16, **data}
-    return ["data=unlabeled", f"data.root={root}", *(f"data.{key}={value}" for key, value in settings.items()),
-            "schedule.batch_size=8", "schedule.epochs=2", *TINY_MODEL, *QUIET]
+    settings = {
+        "img_size": 28,
+        "num_workers": 0,
+        "persistent_workers": False,
+        "pin_memory": False,
+        "stats_samples": 16,
+        **data,
+    }
+    return [
+        "data=unlabeled",
+        f"data.root={root}",
+        *(f"data.{key}={value}" for key, value in settings.items()),
+        "schedule.batch_size=8",
+        "schedule.epochs=2",
+        *TINY_MODEL,
+        *QUIET,
+    ]
 
 
 def write_image(path: Path, rng: np.random.Generator, mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> None:
@@ -96,8 +114,15 @@ def test_the_val_dir_is_held_out_and_never_listed_for_training(tmp_path, image_t
     held = image_tree / "held"
     for index in range(3):
         write_image(held / f"h{index}.png", np.random.default_rng(index))
-    module = data_module("unlabeled", root=str(image_tree), val_dir=str(held), img_size=28, num_workers=0,
-                         persistent_workers=False, stats_samples=8)
+    module = data_module(
+        "unlabeled",
+        root=str(image_tree),
+        val_dir=str(held),
+        img_size=28,
+        num_workers=0,
+        persistent_workers=False,
+        stats_samples=8,
+    )
     module.prepare_run()
     assert len(module.file_list.train) == 24 and not any(name.startswith("held") for name in module.file_list.train)
     assert module.file_list.val == ["h0.png", "h1.png", "h2.png"]
@@ -131,8 +156,16 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
 
 
 def test_any_size_is_cropped_to_img_size_and_batches_carry_no_label(image_tree):
-    module = data_module("unlabeled", root=str(image_tree), img_size=16, in_chans=1, num_workers=0,
-                         persistent_workers=False, batch_size=5, stats_samples=8)
+    module = data_module(
+        "unlabeled",
+        root=str(image_tree),
+        img_size=16,
+        in_chans=1,
+        num_workers=0,
+        persistent_workers=False,
+        batch_size=5,
+        stats_samples=8,
+    )
     images, labels, seeds = next(iter(module.train_dataloader()))
     assert images.shape == (5, 1, 16, 16) and labels.tolist() == [NO_LABEL] * 5 and seeds.shape == (5,)
     assert module.sample_images(1).shape == (1, 1, 16, 16)
@@ -148,8 +181,16 @@ def test_auto_statistics_are_the_pixel_statistics_of_the_sample(tmp_path, capsys
         array = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
         Image.fromarray(array).save(tmp_path / f"{index}.png")
         pixels.append(array.reshape(-1, 3) / 255)
-    module = data_module("unlabeled", root=str(tmp_path), val_fraction=0.4, split_seed=0, img_size=8,
-                         num_workers=0, persistent_workers=False, stats_samples=100)
+    module = data_module(
+        "unlabeled",
+        root=str(tmp_path),
+        val_fraction=0.4,
+        split_seed=0,
+        img_size=8,
+        num_workers=0,
+        persistent_workers=False,
+        stats_samples=100,
+    )
     module.prepare_run()
     train = [pixels[int(Path(name).stem)] for name in module.file_list.train]
     expected = np.concatenate(train)
@@ -159,8 +200,15 @@ def test_auto_statistics_are_the_pixel_statistics_of_the_sample(tmp_path, capsys
 
 
 def test_explicit_numbers_are_kept_and_half_auto_is_refused(image_tree):
-    module = data_module("unlabeled", root=str(image_tree), mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2],
-                         num_workers=0, persistent_workers=False, stats_samples=4)
+    module = data_module(
+        "unlabeled",
+        root=str(image_tree),
+        mean=[0.5, 0.4, 0.3],
+        std=[0.2, 0.2, 0.2],
+        num_workers=0,
+        persistent_workers=False,
+        stats_samples=4,
+    )
     module.prepare_run()
     assert module.mean == (0.5, 0.4, 0.3)
     with pytest.raises(ValueError, match="give both as numbers, or both as 'auto'"):
@@ -186,8 +234,11 @@ def test_a_run_stores_its_files_and_numbers_and_shows_learning_without_labels(co
     assert results["knn_top1_pretrained"] is None and "has no labels" in results["knn_skipped"]
     assert sum("kNN evaluation skipped" in record.message for record in caplog.records) == 1
     assert [entry["epoch"] for entry in results["val_loss_per_epoch"]] == [0, 1]
-    assert results["reconstruction_grids"] == ["reconstruction_epoch000.png", "reconstruction_epoch001.png",
-                                               "reconstruction.png"]
+    assert results["reconstruction_grids"] == [
+        "reconstruction_epoch000.png",
+        "reconstruction_epoch001.png",
+        "reconstruction.png",
+    ]
     assert all((run_dir / name).is_file() for name in results["reconstruction_grids"])
     with open(run_dir / "csv" / "metrics.csv") as metrics:
         assert "val/loss" in metrics.readline()
@@ -204,9 +255,15 @@ def test_the_validation_masks_are_the_same_every_epoch(config_factory, image_tre
 
 
 def test_knn_data_gives_the_knn_evaluation_its_labels(config_factory, image_tree):
-    cfg = config_factory(folder_overrides(image_tree, in_chans=1) + [
-        "knn_data=fashion_mnist", "knn_data.knn_train_samples=200", "knn_data.knn_val_samples=100",
-        "schedule.epochs=1"])
+    cfg = config_factory(
+        folder_overrides(image_tree, in_chans=1)
+        + [
+            "knn_data=fashion_mnist",
+            "knn_data.knn_train_samples=200",
+            "knn_data.knn_val_samples=100",
+            "schedule.epochs=1",
+        ]
+    )
     assert cfg.knn_data.img_size == 28 and cfg.knn_data.in_chans == 1
     results = pretrain(cfg)
     assert 0.0 < results["knn_top1_pretrained"] <= 1.0 and results["knn_data"] == "FashionMNISTDataModule"
@@ -223,8 +280,9 @@ def test_a_resumed_run_trains_on_its_first_list(config_factory, image_tree, capl
         write_image(image_tree / "added" / f"new{index}.png", rng)
     gone = image_tree / listed.train[0]
     gone.unlink()
-    resumed = config_factory(folder_overrides(image_tree) + [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"],
-                             name="resumed")
+    resumed = config_factory(
+        folder_overrides(image_tree) + [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], name="resumed"
+    )
     with caplog.at_level(logging.WARNING):
         pretrain(resumed)
     again = FileList.read(Path(resumed.paths.output_dir) / FILE_LIST)
@@ -252,13 +310,17 @@ def test_bad_folders_are_refused_before_any_work(config_factory, tmp_path, image
     assert_refused(config_factory(folder_overrides(a_file), name="file"), f"data.root={a_file} is a file")
     missing = tmp_path / "folders" / "nowhere"
     assert_refused(config_factory(folder_overrides(missing), name="missing"), f"data.root={missing} is missing")
-    assert_refused(config_factory(folder_overrides(image_tree, val_fraction=0.0), name="fraction"),
-                   "data.val_fraction=0.0 must be in (0, 1)")
+    assert_refused(
+        config_factory(folder_overrides(image_tree, val_fraction=0.0), name="fraction"),
+        "data.val_fraction=0.0 must be in (0, 1)",
+    )
     one = tmp_path / "folders" / "one"
     write_image(one / "only.png", np.random.default_rng(0))
     side = "validation" if not held_out("only.png", 0.5, 0) else "training"
-    assert_refused(config_factory(folder_overrides(one, val_fraction=0.5), name="one"),
-                   f"data.val_fraction=0.5 leaves no {side} image among the 1 files")
+    assert_refused(
+        config_factory(folder_overrides(one, val_fraction=0.5), name="one"),
+        f"data.val_fraction=0.5 leaves no {side} image among the 1 files",
+    )
 
 
 def test_undecodable_folders_are_refused_before_any_work(config_factory, tmp_path, image_tree):
@@ -268,32 +330,51 @@ def test_undecodable_folders_are_refused_before_any_work(config_factory, tmp_pat
     for name in names:
         (junk / name).write_bytes(b"not a jpeg at all")
     train, _ = split_held_out(names, 0.5, seed=0)
-    assert_refused(config_factory(folder_overrides(junk, val_fraction=0.5), name="junk"),
-                   f"none of the {len(train)} image files tried could be decoded")
+    assert_refused(
+        config_factory(folder_overrides(junk, val_fraction=0.5), name="junk"),
+        f"none of the {len(train)} image files tried could be decoded",
+    )
     for index in range(6):
         (image_tree / f"bad{index}.png").write_bytes(b"\x89PNG broken")
-    assert_refused(config_factory(folder_overrides(image_tree, stats_samples=100), name="error"),
-                   "sampled files could not be decoded; remove them, or set data.on_bad_image=skip")
-    assert_refused(config_factory(folder_overrides(image_tree, stats_samples=100, on_bad_image="skip"), name="many"),
-                   "sampled image files could not be decoded, more than data.max_bad_fraction=0.01")
+    assert_refused(
+        config_factory(folder_overrides(image_tree, stats_samples=100), name="error"),
+        "sampled files could not be decoded; remove them, or set data.on_bad_image=skip",
+    )
+    assert_refused(
+        config_factory(folder_overrides(image_tree, stats_samples=100, on_bad_image="skip"), name="many"),
+        "sampled image files could not be decoded, more than data.max_bad_fraction=0.01",
+    )
 
 
 def test_knn_data_without_labels_and_fine_tuning_without_labels_are_refused(config_factory, image_tree):
-    assert_refused(config_factory(folder_overrides(image_tree) + ["knn_data=unlabeled",
-                                                                  f"knn_data.root={image_tree}"], name="knn"),
-                   "knn_data (UnlabeledImagesDataModule) has no labels for a kNN evaluation")
-    assert_refused(config_factory(folder_overrides(image_tree) + ["task=finetune", "pretrained=null"], name="ft"),
-                   "task=finetune trains a classifier and needs labels", job=downstream)
+    assert_refused(
+        config_factory(
+            folder_overrides(image_tree) + ["knn_data=unlabeled", f"knn_data.root={image_tree}"], name="knn"
+        ),
+        "knn_data (UnlabeledImagesDataModule) has no labels for a kNN evaluation",
+    )
+    assert_refused(
+        config_factory(folder_overrides(image_tree) + ["task=finetune", "pretrained=null"], name="ft"),
+        "task=finetune trains a classifier and needs labels",
+        job=downstream,
+    )
 
 
 def test_the_command_line_says_it_in_one_line_with_exit_code_2(tmp_path):
     empty = tmp_path / "folders" / "empty"
     empty.mkdir(parents=True)
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / 'run'}",
-                             *folder_overrides(empty)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / 'run'}", *folder_overrides(empty)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 2 and errors == [f"error: data.root={empty} holds no image files "
-                                                 f"(.jpg .jpeg .png .webp .gif .bmp .tif .tiff .ppm .pgm .pbm) at any depth"]
+    assert result.returncode == 2 and errors == [
+        f"error: data.root={empty} holds no image files "
+        f"(.jpg .jpeg .png .webp .gif .bmp .tif .tiff .ppm .pgm .pbm) at any depth"
+    ]
     assert "Traceback" not in result.stderr
 
 

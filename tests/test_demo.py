@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_data_fashion_mnist import make_fashion_mnist
 
 from mae.demo.__main__ import main
 from mae.demo.images import ImageInputError, fit_image, read_image, to_display, to_model_input
@@ -18,10 +19,18 @@ from mae.demo.session import EXAMPLE, UPLOAD, DemoLimits, DemoSession, Example, 
 from mae.model_files.export import save_mae
 from mae.models import MaskedAutoencoderViT
 
-from test_data_fashion_mnist import make_fashion_mnist
-
-TINY = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
-            decoder_depth=1, decoder_num_heads=2, norm_pix_loss=True)
+TINY = dict(
+    img_size=28,
+    patch_size=7,
+    in_chans=1,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    decoder_embed_dim=16,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    norm_pix_loss=True,
+)
 MEAN, STD = (0.2860,), (0.3530,)
 LIMITS = DemoLimits(display_size=56, max_bytes=2**20, max_pixels=10**6)
 
@@ -46,8 +55,9 @@ def photo(path: Path, size=(80, 60), mode="RGB") -> Path:
 @pytest.fixture
 def session(tmp_path) -> DemoSession:
     primary = load_demo_model(export(tmp_path / "first.safetensors"), MEAN, STD)
-    examples = [Example(f"example {i}", torch.randn(1, 28, 28, generator=torch.Generator().manual_seed(i)))
-                for i in range(3)]
+    examples = [
+        Example(f"example {i}", torch.randn(1, 28, 28, generator=torch.Generator().manual_seed(i))) for i in range(3)
+    ]
     return DemoSession(primary, examples, LIMITS)
 
 
@@ -116,8 +126,7 @@ def test_views_paste_the_original_back_and_report_the_models_loss(session):
         expected = session.primary.model(image, mask_ratio=0.5, noise=noise)
     assert views.loss == pytest.approx(float(expected.loss), rel=1e-6)
     mask = expected.mask[0].reshape(4, 4).repeat_interleave(7, 0).repeat_interleave(7, 1).bool().numpy()
-    original, masked, pasted = (np.asarray(picture)[..., 0] for picture in
-                                (views.original, views.masked, views.pasted))
+    original, masked, pasted = (np.asarray(picture)[..., 0] for picture in (views.original, views.masked, views.pasted))
     # Visible patches: the original's pixels in the masked input and in the pasted view (in pixel space, so the
     # norm_pix_loss prediction was put back into pixels around them); removed ones: the mean grey in the input.
     assert np.array_equal(masked[~mask], original[~mask]) and np.array_equal(pasted[~mask], original[~mask])
@@ -136,8 +145,9 @@ def test_the_same_seed_hides_the_same_patches_in_every_checkpoint_and_another_se
 
 def test_uploads_go_through_the_models_size_and_channels(session, tmp_path):
     update = session.update((UPLOAD, str(photo(tmp_path / "photo.png"))), 0.75, 0)
-    assert update.description == ("uploaded photo.png: converted RGB to grayscale; resized 80x60 to 37x28; "
-                                  "cropped the centre 28x28")
+    assert update.description == (
+        "uploaded photo.png: converted RGB to grayscale; resized 80x60 to 37x28; cropped the centre 28x28"
+    )
     assert update.views.original.size == (56, 56) and update.compared is None
     assert session.update((EXAMPLE, 2), 0.75, 0).description == "example 2, as the data group serves it"
     with pytest.raises(PageError, match="notes.txt is not an image"):
@@ -150,23 +160,33 @@ def test_uploads_go_through_the_models_size_and_channels(session, tmp_path):
 def test_a_second_checkpoint_is_compared_on_the_same_image_and_mask(session, tmp_path):
     second = export(tmp_path / "second.safetensors", seed=1)
     update = session.update((EXAMPLE, 0), 0.75, 4, str(second))
-    alone = demo_views(load_demo_model(second, MEAN, STD), session.examples[0].image.unsqueeze(0), 0.75, 4,
-                       LIMITS.display_size)
+    alone = demo_views(
+        load_demo_model(second, MEAN, STD), session.examples[0].image.unsqueeze(0), 0.75, 4, LIMITS.display_size
+    )
     assert update.compared.masked == update.views.masked and update.compared.pasted == alone.pasted
     assert f"second: loss {alone.loss:.4f}" in update.comparison
     assert f"first: loss {update.views.loss:.4f}" in update.comparison
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda tmp: tmp / "missing.safetensors", "does not exist"),
-    (lambda tmp: export(tmp / "patch4.safetensors", patch_size=4), "takes 28 px images with 1 channel(s) in 4 px "
-                                                                   "patches, the first checkpoint 28 px images with 1 "
-                                                                   "channel(s) in 7 px patches"),
-    (lambda tmp: torch.save({"model": tiny_model(0).encoder_state_dict()}, tmp / "enc.pth") or tmp / "enc.pth",
-     "has no decoder weights"),
-])
-def test_a_second_checkpoint_that_cannot_be_compared_is_said_and_the_first_still_shows(session, tmp_path, make,
-                                                                                       message):
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: tmp / "missing.safetensors", "does not exist"),
+        (
+            lambda tmp: export(tmp / "patch4.safetensors", patch_size=4),
+            "takes 28 px images with 1 channel(s) in 4 px "
+            "patches, the first checkpoint 28 px images with 1 "
+            "channel(s) in 7 px patches",
+        ),
+        (
+            lambda tmp: torch.save({"model": tiny_model(0).encoder_state_dict()}, tmp / "enc.pth") or tmp / "enc.pth",
+            "has no decoder weights",
+        ),
+    ],
+)
+def test_a_second_checkpoint_that_cannot_be_compared_is_said_and_the_first_still_shows(
+    session, tmp_path, make, message
+):
     update = session.update((EXAMPLE, 0), 0.75, 0, str(make(tmp_path)))
     assert update.compared is None and update.comparison.startswith("Cannot compare: ")
     assert message in update.comparison and "\n" not in update.comparison
@@ -193,30 +213,36 @@ def test_a_checkpoint_without_decoder_is_refused_at_start(tmp_path, fmnist, caps
     torch.save({"model": tiny_model(0).encoder_state_dict()}, encoder)
     assert refused(capsys, str(encoder), f"data.root={fmnist}") == (
         f"error: checkpoint {encoder} has no decoder weights (an encoder-only or fine-tuned file): reconstructions "
-        "need a pre-training checkpoint or a full MAE export")
+        "need a pre-training checkpoint or a full MAE export"
+    )
 
 
 def test_a_missing_default_checkpoint_says_to_pretrain_first(tmp_path, fmnist, capsys):
     line = refused(capsys, f"paths.log_dir={tmp_path}", f"data.root={fmnist}")
-    assert line == (f"error: checkpoint {tmp_path}/pretrain/latest/checkpoints/last.ckpt does not exist (the default "
-                    "is the newest `make pretrain` run's; run it first or name a checkpoint)")
+    assert line == (
+        f"error: checkpoint {tmp_path}/pretrain/latest/checkpoints/last.ckpt does not exist (the default "
+        "is the newest `make pretrain` run's; run it first or name a checkpoint)"
+    )
 
 
 def test_bad_settings_and_a_busy_port_are_one_line(tmp_path, fmnist, capsys):
     ckpt = str(export(tmp_path / "tiny.safetensors"))
     assert refused(capsys, ckpt, f"data.root={fmnist}", "mask_ratio=0.99") == (
         "error: mask_ratio=0.99 keeps 0 of the 16 patches visible; training needs at least one masked and one "
-        "visible patch: 0 < mask_ratio <= 0.9375")
+        "visible patch: 0 < mask_ratio <= 0.9375"
+    )
     assert refused(capsys, ckpt, f"data.root={fmnist}", "port=70000") == "error: port=70000 must be at most 65535"
     assert "data serves 32 px" in refused(capsys, ckpt, f"data.root={fmnist}", "data.img_size=32")
-    assert "in 4 px patches" in refused(capsys, ckpt, f"data.root={fmnist}",
-                                        f"compare_ckpt_path={export(tmp_path / 'p4.safetensors', patch_size=4)}")
+    assert "in 4 px patches" in refused(
+        capsys, ckpt, f"data.root={fmnist}", f"compare_ckpt_path={export(tmp_path / 'p4.safetensors', patch_size=4)}"
+    )
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         assert refused(capsys, ckpt, f"data.root={fmnist}", f"port={port}").startswith(
-            f"error: cannot serve on 127.0.0.1:{port} (Address already in use); choose another port=<n>")
+            f"error: cannot serve on 127.0.0.1:{port} (Address already in use); choose another port=<n>"
+        )
 
 
 @pytest.mark.parametrize("num_patches, highest", [(4, 0.75), (16, 0.9), (49, 0.95), (196, 0.95)])

@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from extras import needs_extra
 from PIL import Image
+from test_data_fashion_mnist import make_fashion_mnist
+from test_demo import MEAN, STD, export, photo
 
 from mae.demo.images import fit_image, to_model_input
 from mae.demo.reconstruction import demo_views, load_demo_model
-
-from test_data_fashion_mnist import make_fashion_mnist
-from test_demo import MEAN, STD, export, photo
-from extras import needs_extra
 
 playwright_api = needs_extra("playwright.sync_api", "demo")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -57,10 +56,21 @@ def server(checkpoints, fmnist, tmp_path_factory) -> str:
     root = fmnist[0]
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "mae.demo", str(checkpoints["first"]), f"port={port}", f"data.root={root}",
-         f"compare_root={checkpoints['second'].parent}"],  # the folder the compare tab may read
-        cwd=tmp_path_factory.mktemp("demo_cwd"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "mae.demo",
+            str(checkpoints["first"]),
+            f"port={port}",
+            f"data.root={root}",
+            f"compare_root={checkpoints['second'].parent}",
+        ],  # the folder the compare tab may read
+        cwd=tmp_path_factory.mktemp("demo_cwd"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"},
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
     try:
@@ -138,7 +148,8 @@ def test_an_uploaded_png_gives_the_four_views_and_the_slider_changes_the_mask(pa
     picture = photo(tmp_path / "photo.png", size=(80, 60))
     upload(page, picture)
     expect(page.locator("#info")).to_contain_text(
-        "uploaded photo.png: converted RGB to grayscale; resized 80x60 to 37x28; cropped the centre 28x28")
+        "uploaded photo.png: converted RGB to grayscale; resized 80x60 to 37x28; cropped the centre 28x28"
+    )
     expected = computed(checkpoints["first"], picture, 0.75, 0)
     for name, view in zip(("original", "masked", "reconstruction", "pasted"), expected.pictures()):
         assert np.array_equal(shown(page, name), np.asarray(view)), name
@@ -157,7 +168,8 @@ def test_a_file_that_is_not_an_image_gets_a_message_and_the_server_keeps_serving
     notes.write_text("not an image")
     upload(page, notes)
     expect(page.locator("#message")).to_contain_text(
-        "Cannot use this file: notes.txt is not an image this demo can read")
+        "Cannot use this file: notes.txt is not an image this demo can read"
+    )
     assert np.array_equal(shown(page, "original"), before)  # the page still shows what it showed
 
     masked = shown(page, "masked")
@@ -179,8 +191,10 @@ def test_the_second_tab_compares_two_checkpoints_on_the_same_mask(page, checkpoi
     # The page shows test image 0; as the data group serves it: pixels / 255, normalised.
     pixels = torch.from_numpy(fmnist[1]["val_images"][0]).float().div(255)[None, None]
     image = (pixels - MEAN[0]) / STD[0]
-    first, second = (demo_views(load_demo_model(checkpoints[name], MEAN, STD), image, 0.75, 0, DISPLAY)
-                     for name in ("first", "second"))
+    first, second = (
+        demo_views(load_demo_model(checkpoints[name], MEAN, STD), image, 0.75, 0, DISPLAY)
+        for name in ("first", "second")
+    )
     assert np.array_equal(shown(page, "compare-masked"), np.asarray(second.masked))
     assert np.array_equal(shown(page, "second-pasted"), np.asarray(second.pasted))
     assert np.array_equal(shown(page, "first-pasted"), np.asarray(first.pasted))

@@ -126,8 +126,9 @@ def test_every_module_the_readme_and_the_pages_name_exists():
                 stale.setdefault(path.relative_to(ROOT).as_posix(), []).append(name)
         for module in RUN_MODULE.findall(text):
             spec = importlib.util.find_spec(module)
-            runnable = spec is not None and (spec.submodule_search_locations is None
-                                             or importlib.util.find_spec(f"{module}.__main__") is not None)
+            runnable = spec is not None and (
+                spec.submodule_search_locations is None or importlib.util.find_spec(f"{module}.__main__") is not None
+            )
             if not runnable:
                 stale.setdefault(path.relative_to(ROOT).as_posix(), []).append(f"python -m {module}")
     assert stale == {}, "names of modules that do not exist (or cannot run with python -m)"
@@ -135,7 +136,9 @@ def test_every_module_the_readme_and_the_pages_name_exists():
 
 def test_the_name_check_catches_stale_names():
     assert names_in("`mae.checkpoint.load_pretrained`, models/mae.py, mae_shards.json, mae.load_model") == {
-        "mae.checkpoint.load_pretrained", "mae.load_model"}
+        "mae.checkpoint.load_pretrained",
+        "mae.load_model",
+    }
     assert not resolves("mae.checkpoint.load_pretrained")
     assert not resolves("mae.models.NoSuchThing")
     assert resolves("mae.load_model") and resolves("mae.models.MaskedAutoencoderViT")
@@ -157,9 +160,22 @@ def test_the_site_builds_strictly(tmp_path):
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    result = subprocess.run([*command, "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
-                             "--site-dir", str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    result = subprocess.run(
+        [
+            *command,
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "reference" / "model_files.html").is_file()

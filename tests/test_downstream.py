@@ -2,46 +2,58 @@
 
 import json
 import os
-from functools import partial
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import pytest
 import timm
 import torch
+from conftest import compose_config, data_module
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
-from mae.model_files.checkpoint import export_timm_state_dict
 from mae.jobs.downstream import build, downstream
 from mae.jobs.evaluate import evaluate
 from mae.jobs.harness import SetupError
 from mae.jobs.pretrain import pretrain
+from mae.model_files.checkpoint import export_timm_state_dict
 from mae.models import MaskedAutoencoderViT
 from mae.models.classifier import vit_classifier_from_mae
 from mae.runs.run_directory import CONFIG_FILE, TIMM_CLASSIFIER_FILE
 
-from conftest import compose_config, data_module
-
 ROOT = Path(__file__).resolve().parents[1]
 
-MODEL = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_embed_dim=16",
-         "model.decoder_depth=1", "model.decoder_num_heads=2"]
+MODEL = [
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+]
 # A small model and a Fashion-MNIST subset keep each run to seconds on two cores; the test split stays whole.
-SMALL = MODEL + ["data.train_samples=256", "schedule.batch_size=32", "schedule.epochs=1", "schedule.warmup_epochs=0",
-                 "trainer.log_every_n_steps=1", "callbacks.progress_bar.refresh_rate=0"]
+SMALL = MODEL + [
+    "data.train_samples=256",
+    "schedule.batch_size=32",
+    "schedule.epochs=1",
+    "schedule.warmup_epochs=0",
+    "trainer.log_every_n_steps=1",
+    "callbacks.progress_bar.refresh_rate=0",
+]
 
 
 @pytest.fixture(scope="module")
 def pretrained_ckpt(tmp_path_factory) -> Path:
     """A pre-training checkpoint of the small model, written by the pre-training job."""
     run_dir = tmp_path_factory.mktemp("pretrain") / "run"
-    cfg = compose_config(SMALL + ["callbacks.knn_evaluation=null", "callbacks.reconstruction_grid=null"],
-                         output_dir=run_dir)
+    cfg = compose_config(
+        SMALL + ["callbacks.knn_evaluation=null", "callbacks.reconstruction_grid=null"], output_dir=run_dir
+    )
     pretrain(cfg)
     return run_dir / "checkpoints" / "last.ckpt"
 
@@ -79,11 +91,21 @@ def test_finetuning_writes_test_split_results_and_a_timm_classifier(finetuned_ru
     assert results["optimizer_steps"] == 256 // 32 and results["peak_lr"] == pytest.approx(schedule.blr * 32 / 256)
     # The exported classifier is a timm ViT with its head: same logits as the fine-tuned module.
     module_state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    vit = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2,
-                            num_heads=2, num_classes=10, global_pool="avg",
-                            checkpoint_path=str(run_dir / TIMM_CLASSIFIER_FILE)).eval()
-    reference = vit_classifier_from_mae(MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=32,
-                                                             depth=2, num_heads=2), num_classes=10).eval()
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=28,
+        patch_size=7,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        global_pool="avg",
+        checkpoint_path=str(run_dir / TIMM_CLASSIFIER_FILE),
+    ).eval()
+    reference = vit_classifier_from_mae(
+        MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=2), num_classes=10
+    ).eval()
     reference.load_state_dict({k.removeprefix("model."): v for k, v in module_state["state_dict"].items()})
     imgs = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
@@ -104,8 +126,9 @@ def test_linear_probe_trains_only_the_head(config_factory, pretrained_ckpt):
     cfg = config_factory(["task=linprobe", f"pretrained={pretrained_ckpt}"] + SMALL)
     results = downstream(cfg)
     assert results["task"] == "linprobe" and results["num_images"] == 10000
-    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=True)["state_dict"]
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
     weights = pretrained_encoder(pretrained_ckpt)
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     assert encoder and all(torch.equal(value, weights[key]) for key, value in encoder.items())
@@ -130,9 +153,20 @@ def test_checkpoint_of_another_architecture_is_refused_by_name(config_factory, p
 
 def run_eval(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "eval.py"), f"hydra.run.dir={tmp_path / 'eval'}",
-                           "callbacks.progress_bar.refresh_rate=0", *overrides],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "eval.py"),
+            f"hydra.run.dir={tmp_path / 'eval'}",
+            "callbacks.progress_bar.refresh_rate=0",
+            *overrides,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_eval_py_reproduces_the_final_evaluation_of_a_trained_checkpoint(finetuned_run, tmp_path):
@@ -152,8 +186,19 @@ def test_eval_py_refuses_data_with_another_class_count(finetuned_run, tmp_path):
             (root / split / name).mkdir(parents=True)
             Image.new("L", (28, 28), 100).save(root / split / name / "0.png")
     ckpt = finetuned_run[0] / "checkpoints" / "last.ckpt"
-    result = run_eval(tmp_path, [f"ckpt_path={ckpt}", "data=image_folder", f"data.root={root}", "data.img_size=28",
-                                 "data.in_chans=1", "data.mean=[0.5]", "data.std=[0.5]", "data.num_workers=0"])
+    result = run_eval(
+        tmp_path,
+        [
+            f"ckpt_path={ckpt}",
+            "data=image_folder",
+            f"data.root={root}",
+            "data.img_size=28",
+            "data.in_chans=1",
+            "data.mean=[0.5]",
+            "data.std=[0.5]",
+            "data.num_workers=0",
+        ],
+    )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "head.weight has shape (10, 32), this model expects (3, 32)" in errors[0], result.stderr
@@ -168,15 +213,19 @@ def test_eval_py_without_a_checkpoint_is_a_one_line_error(tmp_path):
 def test_reference_layout_finetuned_classifier_is_evaluated(config_factory, tmp_path):
     """A fine-tuned classifier saved as the reference does (timm keys with fc_norm and head under ``model``)."""
     torch.manual_seed(0)
-    classifier = vit_classifier_from_mae(MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=32,
-                                                              depth=2, num_heads=2), num_classes=10)
+    classifier = vit_classifier_from_mae(
+        MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=2), num_classes=10
+    )
     torch.nn.init.normal_(classifier.head.weight, std=0.5)
     state = classifier.state_dict()
     assert "fc_norm.weight" in state and "norm.weight" not in state
     path = tmp_path / "checkpoint-best.pth"
     torch.save({"model": state, "epoch": 99, "args": None}, path)
-    cfg = compose_config(["task=finetune", f"ckpt_path={path}", "trainer.limit_val_batches=1.0"] + MODEL,
-                         output_dir=tmp_path / "eval", config_name="eval")
+    cfg = compose_config(
+        ["task=finetune", f"ckpt_path={path}", "trainer.limit_val_batches=1.0"] + MODEL,
+        output_dir=tmp_path / "eval",
+        config_name="eval",
+    )
     results = evaluate(cfg)
     # The same classifier evaluated directly, on the same 10000 test images.
     loader = data_module("fashion_mnist", batch_size=500).val_dataloader()
@@ -188,13 +237,24 @@ def test_reference_layout_finetuned_classifier_is_evaluated(config_factory, tmp_
 
 
 def test_export_of_a_classifier_round_trips_through_timm(tmp_path):
-    classifier = vit_classifier_from_mae(MaskedAutoencoderViT(img_size=32, patch_size=4, in_chans=3, embed_dim=48,
-                                                              depth=2, num_heads=3), num_classes=7,
-                                         global_pool="token")
+    classifier = vit_classifier_from_mae(
+        MaskedAutoencoderViT(img_size=32, patch_size=4, in_chans=3, embed_dim=48, depth=2, num_heads=3),
+        num_classes=7,
+        global_pool="token",
+    )
     torch.nn.init.normal_(classifier.head.weight)
     path = export_timm_state_dict(classifier, tmp_path / "clf.pth")
-    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3,
-                            num_classes=7, global_pool="token", checkpoint_path=str(path))
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=32,
+        patch_size=4,
+        embed_dim=48,
+        depth=2,
+        num_heads=3,
+        num_classes=7,
+        global_pool="token",
+        checkpoint_path=str(path),
+    )
     imgs = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(vit.eval()(imgs), classifier.eval()(imgs), atol=1e-5)
@@ -202,8 +262,15 @@ def test_export_of_a_classifier_round_trips_through_timm(tmp_path):
 
 def test_resumed_finetuning_ends_with_the_weights_of_an_uninterrupted_run(config_factory, pretrained_ckpt):
     """RandAugment, random erasing, mixup/cutmix and drop path are all seeded per sample or batch."""
-    common = ["task=finetune", f"pretrained={pretrained_ckpt}", "schedule.epochs=2", "schedule.warmup_epochs=1",
-              "data.train_samples=128", "schedule.batch_size=32", "callbacks.progress_bar.refresh_rate=0"] + MODEL
+    common = [
+        "task=finetune",
+        f"pretrained={pretrained_ckpt}",
+        "schedule.epochs=2",
+        "schedule.warmup_epochs=1",
+        "data.train_samples=128",
+        "schedule.batch_size=32",
+        "callbacks.progress_bar.refresh_rate=0",
+    ] + MODEL
 
     def last_state(cfg) -> dict[str, torch.Tensor]:
         path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
@@ -223,26 +290,37 @@ def test_resumed_finetuning_ends_with_the_weights_of_an_uninterrupted_run(config
 
 
 def test_pixel_probe_is_the_same_probe_on_the_raw_pixels(config_factory):
-    cfg = config_factory(["experiment=linprobe_pixels"] + SMALL[len(MODEL):]
-                         + ["data.train_samples=4096", "schedule.batch_size=128"])
+    cfg = config_factory(
+        ["experiment=linprobe_pixels"] + SMALL[len(MODEL) :] + ["data.train_samples=4096", "schedule.batch_size=128"]
+    )
     assert cfg.pretrained is None and cfg.module._target_ == "mae.training.LinearProbeModule"
     results = downstream(cfg)
     assert results["task"] == "linprobe_pixels" and results["num_images"] == 10000
-    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=True)["state_dict"]
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
     assert state["head.1.weight"].shape == (10, 28 * 28)  # a linear classifier over every pixel
     assert not any(key.startswith("encoder.") for key in state)
     # 32 steps of the probe on 4096 images already classify the test split far above chance (10%).
     assert results["top1"] > 40.0
 
 
-def test_how_much_of_the_test_split_is_watched_per_epoch_does_not_change_what_finetuning_trains(config_factory,
-                                                                                                pretrained_ckpt):
+def test_how_much_of_the_test_split_is_watched_per_epoch_does_not_change_what_finetuning_trains(
+    config_factory, pretrained_ckpt
+):
     """The fine-tuning task watches top-1 on a fifth of the evaluation split each epoch (trainer.limit_val_batches);
     the weights it ends with are those of a run that watches all of it, or none, with the recipe's regularisers on."""
-    common = ["task=finetune", f"pretrained={pretrained_ckpt}", "schedule.epochs=2", "schedule.warmup_epochs=1",
-              "data.train_samples=128", "schedule.batch_size=32", "callbacks.progress_bar.refresh_rate=0",
-              "schedule.mixup=0.8", "schedule.drop_path_rate=0.1"] + MODEL
+    common = [
+        "task=finetune",
+        f"pretrained={pretrained_ckpt}",
+        "schedule.epochs=2",
+        "schedule.warmup_epochs=1",
+        "data.train_samples=128",
+        "schedule.batch_size=32",
+        "callbacks.progress_bar.refresh_rate=0",
+        "schedule.mixup=0.8",
+        "schedule.drop_path_rate=0.1",
+    ] + MODEL
     assert compose_config(["task=finetune"]).trainer.limit_val_batches == 0.2
     states = []
     for share in (0.2, 1.0, 0.0):

@@ -13,21 +13,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from test_data_fashion_mnist import N_TRAIN, N_VAL, make_fashion_mnist
+from test_train import SMALL, run_train
 from torch.utils.data import DataLoader, TensorDataset
 
 import mae
 import mae.jobs.extract
 from mae.evaluation import knn
-from mae.model_files.export import write
 from mae.jobs.extract import main
+from mae.model_files.export import write
 from mae.models import MaskedAutoencoderViT
 
-from test_data_fashion_mnist import N_TRAIN, N_VAL, make_fashion_mnist
-from test_train import SMALL, run_train
-
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
-            decoder_depth=1, decoder_num_heads=2)
+TINY = dict(
+    img_size=28,
+    patch_size=7,
+    in_chans=1,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    decoder_embed_dim=16,
+    decoder_depth=1,
+    decoder_num_heads=2,
+)
 # SMALL's architecture on the default model group, for files that do not say theirs.
 MODEL_OVERRIDES = [item for item in SMALL if item.startswith("model.")]
 
@@ -107,7 +115,8 @@ def test_normed_intermediate_layers_end_with_the_features(model, images):
 def test_runs_in_eval_mode_without_gradients_and_gives_each_module_its_mode_back(model, images):
     seen = []
     hook = model.blocks[0].register_forward_hook(
-        lambda module, _args, _out: seen.append((module.training, torch.is_grad_enabled())))
+        lambda module, _args, _out: seen.append((module.training, torch.is_grad_enabled()))
+    )
     model.train()
     model.blocks[1].eval()  # e.g. a block the caller froze: it must stay in eval mode
     try:
@@ -121,12 +130,15 @@ def test_runs_in_eval_mode_without_gradients_and_gives_each_module_its_mode_back
     assert not model.blocks[0]._forward_hooks  # the layer hooks are gone
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"pool": "mean"}, "pool='mean' is not a feature pooling; use one of 'cls', 'avg', 'tokens'"),
-    ({"layers": [2]}, "layers=[2]: 2 is not a block index of this 2-block encoder (use -2 to 1)"),
-    ({"layers": [-3]}, "layers=[-3]: -3 is not a block index of this 2-block encoder (use -2 to 1)"),
-    ({"batch_size": 0}, "batch_size=0 must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"pool": "mean"}, "pool='mean' is not a feature pooling; use one of 'cls', 'avg', 'tokens'"),
+        ({"layers": [2]}, "layers=[2]: 2 is not a block index of this 2-block encoder (use -2 to 1)"),
+        ({"layers": [-3]}, "layers=[-3]: -3 is not a block index of this 2-block encoder (use -2 to 1)"),
+        ({"batch_size": 0}, "batch_size=0 must be at least 1"),
+    ],
+)
 def test_bad_arguments_are_one_line(model, images, kwargs, message):
     with pytest.raises(ValueError) as error:
         mae.extract_features(model, images, **kwargs)
@@ -138,8 +150,16 @@ def test_bad_arguments_are_one_line(model, images, kwargs, message):
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny pre-training run's last.ckpt, beside its config_resolved.yaml."""
     tmp = tmp_path_factory.mktemp("pretrain")
-    result = run_train(tmp, SMALL + ["schedule.epochs=1", "schedule.warmup_epochs=0", "callbacks.knn_evaluation=null",
-                                     "callbacks.reconstruction_grid=null"])
+    result = run_train(
+        tmp,
+        SMALL
+        + [
+            "schedule.epochs=1",
+            "schedule.warmup_epochs=0",
+            "callbacks.knn_evaluation=null",
+            "callbacks.reconstruction_grid=null",
+        ],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp / "cli" / "checkpoints" / "last.ckpt"
 
@@ -186,9 +206,14 @@ def test_npy_output_of_the_train_split_with_layers(checkpoint, fmnist, tmp_path)
     out = tmp_path / "feats.npy"
     assert extract(checkpoint, out, root, "split=train", "pool=avg", "layers=[0,-1]", "norm_layers=true") == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "feats_features.npy", "feats_labels.npy", "feats_layer_0.npy", "feats_layer_1.npy"]
-    expected = mae.extract_features(trained_model(checkpoint), split_images(arrays, "train"), pool="avg",
-                                    layers=[0, 1], norm=True)
+        "feats_features.npy",
+        "feats_labels.npy",
+        "feats_layer_0.npy",
+        "feats_layer_1.npy",
+    ]
+    expected = mae.extract_features(
+        trained_model(checkpoint), split_images(arrays, "train"), pool="avg", layers=[0, 1], norm=True
+    )
     np.testing.assert_allclose(np.load(tmp_path / "feats_features.npy"), expected.features.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.load(tmp_path / "feats_layer_0.npy"), expected.layers[0].numpy(), atol=1e-5)
     np.testing.assert_array_equal(np.load(tmp_path / "feats_labels.npy"), arrays["train_labels"].astype(np.int64))
@@ -214,15 +239,21 @@ def test_an_interrupted_extraction_resumes_from_its_chunks(checkpoint, fmnist, t
     assert extract(checkpoint, out, root, *settings) == 130
     parts = tmp_path / "resumed.safetensors.parts"
     assert "run the same command again to continue from the chunks in" in capsys.readouterr().err
-    assert sorted(path.name for path in parts.iterdir()) == ["chunk_000000.safetensors", "chunk_000001.safetensors",
-                                                            "extraction.json"]
+    assert sorted(path.name for path in parts.iterdir()) == [
+        "chunk_000000.safetensors",
+        "chunk_000001.safetensors",
+        "extraction.json",
+    ]
     assert not out.exists()
 
     monkeypatch.setattr(mae.jobs.extract, "write_chunk", write_chunk)
     encoded = []
     extract_features = mae.jobs.extract.extract_features
-    monkeypatch.setattr(mae.jobs.extract, "extract_features",
-                        lambda *args, **kwargs: encoded.append(1) or extract_features(*args, **kwargs))
+    monkeypatch.setattr(
+        mae.jobs.extract,
+        "extract_features",
+        lambda *args, **kwargs: encoded.append(1) or extract_features(*args, **kwargs),
+    )
     assert extract(checkpoint, out, root, *settings, "batch_size=8") == 0  # the batch may change, not the chunks
     assert len(encoded) == 3 and not parts.exists()
     resumed = load_file(str(out))
@@ -243,8 +274,10 @@ def test_chunks_of_other_settings_are_not_reused(checkpoint, fmnist, tmp_path, m
     capsys.readouterr()
     assert extract(checkpoint, out, root, "chunk_size=4", "pool=avg") == 2
     err = capsys.readouterr().err
-    assert err == (f"error: {out}.parts holds chunks of another extraction (pool: 'cls' there, 'avg' now); run with "
-                   "its settings or delete it to start over\n")
+    assert err == (
+        f"error: {out}.parts holds chunks of another extraction (pool: 'cls' there, 'avg' now); run with "
+        "its settings or delete it to start over\n"
+    )
 
 
 def test_an_encoder_only_file_with_the_model_group(checkpoint, fmnist, tmp_path):
@@ -254,8 +287,12 @@ def test_an_encoder_only_file_with_the_model_group(checkpoint, fmnist, tmp_path)
     torch.save({"model": model.encoder_state_dict()}, encoder)
     out = tmp_path / "val.safetensors"
     assert extract(encoder, out, root, *MODEL_OVERRIDES) == 0
-    torch.testing.assert_close(load_file(str(out))["features"],
-                               mae.extract_features(model, split_images(arrays, "val")).features, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        load_file(str(out))["features"],
+        mae.extract_features(model, split_images(arrays, "val")).features,
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("export_format", ["mae", "transformers"])
@@ -267,21 +304,27 @@ def test_exports_are_read_with_the_architecture_they_state(checkpoint, fmnist, t
     exported = write(export_format, model, tmp_path / ("mae.safetensors" if export_format == "mae" else "hf"))
     out = tmp_path / "val.safetensors"
     assert extract(exported, out, root) == 0
-    torch.testing.assert_close(load_file(str(out))["features"],
-                               mae.extract_features(model, split_images(arrays, "val")).features, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        load_file(str(out))["features"],
+        mae.extract_features(model, split_images(arrays, "val")).features,
+        rtol=0,
+        atol=1e-5,
+    )
 
 
-@pytest.mark.parametrize("out_name, overrides, message", [
-    ("f.safetensors", ["pool=mean"], "pool='mean' is not a feature pooling; use one of 'cls', 'avg', 'tokens'"),
-    ("f.safetensors", ["split=test"], "split='test' is not a split; use one of 'train', 'val'"),
-    ("f.pt", [], "OUT={tmp}/f.pt must end in .safetensors or .npy"),
-    ("f.safetensors", ["chunk_size=0"], "chunk_size=0 must be an integer of at least 1"),
-    ("f.safetensors", ["layers=[5]"], "layers=[5]: 5 is not a block index of this 2-block encoder (use -2 to 1)"),
-    ("f.safetensors", ["no_such_key=1"], None),
-    ("f.safetensors", ["device=cuda:0"] if not torch.cuda.is_available() else ["device=tpu"], None),
-])
-def test_bad_settings_are_one_line_before_any_work(checkpoint, fmnist, tmp_path, capsys, out_name, overrides,
-                                                   message):
+@pytest.mark.parametrize(
+    "out_name, overrides, message",
+    [
+        ("f.safetensors", ["pool=mean"], "pool='mean' is not a feature pooling; use one of 'cls', 'avg', 'tokens'"),
+        ("f.safetensors", ["split=test"], "split='test' is not a split; use one of 'train', 'val'"),
+        ("f.pt", [], "OUT={tmp}/f.pt must end in .safetensors or .npy"),
+        ("f.safetensors", ["chunk_size=0"], "chunk_size=0 must be an integer of at least 1"),
+        ("f.safetensors", ["layers=[5]"], "layers=[5]: 5 is not a block index of this 2-block encoder (use -2 to 1)"),
+        ("f.safetensors", ["no_such_key=1"], None),
+        ("f.safetensors", ["device=cuda:0"] if not torch.cuda.is_available() else ["device=tpu"], None),
+    ],
+)
+def test_bad_settings_are_one_line_before_any_work(checkpoint, fmnist, tmp_path, capsys, out_name, overrides, message):
     out = tmp_path / "out" / out_name
     assert extract(checkpoint, out, fmnist[0], *overrides) == 2
     lines = capsys.readouterr().err.splitlines()
@@ -299,18 +342,25 @@ def test_missing_checkpoint_and_one_without_encoder_are_one_line(checkpoint, fmn
     state = trained_model(checkpoint).state_dict()
     torch.save({k: v for k, v in state.items() if k.startswith(("decoder_", "mask_token"))}, decoder_only)
     assert extract(decoder_only, tmp_path / "f.safetensors", fmnist[0]) == 2
-    assert capsys.readouterr().err == (f"error: checkpoint {decoder_only} holds no MAE or ViT encoder (no "
-                                       "patch_embed.proj.weight; its keys: decoder_blocks.0.attn.proj.bias, "
-                                       "decoder_blocks.0.attn.proj.weight, decoder_blocks.0.attn.qkv.bias, "
-                                       "decoder_blocks.0.attn.qkv.weight ...)\n")
+    assert capsys.readouterr().err == (
+        f"error: checkpoint {decoder_only} holds no MAE or ViT encoder (no "
+        "patch_embed.proj.weight; its keys: decoder_blocks.0.attn.proj.bias, "
+        "decoder_blocks.0.attn.proj.weight, decoder_blocks.0.attn.qkv.bias, "
+        "decoder_blocks.0.attn.qkv.weight ...)\n"
+    )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["decoder.pth"]
 
 
 def test_the_module_runs_as_a_program(checkpoint, fmnist, tmp_path):
     root, arrays = fmnist
     out = tmp_path / "val.safetensors"
-    result = subprocess.run([sys.executable, "-m", "mae.jobs.extract", str(checkpoint), str(out), f"data.root={root}"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "mae.jobs.extract", str(checkpoint), str(out), f"data.root={root}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert torch.equal(load_file(str(out))["labels"], torch.from_numpy(arrays["val_labels"]).long())

@@ -23,15 +23,28 @@ CPU = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-tru
 # Bank and queries split unevenly over 2 processes: 128 + 127 bank items make 4 batches of 32 on each; 33 + 32
 # queries make 2 batches on one process and 1 on the other, unless the shorter share is padded with a batch.
 RUN = [o for o in SMALL if not o.startswith("data.knn_")] + [
-    "data.knn_train_samples=255", "data.knn_val_samples=65", "schedule.epochs=2", "schedule.warmup_epochs=1",
+    "data.knn_train_samples=255",
+    "data.knn_val_samples=65",
+    "schedule.epochs=2",
+    "schedule.warmup_epochs=1",
     # kNN after every epoch as well: training then goes on after an evaluation through the sharded model.
-    "callbacks.knn_evaluation.every_n_epochs=1", "+callbacks.probe._target_=fsdp_probe.ShardRecorder",
+    "callbacks.knn_evaluation.every_n_epochs=1",
+    "+callbacks.probe._target_=fsdp_probe.ShardRecorder",
 ]
 
 
 def tiny_mae() -> MaskedAutoencoderViT:
-    return MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=2,
-                                decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    return MaskedAutoencoderViT(
+        img_size=28,
+        patch_size=7,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
 
 
 # -- fast ------------------------------------------------------------------------------------------------------------
@@ -81,7 +94,7 @@ def test_rank_shares_make_equal_batch_counts_and_gather_back_in_order(total, wor
     for rank, batches in enumerate(shares):
         plain = torch.tensor(range(rank, total, world_size), dtype=torch.long) * 10
         # The plain share, batched as before (the same numbers on one process or in DDP), then any padding.
-        plain_batches = [plain[start:start + batch_size] for start in range(0, len(plain), batch_size)]
+        plain_batches = [plain[start : start + batch_size] for start in range(0, len(plain), batch_size)]
         assert all(torch.equal(a, b) for a, b in zip(batches, plain_batches, strict=False))
         assert len(batches) - len(plain_batches) in (0, 1) and sum(map(len, batches)) - len(plain) in (0, 1)
     # What each process hands to all_gather (its features padded to the longest share), stacked as all_gather does.
@@ -104,8 +117,11 @@ def fsdp_and_ddp_runs(tmp_path_factory):
         # The probe callback is imported from tests/ by the training processes.
         patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
         for name in ("fsdp2", "ddp"):
-            result = run_train(tmp_path, [f"trainer={name}", *CPU, *RUN,
-                                          f"+callbacks.probe.out_dir={tmp_path / name / 'probe'}"], name=name)
+            result = run_train(
+                tmp_path,
+                [f"trainer={name}", *CPU, *RUN, f"+callbacks.probe.out_dir={tmp_path / name / 'probe'}"],
+                name=name,
+            )
             assert result.returncode == 0, result.stderr[-4000:]
             runs[name] = tmp_path / name
     return runs
@@ -123,8 +139,9 @@ def test_fsdp2_shards_every_parameter_over_the_two_processes(fsdp_and_ddp_runs):
         held = [p["params"][name] for p in probes]
         assert all(h["dtensor"] for h in held), name
         # Dim-0 shards: the two local pieces make up the full tensor, neither holds it all (unless it has one row).
-        assert sum(h["local_shape"][0] for h in held) == full[0] and all(h["local_shape"][1:] == list(full[1:])
-                                                                         for h in held), name
+        assert sum(h["local_shape"][0] for h in held) == full[0] and all(
+            h["local_shape"][1:] == list(full[1:]) for h in held
+        ), name
         if full[0] > 1:
             assert all(h["local_shape"][0] < full[0] for h in held), name
     qkv = [p["params"]["blocks.0.attn.qkv.weight"]["local_shape"] for p in probes]
@@ -158,8 +175,10 @@ def test_fsdp2_trains_and_evaluates_what_ddp_does(fsdp_and_ddp_runs):
     # The kNN random-init baseline: an unsharded copy of the trained model, re-initialised from the seed on each
     # process; every weight is redrawn but the patch projection's bias, which initialize_weights leaves as trained.
     for rank in (0, 1):
-        fsdp_baseline, ddp_baseline = (torch.load(fsdp_and_ddp_runs[name] / "probe" / f"baseline_rank{rank}.pt",
-                                                  weights_only=True) for name in ("fsdp2", "ddp"))
+        fsdp_baseline, ddp_baseline = (
+            torch.load(fsdp_and_ddp_runs[name] / "probe" / f"baseline_rank{rank}.pt", weights_only=True)
+            for name in ("fsdp2", "ddp")
+        )
         assert fsdp_baseline["plain"] and fsdp_baseline["state"].keys() == ddp_baseline["state"].keys()
         for name, tensor in fsdp_baseline["state"].items():
             expected = ddp_baseline["state"][name]
@@ -168,7 +187,13 @@ def test_fsdp2_trains_and_evaluates_what_ddp_does(fsdp_and_ddp_runs):
             else:
                 assert torch.equal(tensor, expected), name
     results = {name: json.loads((fsdp_and_ddp_runs[name] / "results.json").read_text()) for name in ("fsdp2", "ddp")}
-    for key in ("knn_top1_pretrained", "knn_top1_random_init", "knn_bank_size", "knn_num_queries", "optimizer_steps",
-                "effective_batch_size"):
+    for key in (
+        "knn_top1_pretrained",
+        "knn_top1_random_init",
+        "knn_bank_size",
+        "knn_num_queries",
+        "optimizer_steps",
+        "effective_batch_size",
+    ):
         assert results["fsdp2"][key] == results["ddp"][key], key
     assert (results["fsdp2"]["knn_bank_size"], results["fsdp2"]["knn_num_queries"]) == (255, 65)

@@ -32,36 +32,44 @@ def test_without_cuda_it_exits_2_with_one_line():
     result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.splitlines() == [f"error: no CUDA device found (torch {torch.__version__}); "
-                                          "gpu_check.py needs one"]
+    assert result.stderr.splitlines() == [
+        f"error: no CUDA device found (torch {torch.__version__}); gpu_check.py needs one"
+    ]
 
 
 def test_throughput_detail_takes_the_share_of_the_bf16_peak():
     # 1e10 forward FLOPs x 3 (training) x 64 images in 0.1 s = 19200 GFLOP/s, half of a 38400 GFLOP/s peak.
     peaks = Peaks({"fp32": 1000.0, "bf16": 38400.0}, {"fp32": True, "bf16": True})
     assert gpu_check.throughput_detail(10**10, 64, 0.1, peaks, "cuda") == (
-        "batch 64: 640.0 img/s, 19.2 TFLOP/s, 50.0% of the measured bf16 matmul peak (38.4 TFLOP/s)")
+        "batch 64: 640.0 img/s, 19.2 TFLOP/s, 50.0% of the measured bf16 matmul peak (38.4 TFLOP/s)"
+    )
 
 
-@pytest.mark.parametrize(("peaks", "reason"), [
-    (Peaks({}), "no bf16 matmul peak measured in this run"),
-    (Peaks({"fp32": 1000.0, "bf16": 38400.0}, {"bf16": False}), "bf16 not native on this GPU"),
-    (Peaks({"fp32": 1000.0, "bf16": 9600.0}, {"bf16": True}), "inconsistent peak measurement"),
-])
+@pytest.mark.parametrize(
+    ("peaks", "reason"),
+    [
+        (Peaks({}), "no bf16 matmul peak measured in this run"),
+        (Peaks({"fp32": 1000.0, "bf16": 38400.0}, {"bf16": False}), "bf16 not native on this GPU"),
+        (Peaks({"fp32": 1000.0, "bf16": 9600.0}, {"bf16": True}), "inconsistent peak measurement"),
+    ],
+)
 def test_throughput_detail_names_an_unknown_peak_instead_of_a_share(peaks, reason):
     detail = gpu_check.throughput_detail(10**10, 64, 0.1, peaks, "cuda")
     assert detail.startswith("batch 64: 640.0 img/s, 19.2 TFLOP/s; peak unknown (") and reason in detail
     assert "of the measured bf16 matmul peak" not in detail
 
 
-@pytest.mark.parametrize(("losses", "change", "expected"), [
-    ([2.0, 1.5, 1.0], 0.0, True),  # the loss fell
-    ([1.0, 1.2], 1e-3, True),  # the loss rose, but the weights moved
-    ([1.0, 1.2], 0.0, False),
-    ([2.0, math.nan, 1.0], 1e-3, False),
-    ([2.0, math.inf], 1e-3, False),
-    ([], 1e-3, False),
-])
+@pytest.mark.parametrize(
+    ("losses", "change", "expected"),
+    [
+        ([2.0, 1.5, 1.0], 0.0, True),  # the loss fell
+        ([1.0, 1.2], 1e-3, True),  # the loss rose, but the weights moved
+        ([1.0, 1.2], 0.0, False),
+        ([2.0, math.nan, 1.0], 1e-3, False),
+        ([2.0, math.inf], 1e-3, False),
+        ([], 1e-3, False),
+    ],
+)
 def test_trained_well(losses, change, expected):
     assert gpu_check.trained_well(losses, change) is expected
 

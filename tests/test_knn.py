@@ -16,8 +16,17 @@ from mae.models import MaskedAutoencoderViT
 
 
 def tiny_mae(**kwargs) -> MaskedAutoencoderViT:
-    args = dict(img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2,
-                decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+    args = dict(
+        img_size=8,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=8,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     return MaskedAutoencoderViT(**{**args, **kwargs})
 
 
@@ -114,9 +123,14 @@ def test_top1_agrees_with_the_argmax_of_the_scores():
     assert knn_top1(train, train_labels, query, query_labels, num_classes=3, k=5) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(k=0), "k=0"), (dict(temperature=0.0), "temperature"), (dict(num_classes=2, labels_offset=5), "outside"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(k=0), "k=0"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(num_classes=2, labels_offset=5), "outside"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(kwargs, message):
     train, train_labels = clusters(2, 3)
     train_labels = train_labels + kwargs.pop("labels_offset", 0)
@@ -167,8 +181,13 @@ def test_an_empty_loader_is_an_error():
 def test_evaluate_encoder_matches_the_pieces():
     model = tiny_mae()
     train, val = image_loader(seed=0), image_loader(n=9, seed=1)
-    expected = knn_top1(*extract_features(model, train, "mean"), *extract_features(model, val, "mean"),
-                        num_classes=3, k=4, temperature=0.1)
+    expected = knn_top1(
+        *extract_features(model, train, "mean"),
+        *extract_features(model, val, "mean"),
+        num_classes=3,
+        k=4,
+        temperature=0.1,
+    )
     accuracy = evaluate_encoder(model, train, val, num_classes=3, k=4, temperature=0.1, pool="mean")
     assert 0.0 <= accuracy <= 1.0 and accuracy == expected
 

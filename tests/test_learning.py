@@ -5,21 +5,27 @@ import csv
 from pathlib import Path
 
 import pytest
+from conftest import compose_config
 
 from mae.jobs.downstream import downstream
 from mae.jobs.pretrain import pretrain
-
-from conftest import compose_config
 
 
 @pytest.fixture(scope="module")
 def pretraining(tmp_path_factory):
     """(config, results) of a 5-epoch pre-training on 30000 Fashion-MNIST images."""
-    cfg = compose_config([
-        "data.train_samples=30000", "data.knn_train_samples=5000", "data.knn_val_samples=2000",
-        "schedule.epochs=5", "schedule.warmup_epochs=1", "trainer.log_every_n_steps=1",
-        "callbacks.progress_bar.refresh_rate=0",
-    ], output_dir=tmp_path_factory.mktemp("learning") / "pretrain")
+    cfg = compose_config(
+        [
+            "data.train_samples=30000",
+            "data.knn_train_samples=5000",
+            "data.knn_val_samples=2000",
+            "schedule.epochs=5",
+            "schedule.warmup_epochs=1",
+            "trainer.log_every_n_steps=1",
+            "callbacks.progress_bar.refresh_rate=0",
+        ],
+        output_dir=tmp_path_factory.mktemp("learning") / "pretrain",
+    )
     return cfg, pretrain(cfg)
 
 
@@ -39,8 +45,13 @@ def test_pretraining_on_fashion_mnist_learns_useful_features(pretraining):
 @pytest.mark.slow
 def test_linear_probe_of_the_pretrained_encoder_clearly_beats_a_random_one(pretraining, tmp_path):
     cfg, _ = pretraining
-    probe = ["task=linprobe", "data.train_samples=10000", "schedule.epochs=2", "schedule.warmup_epochs=0.5",
-             "callbacks.progress_bar.refresh_rate=0"]
+    probe = [
+        "task=linprobe",
+        "data.train_samples=10000",
+        "schedule.epochs=2",
+        "schedule.warmup_epochs=0.5",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     pretrained = downstream(compose_config(probe + [f"pretrained={ckpt}"], output_dir=tmp_path / "pretrained"))
     random = downstream(compose_config(probe + ["pretrained=null"], output_dir=tmp_path / "random"))

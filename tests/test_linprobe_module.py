@@ -43,8 +43,17 @@ def held_out_top1(module: L.LightningModule) -> float:
 
 def encoder() -> MaskedAutoencoderViT:
     torch.manual_seed(0)
-    return MaskedAutoencoderViT(img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2,
-                                decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+    return MaskedAutoencoderViT(
+        img_size=8,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=8,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
 
 
 def test_head_is_batchnorm_without_affine_and_small_linear():
@@ -66,8 +75,9 @@ def test_probe_trains_only_the_head_and_learns():
     untrained = held_out_top1(module)
     before = {k: v.clone() for k, v in module.encoder.state_dict().items()}
     head_before = module.head[1].weight.detach().clone()
-    trainer = L.Trainer(max_epochs=30, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False)
+    trainer = L.Trainer(
+        max_epochs=30, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
     trainer.fit(module, datamodule=TwoClassData())
     assert all(torch.equal(before[k], v) for k, v in module.encoder.state_dict().items())
     assert not torch.equal(module.head[1].weight, head_before)
@@ -95,7 +105,7 @@ def test_probe_pools_the_cls_token_or_the_mean_of_the_patch_tokens():
     for pool, expected in (("cls", 1.0), ("mean", 3.0)):
         module = LinearProbeModule(KnownTokens(), num_classes=2, lr=1.0, epochs=1, warmup_epochs=0, pool=pool)
         seen = []
-        module.head.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
+        module.head.register_forward_pre_hook(lambda _, inputs, seen=seen: seen.append(inputs[0]))
         module(torch.zeros(2, 1, 8, 8))
         torch.testing.assert_close(seen[0], torch.full((2, 4), expected))
 

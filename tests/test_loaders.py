@@ -23,8 +23,15 @@ def sample_seeds(seed: int, epoch: int, n: int = 100) -> list[int]:
 
 
 def settings(**overrides) -> LoaderSettings:
-    args = dict(batch_size=4, num_workers=0, pin_memory=False, persistent_workers=True, seed=0,
-                knn_train_samples=None, knn_val_samples=None)
+    args = dict(
+        batch_size=4,
+        num_workers=0,
+        pin_memory=False,
+        persistent_workers=True,
+        seed=0,
+        knn_train_samples=None,
+        knn_val_samples=None,
+    )
     return LoaderSettings(**{**args, **overrides})
 
 
@@ -143,7 +150,8 @@ def test_a_state_written_before_global_batches_still_resumes():
     settings(batch_size=4, seed=5).train_loader(splits).load_state_dict({"seed": 5, "num_samples": 12, "batch_size": 4})
     with pytest.raises(ValueError, match="global_batch_size 4 -> 8"):
         settings(batch_size=4, seed=5).train_loader(splits, world_size=2).load_state_dict(
-            {"seed": 5, "num_samples": 12, "batch_size": 4})
+            {"seed": 5, "num_samples": 12, "batch_size": 4}
+        )
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -153,17 +161,19 @@ def test_processes_split_each_global_batch_of_one_process(world_size):
     n, batch = 50, 4
     splits = Splits(train=_Indices(n), train_eval=_Indices(n), val=_Indices(6))
     one = settings(batch_size=batch * world_size, seed=5).train_loader(splits)
-    shares = [settings(batch_size=batch, seed=5).train_loader(splits, rank=rank, world_size=world_size)
-              for rank in range(world_size)]
+    shares = [
+        settings(batch_size=batch, seed=5).train_loader(splits, rank=rank, world_size=world_size)
+        for rank in range(world_size)
+    ]
     assert len({len(loader) for loader in shares}) == 1 and len(shares[0]) == len(one)
     for epoch in (0, 1):
         for loader in [one, *shares]:
             loader.sampler.set_epoch(epoch)
         for big, *small in zip(one, *shares):
-            assert sorted(big[1].tolist()) == sorted(sum((part[1].tolist() for part in small), []))
-            assert sorted(big[2].tolist()) == sorted(sum((part[2].tolist() for part in small), []))
+            assert sorted(big[1].tolist()) == sorted(value for part in small for value in part[1].tolist())
+            assert sorted(big[2].tolist()) == sorted(value for part in small for value in part[2].tolist())
         served = [set(torch.cat([labels for _, labels, _ in loader]).tolist()) for loader in shares]
-        assert all(not a & b for i, a in enumerate(served) for b in served[i + 1:])
+        assert all(not a & b for i, a in enumerate(served) for b in served[i + 1 :])
 
 
 def test_processes_resumed_mid_epoch_serve_what_the_uninterrupted_ones_would_have():
@@ -196,9 +206,14 @@ def test_eval_and_knn_loaders_are_ordered_and_capped():
     assert len(knn_val.dataset) == 9
 
 
-@pytest.mark.parametrize("field, value, rule", [
-    ("batch_size", 0, "at least 1"), ("num_workers", -1, "at least 0"), ("knn_train_samples", 0, "at least 1"),
-])
+@pytest.mark.parametrize(
+    "field, value, rule",
+    [
+        ("batch_size", 0, "at least 1"),
+        ("num_workers", -1, "at least 0"),
+        ("knn_train_samples", 0, "at least 1"),
+    ],
+)
 def test_invalid_loader_settings_name_value_and_rule(field, value, rule):
     with pytest.raises(ValueError) as info:
         settings(**{field: value})
@@ -233,8 +248,14 @@ class _RecordOrder(L.LightningModule):
 def test_lightning_sets_the_epoch_of_the_sampler():
     loader = settings(batch_size=2, seed=3).train_loader(Splits(_Indices(6), _Indices(6), _Indices(6)))
     module = _RecordOrder()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, train_dataloaders=loader)
     assert module.seen == [order(3, 0, n=6), order(3, 1, n=6)]
 
@@ -245,12 +266,15 @@ def _resuming(epoch: int, processed: int, restarting: bool, world_size: int) -> 
     return SimpleNamespace(trainer=SimpleNamespace(fit_loop=fit_loop, current_epoch=epoch, world_size=world_size))
 
 
-@pytest.mark.parametrize(("epoch", "processed", "restarting", "world_size", "position"), [
-    (3, 5, True, 1, (3, 5)),   # resumed mid-epoch: the batches done are skipped
-    (3, 8, True, 1, (3, 0)),   # a checkpoint at the epoch's end: nothing to skip
-    (3, 5, False, 1, (3, 0)),  # not resuming
-    (3, 5, True, 2, (3, 5)),   # several processes: each skips its batches done too
-])
+@pytest.mark.parametrize(
+    ("epoch", "processed", "restarting", "world_size", "position"),
+    [
+        (3, 5, True, 1, (3, 5)),  # resumed mid-epoch: the batches done are skipped
+        (3, 8, True, 1, (3, 0)),  # a checkpoint at the epoch's end: nothing to skip
+        (3, 5, False, 1, (3, 0)),  # not resuming
+        (3, 5, True, 2, (3, 5)),  # several processes: each skips its batches done too
+    ],
+)
 def test_resume_position(epoch, processed, restarting, world_size, position):
     assert resume_position(_resuming(epoch, processed, restarting, world_size), batches_per_epoch=8) == position
     assert resume_position(SimpleNamespace(trainer=None), batches_per_epoch=8) == (0, 0)

@@ -7,17 +7,15 @@ import logging
 import pytest
 import timm
 import torch
+from extras import needs_extra
 
-from mae.model_files.stored_config import RUN_CONFIG_KEY
 from mae.model_files.checkpoint import CheckpointError
-from mae.model_files.loading import load_pretrained
 from mae.model_files.export import main as export_main
 from mae.model_files.export import save_mae, save_timm_classifier, save_timm_encoder
-from mae.model_files.loading import architecture_from_weights, load_model, model_architecture
+from mae.model_files.loading import architecture_from_weights, load_model, load_pretrained, model_architecture
+from mae.model_files.stored_config import RUN_CONFIG_KEY
 from mae.models import MaskedAutoencoderViT, mae_vit_tiny_patch7
 from mae.models.classifier import vit_classifier_from_mae
-
-from extras import needs_extra
 
 IMAGES = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 NOISE = torch.rand(3, 16, generator=torch.Generator().manual_seed(1))
@@ -41,9 +39,10 @@ def assert_same_outputs(loaded: MaskedAutoencoderViT, source: MaskedAutoencoderV
 
 def test_a_lightning_checkpoint_rebuilds_the_architecture_it_stores(tmp_path):
     source = trained_like(norm_pix_loss=True)
-    checkpoint = {"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()},
-                  RUN_CONFIG_KEY: {"model": {"_target_": "mae.models.mae_vit_tiny_patch7", "in_chans": 1,
-                                             "norm_pix_loss": True}}}
+    checkpoint = {
+        "state_dict": {f"model.{k}": v for k, v in source.state_dict().items()},
+        RUN_CONFIG_KEY: {"model": {"_target_": "mae.models.mae_vit_tiny_patch7", "in_chans": 1, "norm_pix_loss": True}},
+    }
     torch.save(checkpoint, tmp_path / "last.ckpt")
     loaded = load_model(tmp_path / "last.ckpt")
     assert loaded.norm_pix_loss  # from the file, not inferable from weights
@@ -64,8 +63,10 @@ def test_a_reference_pretraining_file_names_its_preset(tmp_path):
 def test_weights_alone_imply_the_architecture_and_an_encoder_only_file_keeps_a_fresh_decoder(tmp_path, caplog):
     source = trained_like()
     assert architecture_from_weights(source.state_dict(), "x") == {
-        key: value for key, value in model_architecture(source).items()
-        if key not in ("mask_ratio", "norm_pix_loss", "layer_norm_eps")}
+        key: value
+        for key, value in model_architecture(source).items()
+        if key not in ("mask_ratio", "norm_pix_loss", "layer_norm_eps")
+    }
     torch.save({"model": source.encoder_state_dict()}, tmp_path / "encoder.pth")
     with caplog.at_level(logging.INFO, logger="mae.model_files.loading"):
         loaded = load_model(tmp_path / "encoder.pth", decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
@@ -95,10 +96,12 @@ def test_mae_export_is_safetensors_with_its_architecture_and_loads_without_unpic
 def test_timm_encoder_export_loads_in_timm_and_back(tmp_path):
     source = trained_like()
     path = save_timm_encoder(source, tmp_path / "encoder.safetensors")
-    vit = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=7, in_chans=1, depth=6, num_classes=0,
-                            checkpoint_path=str(path))
-    torch.testing.assert_close(vit.eval().forward_features(IMAGES), source.forward_features(IMAGES),
-                               rtol=1e-5, atol=1e-5)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", img_size=28, patch_size=7, in_chans=1, depth=6, num_classes=0, checkpoint_path=str(path)
+    )
+    torch.testing.assert_close(
+        vit.eval().forward_features(IMAGES), source.forward_features(IMAGES), rtol=1e-5, atol=1e-5
+    )
     (tmp_path / "encoder.json").unlink()  # without its config: the architecture comes from the weights
     loaded = load_model(path, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
     assert torch.equal(loaded.forward_features(IMAGES), source.forward_features(IMAGES))
@@ -108,10 +111,21 @@ def test_bad_sources_are_one_line(tmp_path):
     torch.save({"model": trained_like().state_dict()}, tmp_path / "tiny.pth")
     with pytest.raises(CheckpointError) as error:
         load_model(tmp_path / "tiny.pth", embed_dim=96)
-    assert str(error.value) == (f"checkpoint {tmp_path / 'tiny.pth'} (architecture from its weights): cls_token has "
-                                "shape (1, 1, 192), this model expects (1, 1, 96)")
-    odd = MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=40, depth=1, num_heads=5,
-                               decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    assert str(error.value) == (
+        f"checkpoint {tmp_path / 'tiny.pth'} (architecture from its weights): cls_token has "
+        "shape (1, 1, 192), this model expects (1, 1, 96)"
+    )
+    odd = MaskedAutoencoderViT(
+        img_size=28,
+        patch_size=7,
+        in_chans=1,
+        embed_dim=40,
+        depth=1,
+        num_heads=5,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     torch.save(odd.state_dict(), tmp_path / "odd.pth")
     with pytest.raises(CheckpointError, match="width 40 has no usual head count; pass num_heads=<heads>"):
         load_model(tmp_path / "odd.pth", decoder_num_heads=2)
@@ -148,8 +162,9 @@ def test_a_transformers_directory_and_the_export_command_to_it(tmp_path):
 def test_a_classifier_export_gives_its_encoder_and_pretrained_reads_exports(tmp_path):
     source = trained_like()
     save_timm_classifier(vit_classifier_from_mae(source, num_classes=5), tmp_path / "classifier.safetensors")
-    loaded = load_model(tmp_path / "classifier.safetensors", decoder_embed_dim=128, decoder_depth=2,
-                        decoder_num_heads=4)  # its JSON describes timm's ViT: the encoder comes from the weights
+    loaded = load_model(
+        tmp_path / "classifier.safetensors", decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4
+    )  # its JSON describes timm's ViT: the encoder comes from the weights
     assert torch.equal(loaded.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     save_mae(source, tmp_path / "mae.safetensors")
     fresh = mae_vit_tiny_patch7(in_chans=1)

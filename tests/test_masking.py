@@ -32,8 +32,10 @@ def test_patchify_rejects_indivisible_size():
         patchify(torch.zeros(1, 3, 10, 10), 4)
 
 
-@pytest.mark.parametrize(("length", "ratio", "kept"), [(196, 0.75, 49), (49, 0.75, 12), (64, 0.75, 16), (256, 0.75, 64),
-                                                      (196, 0.5, 98), (196, 0.9, 19), (10, 0.0, 10)])
+@pytest.mark.parametrize(
+    ("length", "ratio", "kept"),
+    [(196, 0.75, 49), (49, 0.75, 12), (64, 0.75, 16), (256, 0.75, 64), (196, 0.5, 98), (196, 0.9, 19), (10, 0.0, 10)],
+)
 def test_number_of_kept_patches_truncates_like_the_reference(length, ratio, kept):
     assert num_kept(length, ratio) == kept
 

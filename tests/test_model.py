@@ -24,8 +24,17 @@ def reference():
 
 
 def tiny(**kwargs) -> MaskedAutoencoderViT:
-    args = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=4,
-                decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    args = dict(
+        img_size=16,
+        patch_size=4,
+        in_chans=3,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     return MaskedAutoencoderViT(**{**args, **kwargs})
 
 
@@ -46,10 +55,15 @@ def test_reference_key_layout_of_vit_base():
     state = model.state_dict()
     assert len(state) == 254
     expected_shapes = {
-        "cls_token": (1, 1, 768), "pos_embed": (1, 197, 768), "mask_token": (1, 1, 512),
-        "decoder_pos_embed": (1, 197, 512), "patch_embed.proj.weight": (768, 3, 16, 16),
-        "decoder_embed.weight": (512, 768), "decoder_pred.weight": (768, 512),
-        "blocks.11.mlp.fc2.weight": (768, 3072), "decoder_blocks.7.attn.qkv.weight": (1536, 512),
+        "cls_token": (1, 1, 768),
+        "pos_embed": (1, 197, 768),
+        "mask_token": (1, 1, 512),
+        "decoder_pos_embed": (1, 197, 512),
+        "patch_embed.proj.weight": (768, 3, 16, 16),
+        "decoder_embed.weight": (512, 768),
+        "decoder_pred.weight": (768, 512),
+        "blocks.11.mlp.fc2.weight": (768, 3072),
+        "decoder_blocks.7.attn.qkv.weight": (1536, 512),
     }
     for key, shape in expected_shapes.items():
         assert tuple(state[key].shape) == shape, key
@@ -66,16 +80,26 @@ def test_encoder_loads_into_timm_vision_transformer_with_equal_features():
         assert torch.allclose(vit.forward_features(imgs), model.forward_features(imgs), atol=1e-5)
 
 
-@pytest.mark.parametrize(("factory", "patch", "width", "depth", "heads"), [
-    (mae_vit_large_patch16, 16, 1024, 24, 16), (mae_vit_huge_patch14, 14, 1280, 32, 16),
-    (mae_vit_tiny_patch4, 4, 192, 6, 3), (mae_vit_tiny_patch7, 7, 192, 6, 3),
-    (mae_vit_small_patch4, 4, 384, 12, 6)])
+@pytest.mark.parametrize(
+    ("factory", "patch", "width", "depth", "heads"),
+    [
+        (mae_vit_large_patch16, 16, 1024, 24, 16),
+        (mae_vit_huge_patch14, 14, 1280, 32, 16),
+        (mae_vit_tiny_patch4, 4, 192, 6, 3),
+        (mae_vit_tiny_patch7, 7, 192, 6, 3),
+        (mae_vit_small_patch4, 4, 384, 12, 6),
+    ],
+)
 def test_presets(factory, patch, width, depth, heads):
     model = factory(img_size=patch * 2)  # tiny images keep the big presets cheap to build
     assert model.patch_size == patch and model.cls_token.shape[-1] == width
     assert len(model.blocks) == depth and model.blocks[0].attn.num_heads == heads
     if width >= 1024:
-        assert (len(model.decoder_blocks), model.mask_token.shape[-1], model.decoder_blocks[0].attn.num_heads) == (8, 512, 16)
+        assert (len(model.decoder_blocks), model.mask_token.shape[-1], model.decoder_blocks[0].attn.num_heads) == (
+            8,
+            512,
+            16,
+        )
 
 
 def test_fixed_position_embeddings_are_frozen_sincos():
@@ -133,13 +157,16 @@ def test_forward_features_returns_all_tokens():
     assert model.forward_features(torch.randn(2, 3, 16, 16)).shape == (2, 17, 32)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(mask_ratio=1.0), r"mask_ratio=1.0 is outside \[0, 1\)"),
-    (dict(mask_ratio=-0.1), r"mask_ratio=-0.1 is outside \[0, 1\)"),
-    (dict(img_size=18), "img_size=18 is not divisible by patch_size=4"),
-    (dict(embed_dim=30, num_heads=4), "embed_dim=30 is not divisible by its number of heads"),
-    (dict(in_chans=0), "in_chans=0 must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(mask_ratio=1.0), r"mask_ratio=1.0 is outside \[0, 1\)"),
+        (dict(mask_ratio=-0.1), r"mask_ratio=-0.1 is outside \[0, 1\)"),
+        (dict(img_size=18), "img_size=18 is not divisible by patch_size=4"),
+        (dict(embed_dim=30, num_heads=4), "embed_dim=30 is not divisible by its number of heads"),
+        (dict(in_chans=0), "in_chans=0 must be at least 1"),
+    ],
+)
 def test_invalid_configuration_is_a_one_line_error(kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
         tiny(**kwargs)

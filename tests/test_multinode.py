@@ -14,21 +14,37 @@ from conftest import compose_config
 from test_data_fashion_mnist import make_fashion_mnist
 from test_shards import run_convert
 
-from mae.runs.config import instantiate_node
 from mae.jobs.harness import build_training_run
+from mae.runs.config import instantiate_node
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 
 # The global batch is fixed, so each of 2 processes takes 32 images a step and one process 64: 4 steps an epoch.
 RUN = [
-    "data.train_samples=256", "data.knn_train_samples=256", "data.knn_val_samples=128", "schedule.global_batch_size=64",
-    "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_embed_dim=16", "model.decoder_depth=1",
-    "model.decoder_num_heads=2", "trainer.limit_val_batches=2", "callbacks.progress_bar.refresh_rate=0",
-    "schedule.epochs=2", "schedule.warmup_epochs=1", "+callbacks.probe._target_=distributed_probe.RankRecorder",
+    "data.train_samples=256",
+    "data.knn_train_samples=256",
+    "data.knn_val_samples=128",
+    "schedule.global_batch_size=64",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "trainer.limit_val_batches=2",
+    "callbacks.progress_bar.refresh_rate=0",
+    "schedule.epochs=2",
+    "schedule.warmup_epochs=1",
+    "+callbacks.probe._target_=distributed_probe.RankRecorder",
 ]
-TWO_NODES = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2",
-             "trainer.precision=32-true"]
+TWO_NODES = [
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.num_nodes=2",
+    "trainer.precision=32-true",
+]
 ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
 
 
@@ -39,14 +55,29 @@ def free_port() -> int:
 
 
 def train_command(run_dir: Path, overrides: list[str], base: list[str] = RUN) -> list[str]:
-    return [str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", f"paths.log_dir={run_dir.parent / 'outputs'}",
-            *base, f"+callbacks.probe.out_dir={run_dir / 'probe'}", *overrides]
+    return [
+        str(ROOT / "train.py"),
+        f"hydra.run.dir={run_dir}",
+        f"paths.log_dir={run_dir.parent / 'outputs'}",
+        *base,
+        f"+callbacks.probe.out_dir={run_dir / 'probe'}",
+        *overrides,
+    ]
 
 
 def run_nodes(commands: list[list[str]], envs: list[dict[str, str]], cwd: Path) -> None:
     """Start one process per node, as two machines would, and wait for both (a failed one stops the other)."""
-    nodes = [subprocess.Popen(command, cwd=cwd, env={**os.environ, **ENV, **env}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for command, env in zip(commands, envs)]
+    nodes = [
+        subprocess.Popen(
+            command,
+            cwd=cwd,
+            env={**os.environ, **ENV, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for command, env in zip(commands, envs)
+    ]
     try:
         outputs = [node.communicate(timeout=300)[0] for node in nodes]
     finally:
@@ -69,8 +100,20 @@ def one_process(tmp_path_factory) -> Path:
 
 def torchrun_nodes(run_dir: Path) -> None:
     endpoint = f"127.0.0.1:{free_port()}"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, *train_command(run_dir, TWO_NODES)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        endpoint,
+        *train_command(run_dir, TWO_NODES),
+    ]
     run_nodes([command, command], [{}, {}], run_dir.parent)
 
 
@@ -81,8 +124,9 @@ def lightning_nodes(run_dir: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launch, environment", [(torchrun_nodes, "TorchElasticEnvironment"),
-                                                 (lightning_nodes, "LightningEnvironment")])
+@pytest.mark.parametrize(
+    "launch, environment", [(torchrun_nodes, "TorchElasticEnvironment"), (lightning_nodes, "LightningEnvironment")]
+)
 def test_two_nodes_on_loopback_compute_what_one_process_computes(one_process, tmp_path, launch, environment):
     run_dir = tmp_path / "two"
     launch(run_dir)
@@ -92,8 +136,8 @@ def test_two_nodes_on_loopback_compute_what_one_process_computes(one_process, tm
         shares = [rank["seeds"][epoch] for rank in ranks]
         assert not set(shares[0]) & set(shares[1])  # disjoint halves of the epoch...
         for step in range(len(seen) // 64):  # ...and each global batch is that of the single process
-            together = shares[0][32 * step:32 * (step + 1)] + shares[1][32 * step:32 * (step + 1)]
-            assert sorted(together) == sorted(seen[64 * step:64 * (step + 1)])
+            together = shares[0][32 * step : 32 * (step + 1)] + shares[1][32 * step : 32 * (step + 1)]
+            assert sorted(together) == sorted(seen[64 * step : 64 * (step + 1)])
     first, second = (rank["state"] for rank in ranks)
     assert all(torch.equal(first[key], second[key]) for key in first)  # DDP keeps the replicas identical
     # Float tolerance only: gradients averaged over two processes are summed in another order. (With Lightning's
@@ -119,8 +163,15 @@ def test_a_streamed_epoch_is_dealt_out_to_the_processes_once(tmp_path):
     # The shards hold the whole split: no train_samples; 24 images at a global batch of 8.
     base = [o for o in RUN if not o.startswith(("data.train_samples", "schedule.global_batch_size"))]
     run_dir = tmp_path / "stream"
-    stream = ["data=fashion_mnist_stream", f"data.input_dir={tmp_path / 'shards'}", "schedule.global_batch_size=8",
-              "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+    stream = [
+        "data=fashion_mnist_stream",
+        f"data.input_dir={tmp_path / 'shards'}",
+        "schedule.global_batch_size=8",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+    ]
     run_nodes([[sys.executable, *train_command(run_dir, stream, base)]], [{}], tmp_path)
     ranks = probes(run_dir, 2)
     for epoch in (0, 1):
@@ -132,8 +183,9 @@ def test_a_streamed_epoch_is_dealt_out_to_the_processes_once(tmp_path):
 
 
 def test_a_global_batch_is_split_over_processes_and_accumulation(tmp_path):
-    cfg = compose_config(["schedule.global_batch_size=64", "schedule.accumulate_grad_batches=2", *TWO_NODES],
-                         output_dir=tmp_path / "run")
+    cfg = compose_config(
+        ["schedule.global_batch_size=64", "schedule.accumulate_grad_batches=2", *TWO_NODES], output_dir=tmp_path / "run"
+    )
     run = build_training_run(cfg, lambda: instantiate_node(cfg.model))
     assert run.trainer.world_size == 2 and run.datamodule.batch_size == 64 // (2 * 2)
     cfg = compose_config(["schedule.batch_size=24"], output_dir=tmp_path / "run")  # null: the per-process batch

@@ -26,8 +26,16 @@ def test_half_cycle_cosine_to_min_lr():
 
 
 def test_no_weight_decay_on_biases_and_1d_params_and_frozen_left_out():
-    model = MaskedAutoencoderViT(img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2,
-                                 decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+    model = MaskedAutoencoderViT(
+        img_size=8,
+        patch_size=4,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=8,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     no_decay, decay = param_groups_weight_decay(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     decay_names = {names[id(p)] for p in decay["params"]}

@@ -87,12 +87,15 @@ def reimport(monkeypatch: pytest.MonkeyPatch, module: str) -> types.ModuleType:
 
 def one_line(error: BaseException, feature: str, package: str, extra: str) -> None:
     assert isinstance(error, MissingExtraError) and isinstance(error, ImportError) and isinstance(error, ValueError)
-    assert str(error) == (f"{feature} needs {package}: pip install '{DISTRIBUTION}[{extra}]' "
-                          f"(from a checkout: pip install -e '.[{extra}]')")
+    assert str(error) == (
+        f"{feature} needs {package}: pip install '{DISTRIBUTION}[{extra}]' "
+        f"(from a checkout: pip install -e '.[{extra}]')"
+    )
     assert "\n" not in str(error)
 
 
 # The helper ----------------------------------------------------------------------------------------------------------
+
 
 def test_require_returns_the_module_or_one_line_naming_the_extra(monkeypatch):
     assert require("json", "none", "anything") is sys.modules["json"]
@@ -118,9 +121,11 @@ def test_require_says_when_the_package_is_there_but_its_own_import_fails(monkeyp
     monkeypatch.setattr(importlib, "import_module", failing_import)
     with pytest.raises(MissingExtraError) as caught:
         require("broken_extra_pkg", "x", "feature")
-    assert str(caught.value) == ("feature needs broken_extra_pkg, whose import failed (No module named "
-                                 "'a_dependency_of_it'): pip install 'mae-lightning[x]' "
-                                 "(from a checkout: pip install -e '.[x]')")
+    assert str(caught.value) == (
+        "feature needs broken_extra_pkg, whose import failed (No module named "
+        "'a_dependency_of_it'): pip install 'mae-lightning[x]' "
+        "(from a checkout: pip install -e '.[x]')"
+    )
 
 
 def test_missing_extra_finds_the_error_behind_hydras_wrappers():
@@ -166,9 +171,11 @@ def test_the_shards_command_stops_with_one_line_when_litdata_is_missing(monkeypa
         (image_dir / split / "cat").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(image_dir / split / "cat" / "a.png")
     assert shards_main([str(image_dir), str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err == ("error: writing shards (python -m mae.data.shards) needs litdata: "
-                                       "pip install 'mae-lightning[streaming]' "
-                                       "(from a checkout: pip install -e '.[streaming]')\n")
+    assert capsys.readouterr().err == (
+        "error: writing shards (python -m mae.data.shards) needs litdata: "
+        "pip install 'mae-lightning[streaming]' "
+        "(from a checkout: pip install -e '.[streaming]')\n"
+    )
 
 
 def test_the_streaming_benchmark_needs_the_streaming_extra(monkeypatch, tmp_path):
@@ -212,8 +219,10 @@ def test_the_transformers_format_needs_the_hf_extra(monkeypatch, tmp_path, capsy
     one_line(caught.value, feature, "transformers", "hf")
     torch.save({"model": model.state_dict()}, tmp_path / "full.pth")
     assert export_main(["transformers", str(tmp_path / "full.pth"), str(tmp_path / "hf")]) == 2
-    assert capsys.readouterr().err == (f"error: {feature} needs transformers: pip install 'mae-lightning[hf]' "
-                                       "(from a checkout: pip install -e '.[hf]')\n")
+    assert capsys.readouterr().err == (
+        f"error: {feature} needs transformers: pip install 'mae-lightning[hf]' "
+        "(from a checkout: pip install -e '.[hf]')\n"
+    )
     assert not (tmp_path / "hf").exists()
 
 
@@ -242,13 +251,33 @@ def test_the_tensorboard_logger_needs_the_tensorboard_extra(monkeypatch, tmp_pat
 # Through train.py: one `error:` line and exit code 2 before any work, and the default run needs no extra ---------------
 
 SMALL = [
-    "data.train_samples=256", "data.knn_train_samples=256", "data.knn_val_samples=128", "schedule.batch_size=32",
-    "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_embed_dim=16",
-    "model.decoder_depth=1", "model.decoder_num_heads=2", "trainer.limit_val_batches=2",
+    "data.train_samples=256",
+    "data.knn_train_samples=256",
+    "data.knn_val_samples=128",
+    "schedule.batch_size=32",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "trainer.limit_val_batches=2",
     "callbacks.progress_bar.refresh_rate=0",
 ]
-OPTIONAL_MODULES = ["litdata", "scipy", "matplotlib", "transformers", "gradio", "playwright", "tensorboard",
-                    "tensorboardX", "optuna", "submitit", "mkdocs", "ruff"]
+OPTIONAL_MODULES = [
+    "litdata",
+    "scipy",
+    "matplotlib",
+    "transformers",
+    "gradio",
+    "playwright",
+    "tensorboard",
+    "tensorboardX",
+    "optuna",
+    "submitit",
+    "mkdocs",
+    "ruff",
+]
 
 
 UNINSTALL = """
@@ -294,19 +323,39 @@ def run_train_without(tmp_path: Path, blocked: list[str], overrides: list[str]) 
     """train.py as if the ``blocked`` packages were not installed (neither importable nor in the metadata)."""
     argv = [str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / 'run'}", f"paths.log_dir={tmp_path}", *overrides]
     code = UNINSTALL
-    return subprocess.run([sys.executable, "-c", code, ",".join(blocked), *argv], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code, ",".join(blocked), *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        timeout=600,
+        check=False,
+    )
 
 
 @pytest.mark.slow  # a subprocess each (about 20 s on two busy cores)
-@pytest.mark.parametrize(("blocked", "overrides", "message"), [
-    (["tensorboard", "tensorboardX"], ["logger=tensorboard"],
-     ("error: logger=tensorboard needs tensorboard: pip install 'mae-lightning[tensorboard]' "
-      "(from a checkout: pip install -e '.[tensorboard]')")),
-    (["litdata"], ["data=fashion_mnist_stream"],
-     (f"error: {STREAMING} needs litdata: pip install 'mae-lightning[streaming]' "
-      "(from a checkout: pip install -e '.[streaming]')")),
-])
+@pytest.mark.parametrize(
+    ("blocked", "overrides", "message"),
+    [
+        (
+            ["tensorboard", "tensorboardX"],
+            ["logger=tensorboard"],
+            (
+                "error: logger=tensorboard needs tensorboard: pip install 'mae-lightning[tensorboard]' "
+                "(from a checkout: pip install -e '.[tensorboard]')"
+            ),
+        ),
+        (
+            ["litdata"],
+            ["data=fashion_mnist_stream"],
+            (
+                f"error: {STREAMING} needs litdata: pip install 'mae-lightning[streaming]' "
+                "(from a checkout: pip install -e '.[streaming]')"
+            ),
+        ),
+    ],
+)
 def test_train_py_names_the_missing_extra_in_one_line_before_any_work(tmp_path, blocked, overrides, message):
     result = run_train_without(tmp_path, blocked, SMALL + overrides)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -319,14 +368,18 @@ def test_train_py_names_the_missing_extra_in_one_line_before_any_work(tmp_path, 
 def test_the_default_run_needs_no_extra(tmp_path):
     """python train.py (pre-training, kNN, CSV logger, reconstruction grid) with every optional package missing."""
     # Not fast_dev_run: it switches the loggers off.
-    result = run_train_without(tmp_path, OPTIONAL_MODULES, SMALL + ["schedule.epochs=1", "schedule.warmup_epochs=0",
-                                                                    "+trainer.limit_train_batches=2"])
+    result = run_train_without(
+        tmp_path,
+        OPTIONAL_MODULES,
+        SMALL + ["schedule.epochs=1", "schedule.warmup_epochs=0", "+trainer.limit_train_batches=2"],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "kNN top-1" in result.stdout
     assert (tmp_path / "run" / "reconstruction.png").is_file() and (tmp_path / "run" / "csv" / "metrics.csv").is_file()
 
 
 # What src/mae imports, against pyproject.toml (AST scan) -------------------------------------------------------------
+
 
 class Imports(ast.NodeVisitor):
     """Every absolute import of a module outside the standard library and this package: (top-level module, line,
@@ -394,31 +447,52 @@ def where(path: Path, line: int) -> str:
 
 
 def test_every_module_level_import_is_a_core_dependency():
-    undeclared = [f"{where(path, line)} {module} ({distribution(module)})" for path in source_files()
-                  for module, line, top_level, type_checking in imports_of(path)
-                  if top_level and not type_checking and distribution(module) not in CORE]
+    undeclared = [
+        f"{where(path, line)} {module} ({distribution(module)})"
+        for path in source_files()
+        for module, line, top_level, type_checking in imports_of(path)
+        if top_level and not type_checking and distribution(module) not in CORE
+    ]
     assert undeclared == [], "declare them in pyproject.toml's dependencies, or import them through require()"
 
 
 def test_optional_packages_are_imported_only_through_require():
-    direct = [f"{where(path, line)} {module}" for path in source_files()
-              for module, line, _, type_checking in imports_of(path)
-              if not type_checking and distribution(module) in OPTIONAL]
+    direct = [
+        f"{where(path, line)} {module}"
+        for path in source_files()
+        for module, line, _, type_checking in imports_of(path)
+        if not type_checking and distribution(module) in OPTIONAL
+    ]
     assert direct == [], "use mae.runs.optional.require(module, extra, feature) for an extra's package"
     # Function-level imports are core dependencies too: anything else is an undeclared dependency.
-    undeclared = [f"{where(path, line)} {module}" for path in source_files()
-                  for module, line, _, type_checking in imports_of(path)
-                  if not type_checking and distribution(module) not in CORE]
+    undeclared = [
+        f"{where(path, line)} {module}"
+        for path in source_files()
+        for module, line, _, type_checking in imports_of(path)
+        if not type_checking and distribution(module) not in CORE
+    ]
     assert undeclared == []
 
 
 def test_each_require_names_an_extra_that_installs_its_package():
-    calls = [(path, module, extra, line) for path in source_files() for module, extra, line in require_calls(path)
-             if path.name != "optional.py"]
-    assert {module.split(".")[0] for _, module, _, _ in calls} >= {"litdata", "scipy", "matplotlib", "transformers",
-                                                                      "gradio"}
-    wrong = [f"{where(path, line)} require({module!r}, {extra!r})" for path, module, extra, line in calls
-             if extra not in EXTRAS or distribution(module.split(".")[0]) not in EXTRAS[extra]]
+    calls = [
+        (path, module, extra, line)
+        for path in source_files()
+        for module, extra, line in require_calls(path)
+        if path.name != "optional.py"
+    ]
+    assert {module.split(".")[0] for _, module, _, _ in calls} >= {
+        "litdata",
+        "scipy",
+        "matplotlib",
+        "transformers",
+        "gradio",
+    }
+    wrong = [
+        f"{where(path, line)} require({module!r}, {extra!r})"
+        for path, module, extra, line in calls
+        if extra not in EXTRAS or distribution(module.split(".")[0]) not in EXTRAS[extra]
+    ]
     assert wrong == []
     for module, extra, _ in TARGET_REQUIREMENTS.values():
         assert distribution(module) in EXTRAS[extra]
@@ -426,8 +500,21 @@ def test_each_require_names_an_extra_that_installs_its_package():
 
 def test_the_extras_and_what_dev_installs():
     assert set(EXTRAS) == {"tensorboard", "streaming", "transfer", "sweeps", "hf", "demo", "docs", "lint", "dev"}
-    assert {"torch", "torchvision", "lightning", "hydra-core", "omegaconf", "timm", "torchmetrics", "wandb", "numpy",
-            "pyyaml", "pillow", "safetensors", "tqdm"} == CORE
+    assert {
+        "torch",
+        "torchvision",
+        "lightning",
+        "hydra-core",
+        "omegaconf",
+        "timm",
+        "torchmetrics",
+        "wandb",
+        "numpy",
+        "pyyaml",
+        "pillow",
+        "safetensors",
+        "tqdm",
+    } == CORE
     assert not CORE & {"tensorboard", "litdata", "scipy", "matplotlib", "transformers", "gradio", "optuna"}
     assert "hydra-optuna-sweeper" not in OPTIONAL and "optuna" in EXTRAS["sweeps"]
     dev = [SELF.match(line) for line in PYPROJECT["project"]["optional-dependencies"]["dev"]]
@@ -436,8 +523,10 @@ def test_the_extras_and_what_dev_installs():
 
 
 def test_every_dependency_is_a_range_and_the_constraints_pin_each_one():
-    lines = [*PYPROJECT["project"]["dependencies"],
-             *[line for extra in PYPROJECT["project"]["optional-dependencies"].values() for line in extra]]
+    lines = [
+        *PYPROJECT["project"]["dependencies"],
+        *[line for extra in PYPROJECT["project"]["optional-dependencies"].values() for line in extra],
+    ]
     requirements = [Requirement(line) for line in lines if not SELF.match(line)]
     assert [str(r) for r in requirements if any(spec.operator == "==" for spec in r.specifier)] == []
     pinned = {}
@@ -450,10 +539,13 @@ def test_every_dependency_is_a_range_and_the_constraints_pin_each_one():
     for requirement in requirements:
         name = normalized(requirement.name)
         assert name in pinned, f"{name} is not in constraints.txt"
-        assert requirement.specifier.contains(pinned[name], prereleases=True), f"{name}=={pinned[name]} vs {requirement}"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (
+            f"{name}=={pinned[name]} vs {requirement}"
+        )
 
 
 # tests/extras.py ------------------------------------------------------------------------------------------------------
+
 
 def test_needs_extra_returns_the_module():
     assert needs_extra("json", "none") is sys.modules["json"]

@@ -37,8 +37,11 @@ def import_graph() -> dict[str, set[str]]:
     graph = {}
     for name, path in files.items():
         # A package's __init__ re-exporting its modules is not an edge from the package to itself.
-        graph[name] = {target for target in project_imports(path, modules)
-                       if not (target.startswith(name + ".") or name.startswith(target + "."))}
+        graph[name] = {
+            target
+            for target in project_imports(path, modules)
+            if not (target.startswith(name + ".") or name.startswith(target + "."))
+        }
     return graph
 
 
@@ -51,7 +54,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         path.pop()
@@ -82,8 +85,13 @@ def test_top_level_holds_packages_only():
 
 def test_model_files_do_not_reach_up_into_jobs_or_callbacks():
     graph = import_graph()
-    upward = sorted((source, target) for source, targets in graph.items() if source.startswith("mae.model_files")
-                    for target in targets if target.startswith(("mae.jobs", "mae.callbacks", "mae.training")))
+    upward = sorted(
+        (source, target)
+        for source, targets in graph.items()
+        if source.startswith("mae.model_files")
+        for target in targets
+        if target.startswith(("mae.jobs", "mae.callbacks", "mae.training"))
+    )
     assert upward == []
 
 
@@ -91,8 +99,12 @@ def package_edges() -> set[tuple[str, str]]:
     def package(module: str) -> str:
         return ".".join(module.split(".")[:2])
 
-    return {(package(source), package(target)) for source, targets in import_graph().items() for target in targets
-            if package(source) != package(target)}
+    return {
+        (package(source), package(target))
+        for source, targets in import_graph().items()
+        for target in targets
+        if package(source) != package(target)
+    }
 
 
 def test_layers_import_downwards_only():

@@ -61,9 +61,15 @@ def test_pixel_knn_is_knn_on_the_normalised_raw_pixels():
     generator = torch.Generator().manual_seed(1)
     pixels, labels = torch.rand(40, 1, 3, 3, generator=generator), torch.randint(0, 3, (40,), generator=generator)
     train, val = normalised_loader(pixels[:30], labels[:30]), normalised_loader(pixels[30:], labels[30:])
-    expected = knn_top1(torch.nn.functional.normalize(pixels[:30].flatten(1), dim=1), labels[:30],
-                        torch.nn.functional.normalize(pixels[30:].flatten(1), dim=1), labels[30:], 3, k=4,
-                        temperature=0.5)
+    expected = knn_top1(
+        torch.nn.functional.normalize(pixels[:30].flatten(1), dim=1),
+        labels[:30],
+        torch.nn.functional.normalize(pixels[30:].flatten(1), dim=1),
+        labels[30:],
+        3,
+        k=4,
+        temperature=0.5,
+    )
     assert pixel_knn_top1(train, val, 3, MEAN, STD, k=4, temperature=0.5)["raw"] == pytest.approx(expected)
 
 
@@ -78,7 +84,6 @@ def test_pixel_encoder_gives_the_image_as_cls_and_patch_token():
 
 
 def test_the_probe_takes_the_pixel_encoder_and_sees_every_pixel():
-    module = LinearProbeModule(PixelEncoder(img_size=4, in_chans=1), num_classes=3, lr=1.0, epochs=1,
-                               warmup_epochs=0)
+    module = LinearProbeModule(PixelEncoder(img_size=4, in_chans=1), num_classes=3, lr=1.0, epochs=1, warmup_epochs=0)
     assert module.head[1].in_features == 16
     assert list(module.encoder.parameters()) == []

@@ -30,15 +30,31 @@ class LrRecorder(L.Callback):
 
 
 def tiny_model() -> MaskedAutoencoderViT:
-    return MaskedAutoencoderViT(img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2,
-                                decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+    return MaskedAutoencoderViT(
+        img_size=8,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=8,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
 
 
 def fit(module, batch_size=8, accumulate=1, epochs=3, **trainer_kwargs):
     recorder = LrRecorder()
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, accumulate_grad_batches=accumulate, callbacks=[recorder],
-                        **trainer_kwargs)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accumulate_grad_batches=accumulate,
+        callbacks=[recorder],
+        **trainer_kwargs,
+    )
     trainer.fit(module, datamodule=SyntheticData(batch_size))
     return trainer, recorder.lrs
 
@@ -86,7 +102,7 @@ def test_fused_adamw_trains_like_the_reference_loop():
         for name, param in model.named_parameters():
             if name.endswith("attn.qkv.bias"):
                 dim = param.shape[0] // 3
-                param = torch.cat([param[:dim], param[2 * dim:]])  # query and value biases
+                param = torch.cat([param[:dim], param[2 * dim :]])  # query and value biases
             kept.append(param.detach().flatten())
         return torch.cat(kept)
 
@@ -124,8 +140,15 @@ def test_gradient_clipping_is_applied():
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
             norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
 
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, gradient_clip_val=1e-3, callbacks=[NormRecorder()])
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        gradient_clip_val=1e-3,
+        callbacks=[NormRecorder()],
+    )
     trainer.fit(module, datamodule=SyntheticData(8))
     # Lightning clips after on_before_optimizer_step, so check the clipped norm directly instead.
     grads = [p.grad for p in module.parameters() if p.grad is not None]
@@ -133,11 +156,14 @@ def test_gradient_clipping_is_applied():
     assert torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() <= 1e-3 * 1.001
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(blr=-1.0), "blr=-1.0 must be non-negative"),
-    (dict(lr=0.0), "lr=0.0 must be positive"),
-    (dict(epochs=2, warmup_epochs=5), "epochs=2 must be at least 1 and not below warmup_epochs=5"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(blr=-1.0), "blr=-1.0 must be non-negative"),
+        (dict(lr=0.0), "lr=0.0 must be positive"),
+        (dict(epochs=2, warmup_epochs=5), "epochs=2 must be at least 1 and not below warmup_epochs=5"),
+    ],
+)
 def test_invalid_hyperparameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MAEPretrainModule(tiny_model(), **kwargs)
@@ -147,8 +173,15 @@ def test_bf16_mixed_precision_runs_the_model_in_bfloat16():
     module = MAEPretrainModule(tiny_model(), lr=0.01, warmup_epochs=0, epochs=1)
     dtypes = []
     module.model.decoder_pred.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", precision="bf16-mixed", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, limit_train_batches=2)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_train_batches=2,
+    )
     trainer.fit(module, datamodule=SyntheticData(8))
     assert dtypes and set(dtypes) == {torch.bfloat16}
     assert module.model.pos_embed.dtype == torch.float32  # master weights stay fp32
@@ -157,8 +190,14 @@ def test_bf16_mixed_precision_runs_the_model_in_bfloat16():
 @pytest.mark.slow
 def test_compiled_model_matches_eager_and_keeps_the_key_layout():
     module = MAEPretrainModule(tiny_model(), lr=0.01, warmup_epochs=0, epochs=1, compile=True)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, limit_train_batches=3)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_train_batches=3,
+    )
     trainer.fit(module, datamodule=SyntheticData(8))
     assert module.model._compiled_call_impl is not None  # the Trainer's configure_model compiled it in place
     eager = tiny_model()

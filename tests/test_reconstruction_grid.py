@@ -5,8 +5,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mae.models import MaskedAutoencoderViT
-from mae.models.loss import normalize_patches
 from mae.evaluation.reconstruction_grid import (
     COLUMN_LABELS,
     COLUMNS,
@@ -18,13 +16,24 @@ from mae.evaluation.reconstruction_grid import (
     save_reconstruction_grid,
     upscale_factor,
 )
+from mae.models import MaskedAutoencoderViT
+from mae.models.loss import normalize_patches
 
 PATCH = 4
 
 
 def tiny_mae(in_chans: int = 1, **kwargs) -> MaskedAutoencoderViT:
-    args = dict(img_size=8, patch_size=PATCH, in_chans=in_chans, embed_dim=16, depth=1, num_heads=2,
-                decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+    args = dict(
+        img_size=8,
+        patch_size=PATCH,
+        in_chans=in_chans,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=8,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     return MaskedAutoencoderViT(**{**args, **kwargs})
 
 
@@ -105,7 +114,7 @@ def test_grid_layout_rows_are_images_and_columns_are_views(channels):
     mean, std = (0.0,) * channels, (1.0,) * channels
     grid = make_grid_image(views, mean, std, padding=2, min_cell_size=0, labels=False)
     assert grid.shape == (3, 3 * (8 + 2) + 2, len(COLUMNS) * (8 + 2) + 2)
-    assert 0.0 <= grid.min() and grid.max() <= 1.0
+    assert grid.min() >= 0.0 and grid.max() <= 1.0
     # Row 1 (second image), column 1 (masked view): its tile starts after one tile and two paddings.
     tile = grid[:, 12:20, 12:20]
     expected = views.masked[1].clamp(0, 1).expand(3, -1, -1)
@@ -115,8 +124,15 @@ def test_grid_layout_rows_are_images_and_columns_are_views(channels):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_png_is_written_with_the_grid_size(tmp_path, channels):
     model = tiny_mae(in_chans=channels).train()
-    path = save_reconstruction_grid(model, images(n=3, channels=channels), tmp_path / "sub" / "grid.png",
-                                    mean=(0.5,) * channels, std=(0.25,) * channels, min_cell_size=0, labels=False)
+    path = save_reconstruction_grid(
+        model,
+        images(n=3, channels=channels),
+        tmp_path / "sub" / "grid.png",
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+        min_cell_size=0,
+        labels=False,
+    )
     assert path == tmp_path / "sub" / "grid.png" and path.is_file()
     with Image.open(path) as png:
         assert png.format == "PNG"
@@ -130,16 +146,19 @@ def header_height(cell: int, padding: int = 2) -> int:
     return header_row([COLUMN_LABELS[name] for name in COLUMNS], cell, padding, width).shape[1]
 
 
-@pytest.mark.parametrize(("height", "width", "min_cell_size", "factor"), [
-    (28, 28, 112, 4),  # Fashion-MNIST: 112-pixel cells
-    (32, 32, 112, 4),  # CIFAR: 128
-    (8, 8, 112, 14),
-    (30, 30, 112, 4),  # 120: the smallest whole factor reaching the minimum
-    (28, 56, 112, 4),  # the shorter side counts
-    (112, 112, 112, 1),
-    (224, 224, 112, 1),  # large images are never shrunk or enlarged
-    (28, 28, 0, 1),
-])
+@pytest.mark.parametrize(
+    ("height", "width", "min_cell_size", "factor"),
+    [
+        (28, 28, 112, 4),  # Fashion-MNIST: 112-pixel cells
+        (32, 32, 112, 4),  # CIFAR: 128
+        (8, 8, 112, 14),
+        (30, 30, 112, 4),  # 120: the smallest whole factor reaching the minimum
+        (28, 56, 112, 4),  # the shorter side counts
+        (112, 112, 112, 1),
+        (224, 224, 112, 1),  # large images are never shrunk or enlarged
+        (28, 28, 0, 1),
+    ],
+)
 def test_upscale_factor_is_the_smallest_whole_factor_reaching_the_minimum(height, width, min_cell_size, factor):
     assert upscale_factor(height, width, min_cell_size) == factor
     with pytest.raises(ValueError, match="min_cell_size=-1"):
@@ -164,8 +183,8 @@ def test_upscaling_is_nearest_neighbour_each_pixel_an_exact_block():
     k, pad = 5, 2
     for row in range(2):
         for column in range(len(COLUMNS)):
-            tile = native[:, pad + row * (8 + pad):][:, :8, pad + column * (8 + pad):][:, :, :8]
-            block = big[:, pad + row * (8 * k + pad):][:, :8 * k, pad + column * (8 * k + pad):][:, :, :8 * k]
+            tile = native[:, pad + row * (8 + pad) :][:, :8, pad + column * (8 + pad) :][:, :, :8]
+            block = big[:, pad + row * (8 * k + pad) :][:, : 8 * k, pad + column * (8 * k + pad) :][:, :, : 8 * k]
             # Every k x k block is one source pixel: no smoothing, no shift.
             assert torch.equal(block, tile.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2))
             assert torch.equal(block[:, ::k, ::k], tile)
@@ -173,11 +192,12 @@ def test_upscaling_is_nearest_neighbour_each_pixel_an_exact_block():
 
 def test_png_pixels_are_exact_blocks_after_saving(tmp_path):
     model = tiny_mae()
-    path = save_reconstruction_grid(model, images(n=1), tmp_path / "grid.png", mean=(0.5,), std=(0.25,),
-                                    min_cell_size=32, labels=False)  # 8 px -> 4x
+    path = save_reconstruction_grid(
+        model, images(n=1), tmp_path / "grid.png", mean=(0.5,), std=(0.25,), min_cell_size=32, labels=False
+    )  # 8 px -> 4x
     with Image.open(path) as png:
         pixels = torch.from_numpy(np.array(png.convert("L"))).long()
-    original = pixels[2:2 + 32, 2:2 + 32]
+    original = pixels[2 : 2 + 32, 2 : 2 + 32]
     assert torch.equal(original, original[::4, ::4].repeat_interleave(4, 0).repeat_interleave(4, 1))
     assert len(original.unique()) > 1
 
@@ -194,7 +214,7 @@ def test_header_names_the_columns_above_the_grid():
     header = labelled[0, :height]
     assert header.max() == 1.0  # a white background...
     for column in range(len(COLUMNS)):  # ...with dark text over every column
-        cell = header[:, 2 + column * (112 + 2):][:, :112]
+        cell = header[:, 2 + column * (112 + 2) :][:, :112]
         assert (cell < 0.5).sum() > 20, COLUMNS[column]
     # The labels are what PIL draws for the column names: another text gives another header.
     other = header_row(["a", "b", "c", "d"], 112, 2, labelled.shape[2])

@@ -7,8 +7,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mae.jobs.results_tables import (RESULTS_DIR, TABLES, Row, Table, check_markers, main, marked_files,
-                                     mean_and_spread, render, seeds, update)
+from mae.jobs.results_tables import (
+    RESULTS_DIR,
+    TABLES,
+    Row,
+    Table,
+    check_markers,
+    main,
+    marked_files,
+    mean_and_spread,
+    render,
+    seeds,
+    update,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,26 +44,42 @@ def test_finetune_rows_aggregate_their_seeds(tmp_path):
     write(tmp_path, "finetune_scratch_seed0.json", top1=88.0, top5=98.0, train_seconds=900.0)
     write(tmp_path, "finetune_scratch_seed1.json", top1=88.0, top5=98.0, train_seconds=900.0)
     finetune = table("finetune")
-    two_seeds = Table(finetune.name, finetune.first_header, finetune.columns,
-                      (Row(finetune.rows[0].label, seeds("finetune_pretrained", 2)),
-                       Row("scratch", seeds("finetune_scratch", 2))))
+    two_seeds = Table(
+        finetune.name,
+        finetune.first_header,
+        finetune.columns,
+        (Row(finetune.rows[0].label, seeds("finetune_pretrained", 2)), Row("scratch", seeds("finetune_scratch", 2))),
+    )
     assert finetune.rows[0].files == seeds("finetune_pretrained", 2)  # the README's row reads both seeds
     lines = render(two_seeds, tmp_path).splitlines()
-    assert lines[2] == ("| MAE pre-trained (`make finetune`) | 92.00 ± 1.41 (n=2) | 99.25 ± 0.35 (n=2) "
-                        "| 1100 ± 141 (n=2) |")
+    assert lines[2] == (
+        "| MAE pre-trained (`make finetune`) | 92.00 ± 1.41 (n=2) | 99.25 ± 0.35 (n=2) | 1100 ± 141 (n=2) |"
+    )
     assert lines[3].endswith("| 88.00 ± 0.00 (n=2) | 98.00 ± 0.00 (n=2) | 900 ± 0 (n=2) |")
 
 
 def test_knn_rows_read_their_own_keys_of_the_main_job_file_as_percentages(tmp_path):
-    write(tmp_path, "pretrain.json", knn_top1_pretrained=0.8312, knn_top1_random_init=0.7,
-          knn_top1_pixels_raw=0.8, knn_top1_pixels_standardized=0.832)
+    write(
+        tmp_path,
+        "pretrain.json",
+        knn_top1_pretrained=0.8312,
+        knn_top1_random_init=0.7,
+        knn_top1_pixels_raw=0.8,
+        knn_top1_pixels_standardized=0.832,
+    )
     cells = [line.split(" | ")[-1] for line in render(table("pretrain_knn"), tmp_path).splitlines()[2:]]
     assert cells == ["83.12 |", "70.00 |", "80.00 |", "83.20 |"]
 
 
 def test_the_run_table_reports_the_budget_it_spent(tmp_path):
-    write(tmp_path, "pretrain.json", epochs_trained=7, optimizer_steps=1638, train_loss_last_epoch=0.51234,
-          train_seconds=643.6)
+    write(
+        tmp_path,
+        "pretrain.json",
+        epochs_trained=7,
+        optimizer_steps=1638,
+        train_loss_last_epoch=0.51234,
+        train_seconds=643.6,
+    )
     assert render(table("pretrain_run"), tmp_path).splitlines()[2] == "| `make pretrain` | 7 | 1638 | 0.5123 | 644 |"
 
 
@@ -73,8 +100,14 @@ def test_a_missing_results_file_is_named(tmp_path):
 
 
 def test_update_replaces_only_the_marked_tables(tmp_path):
-    write(tmp_path, "pretrain.json", knn_top1_pretrained=0.5, knn_top1_random_init=0.4,
-          knn_top1_pixels_raw=0.3, knn_top1_pixels_standardized=0.2)
+    write(
+        tmp_path,
+        "pretrain.json",
+        knn_top1_pretrained=0.5,
+        knn_top1_random_init=0.4,
+        knn_top1_pixels_raw=0.3,
+        knn_top1_pixels_standardized=0.2,
+    )
     text = "intro\n<!-- table:pretrain_knn -->\nstale\n<!-- /table:pretrain_knn -->\nend\n"
     updated = update(text, tmp_path)
     assert updated.startswith("intro\n<!-- table:pretrain_knn -->\n| features") and "stale" not in updated
@@ -95,8 +128,14 @@ def test_the_readme_and_the_pages_hold_every_table_and_are_the_committed_runs_re
 
 
 def test_without_files_every_marked_file_is_rendered_and_checked(tmp_path, monkeypatch, capsys):
-    write(tmp_path, "pretrain.json", knn_top1_pretrained=0.5, knn_top1_random_init=0.4,
-          knn_top1_pixels_raw=0.3, knn_top1_pixels_standardized=0.2)
+    write(
+        tmp_path,
+        "pretrain.json",
+        knn_top1_pretrained=0.5,
+        knn_top1_random_init=0.4,
+        knn_top1_pixels_raw=0.3,
+        knn_top1_pixels_standardized=0.2,
+    )
     (tmp_path / "docs" / "deep").mkdir(parents=True)
     stale = "<!-- table:pretrain_knn -->\nstale\n<!-- /table:pretrain_knn -->\n"
     (tmp_path / "README.md").write_text(stale)
@@ -120,7 +159,9 @@ def test_a_marker_of_no_table_or_without_its_partner_is_refused(tmp_path, capsys
         check_markers("<!-- table:finetune -->\n| x |\n")
     with pytest.raises(ValueError, match="not opened"):
         check_markers("<!-- /table:finetune -->\n")
-    check_markers("<!-- table:finetune -->\n<!-- /table:finetune -->\n<!-- table:finetune -->\n<!-- /table:finetune -->\n")
+    check_markers(
+        "<!-- table:finetune -->\n<!-- /table:finetune -->\n<!-- table:finetune -->\n<!-- /table:finetune -->\n"
+    )
     page = tmp_path / "page.md"
     page.write_text("<!-- table:finetun -->\n<!-- /table:finetun -->\n")
     assert main([str(page), "--check", "--results-dir", str(RESULTS_DIR)]) == 2

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import compose_config
 from omegaconf import open_dict
 
 from mae.jobs.downstream import build as build_downstream
@@ -18,14 +19,23 @@ from mae.jobs.pretrain import build as build_pretrain
 from mae.models import MaskedAutoencoderViT
 from mae.training import FinetuneModule, LinearProbeModule
 
-from conftest import compose_config
-
 ROOT = Path(__file__).resolve().parents[1]
 
-MODEL = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_embed_dim=16",
-         "model.decoder_depth=1", "model.decoder_num_heads=2"]
-SMALL = MODEL + ["data.train_samples=64", "schedule.batch_size=16", "schedule.epochs=1", "schedule.warmup_epochs=0",
-                 "callbacks.progress_bar.refresh_rate=0"]
+MODEL = [
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+]
+SMALL = MODEL + [
+    "data.train_samples=64",
+    "schedule.batch_size=16",
+    "schedule.epochs=1",
+    "schedule.warmup_epochs=0",
+    "callbacks.progress_bar.refresh_rate=0",
+]
 TASKS = {
     "pretrain": ["task=pretrain", "callbacks.knn_evaluation=null", "callbacks.reconstruction_grid=null"],
     "finetune": ["task=finetune", "pretrained=null"],
@@ -76,8 +86,17 @@ def test_compile_is_off_by_default(task, config_factory):
 
 
 def tiny_mae() -> MaskedAutoencoderViT:
-    return MaskedAutoencoderViT(img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2,
-                                decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+    return MaskedAutoencoderViT(
+        img_size=8,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=8,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
 
 
 @pytest.mark.slow
@@ -88,8 +107,17 @@ def test_compiled_downstream_module_trains_a_step_like_eager(kind):
     def make(compile: bool) -> L.LightningModule:
         torch.manual_seed(0)
         if kind == "finetune":
-            return FinetuneModule.from_encoder(tiny_mae(), num_classes=2, lr=0.01, warmup_epochs=0, epochs=1,
-                                               mixup=0.0, cutmix=0.0, drop_path_rate=0.0, compile=compile)
+            return FinetuneModule.from_encoder(
+                tiny_mae(),
+                num_classes=2,
+                lr=0.01,
+                warmup_epochs=0,
+                epochs=1,
+                mixup=0.0,
+                cutmix=0.0,
+                drop_path_rate=0.0,
+                compile=compile,
+            )
         return LinearProbeModule(tiny_mae(), num_classes=2, lr=0.01, warmup_epochs=0, epochs=1, compile=compile)
 
     data = TensorDataset(torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(8) % 2)
@@ -103,8 +131,14 @@ def test_compiled_downstream_module_trains_a_step_like_eager(kind):
     modules = []
     for compile in (False, True):
         module = make(compile)
-        L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                  enable_model_summary=False).fit(module, datamodule=Data())
+        L.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        ).fit(module, datamodule=Data())
         modules.append(module)
     eager, compiled = modules
     assert all(m._compiled_call_impl is not None for m in compiled_modules(compiled))
@@ -148,8 +182,11 @@ def test_eval_sets_and_checks_the_precision(tmp_path, matmul_precision):
     with pytest.raises(SetupError, match="ckpt_path is required"):
         evaluate(cfg)  # the precision is set first, before the checkpoint is looked at
     assert torch.get_float32_matmul_precision() == "medium"
-    bad = compose_config(["float32_matmul_precision=tf32", "ckpt_path=/nonexistent.ckpt"],
-                         output_dir=tmp_path / "bad", config_name="eval")
+    bad = compose_config(
+        ["float32_matmul_precision=tf32", "ckpt_path=/nonexistent.ckpt"],
+        output_dir=tmp_path / "bad",
+        config_name="eval",
+    )
     with pytest.raises(SetupError, match="float32_matmul_precision=tf32 must be one of"):
         evaluate(bad)
     # A run config written before the setting existed leaves torch's setting alone.
@@ -164,12 +201,25 @@ def test_eval_sets_and_checks_the_precision(tmp_path, matmul_precision):
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])
 def test_a_bad_precision_ends_the_command_with_one_error_line_and_exit_2(tmp_path, script):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, str(ROOT / script), f"hydra.run.dir={tmp_path / 'run'}",
-                             f"paths.log_dir={tmp_path / 'outputs'}", "float32_matmul_precision=fast",
-                             *(["ckpt_path=/nonexistent/last.ckpt"] if script == "eval.py" else SMALL)],
-                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / script),
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"paths.log_dir={tmp_path / 'outputs'}",
+            "float32_matmul_precision=fast",
+            *(["ckpt_path=/nonexistent/last.ckpt"] if script == "eval.py" else SMALL),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: float32_matmul_precision=fast must be one of highest, high, medium (highest: full "
-                      "float32 matmuls, the reference's numbers)"]
+    assert errors == [
+        "error: float32_matmul_precision=fast must be one of highest, high, medium (highest: full "
+        "float32 matmuls, the reference's numbers)"
+    ]
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -13,18 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import data_module
 from litdata import StreamingDataset
 from PIL import Image
+from test_data_fashion_mnist import make_fashion_mnist
+from test_data_transfer import write_flowers102
 
 from mae.data.file_listing import list_image_files, split_held_out
 from mae.data.loaders import sample_seed
 from mae.data.shards import INFO_FILE, read_shard_info
 from mae.data.shards.__main__ import main as convert
 from mae.data.streaming import ShardsDataModule
-
-from conftest import data_module
-from test_data_fashion_mnist import make_fashion_mnist
-from test_data_transfer import write_flowers102
 
 CLASSES = 24  # one training image per class in the folder source: a label is a sample's identity
 
@@ -62,6 +61,7 @@ def stream_module(input_dir: Path, **settings) -> ShardsDataModule:
 
 
 # The converter ------------------------------------------------------------------------------------------------------
+
 
 def test_folder_shards_hold_each_files_bytes_and_label_in_order_and_name_the_unreadable_one(folder_shards, capsys):
     source, shards = folder_shards
@@ -139,6 +139,7 @@ def test_a_bad_source_is_one_line(tmp_path, capsys):
 
 
 # The streaming data module ------------------------------------------------------------------------------------------
+
 
 def test_stream_module_refuses_missing_or_mismatched_shards_before_any_work(folder_shards, tmp_path):
     _, shards = folder_shards
@@ -281,8 +282,15 @@ def unlabeled_shards(tmp_path_factory) -> tuple[Path, Path, str]:
     source = write_unlabeled_folder(root / "images")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert run_convert("data=unlabeled", root / "shards", f"data.root={source}",
-                           *(f"data.{key}={value}" for key, value in UNLABELED.items())) == 0
+        assert (
+            run_convert(
+                "data=unlabeled",
+                root / "shards",
+                f"data.root={source}",
+                *(f"data.{key}={value}" for key, value in UNLABELED.items()),
+            )
+            == 0
+        )
     return source, root / "shards", printed.getvalue()
 
 
@@ -313,7 +321,8 @@ def test_an_unlabeled_folder_becomes_shards_of_every_readable_file_the_held_out_
 
 
 def test_the_unlabeled_stream_serves_the_folder_modules_images_with_the_numbers_measured_at_conversion(
-        unlabeled_shards, capsys):
+    unlabeled_shards, capsys
+):
     source, shards, printed = unlabeled_shards
     folder, stream = folder_module(source), unlabeled_stream(shards)
     assert (stream.has_labels, stream.num_classes, stream.mean) == (False, None, None)
@@ -324,8 +333,10 @@ def test_the_unlabeled_stream_serves_the_folder_modules_images_with_the_numbers_
     assert f"mean {list(stream.mean)}, std {list(stream.std)} from {shards}/{INFO_FILE}" in capsys.readouterr().out
     train, _ = folder_split(source)
     readable = readable_positions(train)
-    for served, expected, positions in ((stream.splits.train_eval, folder.splits.train_eval, readable),
-                                        (stream.splits.val, folder.splits.val, range(len(folder.splits.val)))):
+    for served, expected, positions in (
+        (stream.splits.train_eval, folder.splits.train_eval, readable),
+        (stream.splits.val, folder.splits.val, range(len(folder.splits.val))),
+    ):
         assert len(served) == len(positions)
         for position, index in enumerate(positions):
             decoded, label = served.dataset[position]  # as decoded, before any transform
@@ -352,11 +363,13 @@ def test_an_unlabeled_stream_epoch_serves_every_training_file_once(unlabeled_sha
         assert sorted(seeds) == sorted(sample_seed(0, epoch, index) for index in readable)
 
 
-def test_unlabeled_shards_have_no_knn_and_each_stream_group_refuses_the_other_kind(unlabeled_shards,
-                                                                                     folder_shards):
+def test_unlabeled_shards_have_no_knn_and_each_stream_group_refuses_the_other_kind(unlabeled_shards, folder_shards):
     _, shards, _ = unlabeled_shards
-    with pytest.raises(ValueError, match=r"^data=unlabeled_stream \(.*\) has no labels for a kNN evaluation; set "
-                                         r"knn_data=<a labelled data group>$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^data=unlabeled_stream \(.*\) has no labels for a kNN evaluation; set "
+        r"knn_data=<a labelled data group>$",
+    ):
         unlabeled_stream(shards).knn_dataloaders()
     with pytest.raises(ValueError, match=r"hold images without labels; stream them with data=unlabeled_stream"):
         stream_module(shards)
@@ -383,8 +396,7 @@ def test_labelled_shards_store_their_groups_numbers_and_older_info_files_still_r
         stream_module(old, mean="auto", std="auto")
 
 
-def test_an_undecodable_sampled_file_stops_an_unlabeled_conversion_unless_skipped(unlabeled_shards, tmp_path,
-                                                                                   capsys):
+def test_an_undecodable_sampled_file_stops_an_unlabeled_conversion_unless_skipped(unlabeled_shards, tmp_path, capsys):
     source, _, _ = unlabeled_shards
     assert run_convert("data=unlabeled", tmp_path / "out", f"data.root={source}", "data.val_fraction=0.1") == 2
     error = capsys.readouterr().err
@@ -392,19 +404,31 @@ def test_an_undecodable_sampled_file_stops_an_unlabeled_conversion_unless_skippe
     assert BROKEN.split("/")[-1] in error and "data.on_bad_image=skip" in error and not (tmp_path / "out").exists()
 
 
-def test_a_pretraining_run_streams_unlabeled_shards_with_their_numbers_and_skips_knn(unlabeled_shards,
-                                                                                      config_factory):
+def test_a_pretraining_run_streams_unlabeled_shards_with_their_numbers_and_skips_knn(unlabeled_shards, config_factory):
     from mae.jobs.pretrain import pretrain
 
     _, shards, _ = unlabeled_shards
-    cfg = config_factory(["data=unlabeled_stream", f"data.input_dir={shards}", "data.img_size=28",
-                          "data.num_workers=0", "data.pin_memory=false", "schedule.batch_size=4", "schedule.epochs=1",
-                          "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16",
-                          "model.decoder_depth=1", "model.decoder_num_heads=2",
-                          "callbacks.progress_bar.refresh_rate=0", "trainer.log_every_n_steps=1"])
+    cfg = config_factory(
+        [
+            "data=unlabeled_stream",
+            f"data.input_dir={shards}",
+            "data.img_size=28",
+            "data.num_workers=0",
+            "data.pin_memory=false",
+            "schedule.batch_size=4",
+            "schedule.epochs=1",
+            "model.embed_dim=32",
+            "model.depth=1",
+            "model.num_heads=2",
+            "model.decoder_embed_dim=16",
+            "model.decoder_depth=1",
+            "model.decoder_num_heads=2",
+            "callbacks.progress_bar.refresh_rate=0",
+            "trainer.log_every_n_steps=1",
+        ]
+    )
     results = pretrain(cfg)
     assert results["optimizer_steps"] == 5 and results["val_loss"] is not None  # 20 training images, batch 4
     assert results["knn_top1_pretrained"] is None and "has no labels" in results["knn_skipped"]
     written = (Path(cfg.paths.output_dir) / "config_resolved.yaml").read_text().split("data:")[1]
     assert f"- {read_shard_info(shards).mean[0]}" in written.split("std:")[0]
-

@@ -8,19 +8,26 @@ import signal
 from pathlib import Path
 
 import pytest
+from conftest import compose_config
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from mae.jobs.harness import build_trainer
-
-from conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "scripts" / "slurm" / "pretrain.sbatch"
 # What srun sets for the fourth task (global rank 3, second task on the second node) of `--nodes=2 --ntasks-per-node=2`.
 SLURM_TASK_3 = {
-    "SLURM_JOB_ID": "81234", "SLURM_JOB_NAME": "mae-pretrain", "SLURM_JOB_NUM_NODES": "2", "SLURM_NNODES": "2",
-    "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
-    "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[017-018]", "SLURM_NODELIST": "gpu[017-018]",
+    "SLURM_JOB_ID": "81234",
+    "SLURM_JOB_NAME": "mae-pretrain",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_NNODES": "2",
+    "SLURM_NTASKS": "4",
+    "SLURM_NTASKS_PER_NODE": "2",
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "1",
+    "SLURM_NODEID": "1",
+    "SLURM_JOB_NODELIST": "gpu[017-018]",
+    "SLURM_NODELIST": "gpu[017-018]",
 }
 
 
@@ -63,8 +70,9 @@ def test_under_srun_lightning_takes_ranks_world_size_and_master_from_slurm(monke
     keep_process_state(monkeypatch)
     for name, value in SLURM_TASK_3.items():
         monkeypatch.setenv(name, value)
-    cfg = compose_config(["trainer=slurm", "trainer.accelerator=cpu", "trainer.precision=32-true"],
-                         output_dir=tmp_path / "run")
+    cfg = compose_config(
+        ["trainer=slurm", "trainer.accelerator=cpu", "trainer.precision=32-true"], output_dir=tmp_path / "run"
+    )
     assert (cfg.trainer.num_nodes, cfg.trainer.devices) == (2, 2)
     trainer = build_trainer(cfg)
     environment = trainer._accelerator_connector.cluster_environment

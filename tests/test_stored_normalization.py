@@ -8,19 +8,27 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from mae.model_files.stored_config import RUN_CONFIG_KEY
-from mae.model_files.export import main as export_main
-from mae.jobs.harness import data_for_model_file, prepare_data
-from mae.jobs.visualize import compose_config as visualize_config, prepare
-from mae.models import MaskedAutoencoderViT
-from mae.model_files.stored_config import PREPROCESSOR_CONFIG, stored_normalization
-
 from conftest import compose_config, data_module
 from extras import needs_extra
 
-ARCHITECTURE = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
-                    decoder_depth=1, decoder_num_heads=2)
+from mae.jobs.harness import data_for_model_file, prepare_data
+from mae.jobs.visualize import compose_config as visualize_config
+from mae.jobs.visualize import prepare
+from mae.model_files.export import main as export_main
+from mae.model_files.stored_config import PREPROCESSOR_CONFIG, RUN_CONFIG_KEY, stored_normalization
+from mae.models import MaskedAutoencoderViT
+
+ARCHITECTURE = dict(
+    img_size=28,
+    patch_size=7,
+    in_chans=1,
+    embed_dim=32,
+    depth=1,
+    num_heads=2,
+    decoder_embed_dim=16,
+    decoder_depth=1,
+    decoder_num_heads=2,
+)
 MEAN, STD = [0.3141], [0.2718]
 
 
@@ -31,11 +39,18 @@ def checkpoint(tmp_path) -> Path:
     model = MaskedAutoencoderViT(**ARCHITECTURE)
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     path.parent.mkdir(parents=True)
-    torch.save({"state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
-                RUN_CONFIG_KEY: {"task_name": "pretrain", "model": {"_target_": "mae.models.MaskedAutoencoderViT",
-                                                                     **ARCHITECTURE},
-                                 "module": {}, "data": {"img_size": 28, "in_chans": 1, "mean": MEAN, "std": STD}}},
-               path)
+    torch.save(
+        {
+            "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
+            RUN_CONFIG_KEY: {
+                "task_name": "pretrain",
+                "model": {"_target_": "mae.models.MaskedAutoencoderViT", **ARCHITECTURE},
+                "module": {},
+                "data": {"img_size": 28, "in_chans": 1, "mean": MEAN, "std": STD},
+            },
+        },
+        path,
+    )
     return path
 
 
@@ -53,8 +68,7 @@ def test_an_older_checkpoint_is_read_through_its_run_config(tmp_path, checkpoint
     assert stored_normalization(checkpoint).mean == [0.5]
 
 
-@pytest.mark.parametrize(("kind", "out"), [("mae", "m.safetensors"), ("timm", "t.safetensors"),
-                                           ("transformers", "hf")])
+@pytest.mark.parametrize(("kind", "out"), [("mae", "m.safetensors"), ("timm", "t.safetensors"), ("transformers", "hf")])
 def test_every_export_carries_the_numbers(tmp_path, checkpoint, kind, out):
     assert export_main([kind, str(checkpoint), str(tmp_path / out)]) == 0
     stored = stored_normalization(tmp_path / out)
@@ -82,10 +96,26 @@ def test_mean_auto_takes_the_numbers_of_the_file_a_run_starts_from(tmp_path, che
 
     for index in range(4):
         Image.new("L", (8, 8), color=index * 60).save(images / f"{index}.png")
-    cfg = compose_config(["data=unlabeled", f"data.root={images}", "data.in_chans=1", "data.img_size=28",
-                          "data.val_fraction=0.5", f"pretrained={checkpoint}"], output_dir=tmp_path / "out")
-    module = data_module("unlabeled", root=str(images), in_chans=1, img_size=28, val_fraction=0.5,
-                         num_workers=0, persistent_workers=False)
+    cfg = compose_config(
+        [
+            "data=unlabeled",
+            f"data.root={images}",
+            "data.in_chans=1",
+            "data.img_size=28",
+            "data.val_fraction=0.5",
+            f"pretrained={checkpoint}",
+        ],
+        output_dir=tmp_path / "out",
+    )
+    module = data_module(
+        "unlabeled",
+        root=str(images),
+        in_chans=1,
+        img_size=28,
+        val_fraction=0.5,
+        num_workers=0,
+        persistent_workers=False,
+    )
     prepare_data(cfg, module)
     assert module.mean == tuple(MEAN) and list(cfg.data.mean) == MEAN and list(cfg.data.std) == STD
     assert f"from {checkpoint}" in capsys.readouterr().out
@@ -104,22 +134,41 @@ def write_class_folders(root: Path) -> None:
 
 def test_an_image_folder_measures_auto_or_takes_the_pretrained_numbers(tmp_path, checkpoint, caplog):
     write_class_folders(tmp_path / "labelled")
-    settings = dict(root=str(tmp_path / "labelled"), img_size=8, in_chans=1, num_workers=0, persistent_workers=False,
-                    mean="auto", std="auto")
+    settings = dict(
+        root=str(tmp_path / "labelled"),
+        img_size=8,
+        in_chans=1,
+        num_workers=0,
+        persistent_workers=False,
+        mean="auto",
+        std="auto",
+    )
     measured = data_module("image_folder", **settings)
     measured.prepare_run()
-    assert measured.mean == pytest.approx((120 / 255,), abs=1e-4) and measured.std == pytest.approx((80 / 255,), abs=1e-4)
-    cfg = compose_config(["task=finetune", "data=image_folder", f"data.root={tmp_path / 'labelled'}",
-                          "data.in_chans=1", "data.mean=auto", "data.std=auto", f"pretrained={checkpoint}"],
-                         output_dir=tmp_path / "ft")
+    assert measured.mean == pytest.approx((120 / 255,), abs=1e-4) and measured.std == pytest.approx(
+        (80 / 255,), abs=1e-4
+    )
+    cfg = compose_config(
+        [
+            "task=finetune",
+            "data=image_folder",
+            f"data.root={tmp_path / 'labelled'}",
+            "data.in_chans=1",
+            "data.mean=auto",
+            "data.std=auto",
+            f"pretrained={checkpoint}",
+        ],
+        output_dir=tmp_path / "ft",
+    )
     told = data_module("image_folder", **settings)
     prepare_data(cfg, told)
     assert told.mean == tuple(MEAN) and told.std == tuple(STD)
     explicit = data_module("image_folder", **{**settings, "mean": [0.5], "std": [0.5]})
     with caplog.at_level("WARNING"):
         prepare_data(cfg, explicit)
-    assert explicit.mean == (0.5,) and any("data.mean=auto data.std=auto takes the file's" in record.message
-                                           for record in caplog.records)
+    assert explicit.mean == (0.5,) and any(
+        "data.mean=auto data.std=auto takes the file's" in record.message for record in caplog.records
+    )
 
 
 def test_every_data_group_can_serve_the_knn_evaluation():

@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 import yaml
+from conftest import CONF, compose_config
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,21 +32,36 @@ from mae.sweeps.plots import parameter_figure
 from mae.sweeps.summary import NoiseCheck, mean_std, noise_check, summarize, write_summary
 from mae.sweeps.summary import main as summary_main
 
-from conftest import CONF, compose_config
-
 ROOT = Path(__file__).resolve().parents[1]
 
-MODEL = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_embed_dim=16",
-         "model.decoder_depth=1", "model.decoder_num_heads=2"]
+MODEL = [
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+]
 # A small model, a 256-image subset and small kNN sets keep each stage to seconds on two cores; the probe's final
 # evaluation covers the whole test split (its per-epoch validation is switched off).
-PROBE = ["schedule.epochs=1", "schedule.warmup_epochs=0", "trainer.check_val_every_n_epoch=100",
-         "callbacks.progress_bar.refresh_rate=0"]
-SMALL = MODEL + ["data.train_samples=256", "data.knn_train_samples=256", "data.knn_val_samples=128",
-                 "schedule.batch_size=32", "schedule.epochs=1", "schedule.warmup_epochs=0",
-                 "trainer.limit_val_batches=2", "callbacks.progress_bar.refresh_rate=0",
-                 "callbacks.reconstruction_grid=null",
-                 "ablation.overrides.linprobe=[" + ",".join(f"'{o}'" for o in PROBE) + "]"]
+PROBE = [
+    "schedule.epochs=1",
+    "schedule.warmup_epochs=0",
+    "trainer.check_val_every_n_epoch=100",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+SMALL = MODEL + [
+    "data.train_samples=256",
+    "data.knn_train_samples=256",
+    "data.knn_val_samples=128",
+    "schedule.batch_size=32",
+    "schedule.epochs=1",
+    "schedule.warmup_epochs=0",
+    "trainer.limit_val_batches=2",
+    "callbacks.progress_bar.refresh_rate=0",
+    "callbacks.reconstruction_grid=null",
+    "ablation.overrides.linprobe=[" + ",".join(f"'{o}'" for o in PROBE) + "]",
+]
 STEPS_PER_EPOCH = 256 // 32
 
 
@@ -58,8 +74,28 @@ def compose_with_hydra(overrides: list[str]):
 
 # Overrides ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value", [None, True, False, 3, -2, 0.1, 1e-06, float("inf"), "plain", "/x/it's here",
-                                   "a=b,c", "back\\slash", "ends\\", "quote'\\", [0.286, 1, "s"], {"a": [1, None]}])
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        False,
+        3,
+        -2,
+        0.1,
+        1e-06,
+        float("inf"),
+        "plain",
+        "/x/it's here",
+        "a=b,c",
+        "back\\slash",
+        "ends\\",
+        "quote'\\",
+        [0.286, 1, "s"],
+        {"a": [1, None]},
+    ],
+)
 def test_override_values_parse_back_to_the_same_value(value):
     parsed = OverridesParser.create().parse_override(f"key={override_value(value)}").value()
     assert parsed == value and type(parsed) is type(value)
@@ -68,10 +104,15 @@ def test_override_values_parse_back_to_the_same_value(value):
 def test_overrides_for_flattens_nodes_and_skips_missing_keys():
     cfg = OmegaConf.create({"model": {"depth": 2, "name": "vit", "sub": {"x": 0.5}}, "seed": 3, "other": 1})
     assert overrides_for(cfg, ["model", "seed", "nothing.here"]) == [
-        "model.depth=2", "model.name='vit'", "model.sub.x=0.5", "seed=3"]
+        "model.depth=2",
+        "model.name='vit'",
+        "model.sub.x=0.5",
+        "seed=3",
+    ]
 
 
 # Configs --------------------------------------------------------------------------------------------------------
+
 
 def test_ablation_task_runs_the_sweep_job_in_a_stable_sweep_directory():
     cfg = compose_with_hydra(["task=ablation"])
@@ -89,17 +130,22 @@ def test_ablation_task_runs_the_sweep_job_in_a_stable_sweep_directory():
     assert cfg.schedule == compose_with_hydra([]).schedule and "knn_evaluation" in cfg.callbacks
 
 
-@pytest.mark.parametrize(("experiment", "key", "values", "built"), [
-    ("sweep_mask_ratio", "model.mask_ratio", "0.1,0.3,0.5,0.75,0.9", lambda m: m.mask_ratio),
-    ("sweep_decoder_depth", "model.decoder_depth", "1,2,4,8", lambda m: len(m.decoder_blocks)),
-    ("sweep_decoder_width", "model.decoder_embed_dim", "64,128,256,512", lambda m: m.mask_token.shape[-1]),
-    ("sweep_norm_pix_loss", "model.norm_pix_loss", "true,false", lambda m: m.norm_pix_loss),
-])
+@pytest.mark.parametrize(
+    ("experiment", "key", "values", "built"),
+    [
+        ("sweep_mask_ratio", "model.mask_ratio", "0.1,0.3,0.5,0.75,0.9", lambda m: m.mask_ratio),
+        ("sweep_decoder_depth", "model.decoder_depth", "1,2,4,8", lambda m: len(m.decoder_blocks)),
+        ("sweep_decoder_width", "model.decoder_embed_dim", "64,128,256,512", lambda m: m.mask_token.shape[-1]),
+        ("sweep_norm_pix_loss", "model.norm_pix_loss", "true,false", lambda m: m.norm_pix_loss),
+    ],
+)
 def test_sweep_configs_sweep_one_model_knob_over_three_seeds_at_cpu_scale(experiment, key, values, built):
     cfg = compose_with_hydra([f"experiment={experiment}"])
     assert dict(cfg.hydra.sweeper.params) == {key: values, "seed": "0,1,2"}
     assert cfg.sweep_name == experiment.removeprefix("sweep_") and cfg.task_name == "ablation"
-    assert cfg.model._target_ == "mae.models.mae_vit_tiny_patch7" and cfg.data._target_.endswith("FashionMNISTDataModule")
+    assert cfg.model._target_ == "mae.models.mae_vit_tiny_patch7" and cfg.data._target_.endswith(
+        "FashionMNISTDataModule"
+    )
     assert (cfg.data.train_samples, cfg.schedule.epochs) == (30000, 2)
     assert "schedule.epochs=2" in cfg.ablation.overrides.linprobe
     # Every value of the sweep builds the model it names.
@@ -120,7 +166,12 @@ def test_slurm_launcher_config_extends_the_submitit_plugin():
     cfg = compose_with_hydra(["experiment=sweep_mask_ratio", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (launcher.timeout_min, launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (240, 1, 1, "gpu")
+    assert (launcher.timeout_min, launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (
+        240,
+        1,
+        1,
+        "gpu",
+    )
     assert OmegaConf.to_container(launcher, resolve=False)["submitit_folder"] == "${hydra.sweep.dir}/.submitit/%j"
     HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.cwd} in the submitit folder's path
     instance = instantiate(launcher)  # builds without a cluster; nothing is submitted
@@ -132,6 +183,7 @@ def test_slurm_launcher_config_extends_the_submitit_plugin():
 
 # The Optuna search (python -m mae.sweeps.optuna_search) ---------------------------------------------------------------
 
+
 def test_optuna_search_config_searches_mask_ratio_and_decoder_depth_on_sweep_cpu_points(tmp_path, monkeypatch):
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
@@ -139,26 +191,50 @@ def test_optuna_search_config_searches_mask_ratio_and_decoder_depth_on_sweep_cpu
     search = optuna_search.prepare([])
     settings = search.settings
     assert (settings.experiment, settings.sweep_name, settings.n_trials, settings.direction) == (
-        "sweep_cpu", "optuna", 12, "maximize")
+        "sweep_cpu",
+        "optuna",
+        12,
+        "maximize",
+    )
     assert (settings.sampler.seed, settings.sampler.n_startup_trials) == (0, 4)
     assert {p.key: p.distribution() for p in search.parameters} == {
-        "model.mask_ratio": FloatDistribution(0.1, 0.9), "model.decoder_depth": CategoricalDistribution([1, 2, 4, 8])}
+        "model.mask_ratio": FloatDistribution(0.1, 0.9),
+        "model.decoder_depth": CategoricalDistribution([1, 2, 4, 8]),
+    }
     assert search.objective == "linprobe_top1" and search.sweep_dir == tmp_path / "outputs" / "sweeps" / "optuna"
     # A trial is the sweep_cpu point train.py runs, in the directory a multirun would give its overrides.
     values = {"mask_ratio": 0.5, "decoder_depth": 2}
     command = search.trial_command(values)
     assert command[1] == str(ROOT / "train.py")
-    assert command[2:7] == ["experiment=sweep_cpu", "sweep_name=optuna", f"paths.log_dir='{tmp_path / 'outputs'}'",
-                            "model.mask_ratio=0.5", "model.decoder_depth=2"]
+    assert command[2:7] == [
+        "experiment=sweep_cpu",
+        "sweep_name=optuna",
+        f"paths.log_dir='{tmp_path / 'outputs'}'",
+        "model.mask_ratio=0.5",
+        "model.decoder_depth=2",
+    ]
     assert search.trial_dir(values) == search.sweep_dir / "model.decoder_depth_2+model.mask_ratio_0.5"
     assert command[-1] == f"hydra.run.dir='{search.trial_dir(values)}'"
 
 
 def test_optuna_search_arguments_split_into_settings_and_trial_overrides():
     search, trial = optuna_search.split_arguments(
-        ["n_trials=3", "sampler.seed=1", "~params.decoder_depth", "+params.width.key=model.decoder_embed_dim",
-         "data.train_samples=256", "seed=1", "+trainer.max_steps=2"])
-    assert search == ["n_trials=3", "sampler.seed=1", "~params.decoder_depth", "+params.width.key=model.decoder_embed_dim"]
+        [
+            "n_trials=3",
+            "sampler.seed=1",
+            "~params.decoder_depth",
+            "+params.width.key=model.decoder_embed_dim",
+            "data.train_samples=256",
+            "seed=1",
+            "+trainer.max_steps=2",
+        ]
+    )
+    assert search == [
+        "n_trials=3",
+        "sampler.seed=1",
+        "~params.decoder_depth",
+        "+params.width.key=model.decoder_embed_dim",
+    ]
     assert trial == ["data.train_samples=256", "seed=1", "+trainer.max_steps=2"]
     chosen = optuna_search.prepare(["~params.mask_ratio", "params.decoder_depth.choices=[1,2]", "seed=3"])
     assert [(p.key, p.choices) for p in chosen.parameters] == [("model.decoder_depth", (1, 2))]
@@ -177,21 +253,27 @@ def test_optuna_search_sampler_is_seeded_tpe():
     assert proposals[0] == proposals[1] and len({str(p) for p in proposals[0]}) == 3
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    (["n_trials=0"], "n_trials=0 must be an integer of at least 1"),
-    (["params.mask_ratio.key=model.nonexistent"], "params.mask_ratio.key=model.nonexistent is not a key of the trial"),
-    (["+params.width.key=model.no_such_knob", "+params.width.choices=[1]"], "model.no_such_knob is not a key"),
-    (["params.mask_ratio.high=1.5"], "model.mask_ratio=1.5 is refused (mask_ratio=1.5 is outside [0, 1))"),
-    (["params.mask_ratio.low=0.9"], "params.mask_ratio: low=0.9 must be below high=0.9"),
-    (["params.decoder_depth.choices=[]"], "params.decoder_depth.choices=[] must be a non-empty list"),
-    (["params.decoder_depth.choices=[0,1]"], "model.decoder_depth=0 is refused"),
-    (["+params.mask_ratio.bogus=1"], "params.mask_ratio has unknown field(s) bogus"),
-    (["~params"], "params is empty"),
-    (["direction=up"], "direction=up must be one of maximize, minimize"),
-    (["sampler.n_startup_trials=-1"], "sampler.n_startup_trials=-1 must be an integer of at least 0"),
-    (["data.bogus=1"], "Could not override 'data.bogus'"),
-    (["model.mask_ratio=0.5"], "model.mask_ratio is searched (params.mask_ratio) and also given as an override"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["n_trials=0"], "n_trials=0 must be an integer of at least 1"),
+        (
+            ["params.mask_ratio.key=model.nonexistent"],
+            "params.mask_ratio.key=model.nonexistent is not a key of the trial",
+        ),
+        (["+params.width.key=model.no_such_knob", "+params.width.choices=[1]"], "model.no_such_knob is not a key"),
+        (["params.mask_ratio.high=1.5"], "model.mask_ratio=1.5 is refused (mask_ratio=1.5 is outside [0, 1))"),
+        (["params.mask_ratio.low=0.9"], "params.mask_ratio: low=0.9 must be below high=0.9"),
+        (["params.decoder_depth.choices=[]"], "params.decoder_depth.choices=[] must be a non-empty list"),
+        (["params.decoder_depth.choices=[0,1]"], "model.decoder_depth=0 is refused"),
+        (["+params.mask_ratio.bogus=1"], "params.mask_ratio has unknown field(s) bogus"),
+        (["~params"], "params is empty"),
+        (["direction=up"], "direction=up must be one of maximize, minimize"),
+        (["sampler.n_startup_trials=-1"], "sampler.n_startup_trials=-1 must be an integer of at least 0"),
+        (["data.bogus=1"], "Could not override 'data.bogus'"),
+        (["model.mask_ratio=0.5"], "model.mask_ratio is searched (params.mask_ratio) and also given as an override"),
+    ],
+)
 def test_optuna_search_bad_settings_stop_with_one_line_before_any_trial(monkeypatch, capsys, arguments, message):
     monkeypatch.setattr(optuna_search, "run_trial", lambda *args: pytest.fail("a trial ran"))
     assert optuna_search.main(arguments) == 2
@@ -210,19 +292,28 @@ def test_optuna_search_reads_finished_trials_back_and_continues_the_unfinished_o
     """Resuming: the finished trial is not run again, the interrupted one runs first, then new ones up to n_trials."""
     sweep = tmp_path / "sweeps" / "optuna"
     done = {"stages_done": ["pretrain", "linprobe"], "linprobe_top1": 61.5, "knn_top1": 50.0}
-    write_trial_job(sweep, "model.decoder_depth_2+model.mask_ratio_0.5", ["model.mask_ratio=0.5", "model.decoder_depth=2"],
-              done)
-    write_trial_job(sweep, "model.decoder_depth_4+model.mask_ratio_0.3", ["model.mask_ratio=0.3", "model.decoder_depth=4"],
-              {"stages_done": []})
-    write_trial_job(sweep, "model.decoder_depth_3+model.mask_ratio_0.3", ["model.mask_ratio=0.3", "model.decoder_depth=3"],
-              done)  # not a point of the search space
+    write_trial_job(
+        sweep, "model.decoder_depth_2+model.mask_ratio_0.5", ["model.mask_ratio=0.5", "model.decoder_depth=2"], done
+    )
+    write_trial_job(
+        sweep,
+        "model.decoder_depth_4+model.mask_ratio_0.3",
+        ["model.mask_ratio=0.3", "model.decoder_depth=4"],
+        {"stages_done": []},
+    )
+    write_trial_job(
+        sweep, "model.decoder_depth_3+model.mask_ratio_0.3", ["model.mask_ratio=0.3", "model.decoder_depth=3"], done
+    )  # not a point of the search space
     ran = []
 
     def fake_trial(search, values):
         ran.append(values)
-        write_trial_job(search.sweep_dir, search.trial_dir(values).name,
-                  [f"model.mask_ratio={values['mask_ratio']}", f"model.decoder_depth={values['decoder_depth']}"],
-                  {**done, "linprobe_top1": 100 * values["mask_ratio"]})
+        write_trial_job(
+            search.sweep_dir,
+            search.trial_dir(values).name,
+            [f"model.mask_ratio={values['mask_ratio']}", f"model.decoder_depth={values['decoder_depth']}"],
+            {**done, "linprobe_top1": 100 * values["mask_ratio"]},
+        )
         return 0, 100 * values["mask_ratio"]
 
     monkeypatch.setattr(optuna_search, "run_trial", fake_trial)
@@ -254,14 +345,18 @@ def test_optuna_search_stops_when_a_trial_stops_on_bad_input(tmp_path, monkeypat
 def test_optuna_search_without_optuna_names_the_sweeps_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "optuna", None)
     assert optuna_search.main(["n_trials=2"]) == 2
-    assert capsys.readouterr().err == ("error: the Optuna search (python -m mae.sweeps.optuna_search) needs optuna: "
-                                       "pip install 'mae-lightning[sweeps]' "
-                                       "(from a checkout: pip install -e '.[sweeps]')\n")
+    assert capsys.readouterr().err == (
+        "error: the Optuna search (python -m mae.sweeps.optuna_search) needs optuna: "
+        "pip install 'mae-lightning[sweeps]' "
+        "(from a checkout: pip install -e '.[sweeps]')\n"
+    )
 
 
 def test_objective_returns_the_configured_result(config_factory, monkeypatch):
     cfg = config_factory(["task=ablation"])
-    monkeypatch.setattr(ablation, "pretrain_then_probe", lambda cfg: {"linprobe_top1": 71.5, "knn_top1_pretrained": 0.7})
+    monkeypatch.setattr(
+        ablation, "pretrain_then_probe", lambda cfg: {"linprobe_top1": 71.5, "knn_top1_pretrained": 0.7}
+    )
     assert ablation.objective(cfg) == 71.5
     monkeypatch.setattr(ablation, "pretrain_then_probe", lambda cfg: {"knn_top1_pretrained": 0.7})
     with pytest.raises(SetupError, match=r"ablation.objective=linprobe_top1 is not among the run's results"):
@@ -270,12 +365,24 @@ def test_objective_returns_the_configured_result(config_factory, monkeypatch):
 
 # Downstream configs -----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("hydra_initialised", [False, True])
-def test_downstream_config_has_the_runs_choices_values_checkpoint_and_own_recipe(config_factory, tmp_path,
-                                                                                hydra_initialised):
-    cfg = config_factory(["task=ablation", "model=mae_vit_tiny_patch4", "model.embed_dim=48", "model.mask_ratio=0.6",
-                          "data.train_samples=100", "schedule.batch_size=64", "seed=7", "sweep_name=probe_test",
-                          "ablation.overrides.linprobe=['schedule.epochs=3']"])
+def test_downstream_config_has_the_runs_choices_values_checkpoint_and_own_recipe(
+    config_factory, tmp_path, hydra_initialised
+):
+    cfg = config_factory(
+        [
+            "task=ablation",
+            "model=mae_vit_tiny_patch4",
+            "model.embed_dim=48",
+            "model.mask_ratio=0.6",
+            "data.train_samples=100",
+            "schedule.batch_size=64",
+            "seed=7",
+            "sweep_name=probe_test",
+            "ablation.overrides.linprobe=['schedule.epochs=3']",
+        ]
+    )
     run_dir = tmp_path / "run"
     if hydra_initialised:  # as inside train.py
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -304,6 +411,7 @@ def test_unknown_downstream_stage_is_a_one_line_error(config_factory):
 
 # The job ------------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> tuple[Path, dict]:
     """A tiny ablation run that pre-trained and linear-probed: (run directory, returned record)."""
@@ -315,6 +423,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, dict]:
 def forbid_training(monkeypatch) -> None:
     def refuse(cfg):
         raise AssertionError("trained although the stage had finished")
+
     monkeypatch.setattr(ablation, "pretrain", refuse)
     monkeypatch.setattr(ablation, "downstream", refuse)
 
@@ -381,8 +490,11 @@ def test_job_refuses_a_run_directory_with_other_settings(finished_run, tmp_path)
     run_dir = tmp_path / "run"
     shutil.copytree(source, run_dir)
     cfg = compose_config(["task=ablation", *SMALL, "model.mask_ratio=0.6"], output_dir=run_dir)
-    with pytest.raises(SetupError, match=r"holds a run with other model settings \(model.mask_ratio=0.75 there, "
-                                         r"0.6 now\); remove that directory or choose another sweep_name"):
+    with pytest.raises(
+        SetupError,
+        match=r"holds a run with other model settings \(model.mask_ratio=0.75 there, "
+        r"0.6 now\); remove that directory or choose another sweep_name",
+    ):
         ablation.pretrain_then_probe(cfg)
 
 
@@ -398,8 +510,15 @@ def test_job_refuses_a_run_directory_of_another_seed(config_factory, tmp_path):
 
 # Summary ------------------------------------------------------------------------------------------------------------
 
-def write_job(sweep_dir: Path, name: str, overrides: list[str], results: dict | None,
-              downstream: list[str] | None = None, sweeper_params: dict | None = None) -> None:
+
+def write_job(
+    sweep_dir: Path,
+    name: str,
+    overrides: list[str],
+    results: dict | None,
+    downstream: list[str] | None = None,
+    sweeper_params: dict | None = None,
+) -> None:
     """A job directory as a sweep leaves it: Hydra's .hydra/ files, the run's config and results (when it got there)."""
     job = sweep_dir / name
     (job / ".hydra").mkdir(parents=True)
@@ -408,15 +527,23 @@ def write_job(sweep_dir: Path, name: str, overrides: list[str], results: dict | 
     if results is not None:
         values = {key: yaml.safe_load(value) for key, value in (override.split("=") for override in overrides)}
         model = {key.removeprefix("model."): value for key, value in values.items() if key.startswith("model.")}
-        config = {"model": {"mask_ratio": 0.75, "decoder_depth": 2, **model}, "seed": values.get("seed", 0),
-                  "ablation": {"downstream": downstream if downstream is not None else ["linprobe"]}}
+        config = {
+            "model": {"mask_ratio": 0.75, "decoder_depth": 2, **model},
+            "seed": values.get("seed", 0),
+            "ablation": {"downstream": downstream if downstream is not None else ["linprobe"]},
+        }
         (job / "config_resolved.yaml").write_text(yaml.safe_dump(config))
         (job / "results.json").write_text(json.dumps(results))
 
 
 def done(knn: float, probe: float, pretrain_s: float = 100.0) -> dict:
-    return {"knn_top1_pretrained": knn, "linprobe_top1": probe, "pretrain_seconds": pretrain_s,
-            "linprobe_seconds": 40.04, "stages_done": ["pretrain", "linprobe"]}
+    return {
+        "knn_top1_pretrained": knn,
+        "linprobe_top1": probe,
+        "pretrain_seconds": pretrain_s,
+        "linprobe_seconds": 40.04,
+        "stages_done": ["pretrain", "linprobe"],
+    }
 
 
 @pytest.fixture
@@ -424,10 +551,19 @@ def mask_ratio_sweep(tmp_path) -> Path:
     """One seed per point (seed not swept): every point is a group of one run."""
     sweep = tmp_path / "mask_ratio"
     params = {"model.mask_ratio": "0.5,0.75,0.9,0.25"}
-    for ratio, results in [("0.75", done(0.7012, 71.3)), ("0.5", done(0.6543, 68.126)),
-                           ("0.9", {"knn_top1_pretrained": 0.61, "stages_done": ["pretrain"]}), ("0.25", None)]:
-        write_job(sweep, f"model.mask_ratio_{ratio}", [f"model.mask_ratio={ratio}", "experiment=sweep_mask_ratio"],
-                  results, sweeper_params=params)
+    for ratio, results in [
+        ("0.75", done(0.7012, 71.3)),
+        ("0.5", done(0.6543, 68.126)),
+        ("0.9", {"knn_top1_pretrained": 0.61, "stages_done": ["pretrain"]}),
+        ("0.25", None),
+    ]:
+        write_job(
+            sweep,
+            f"model.mask_ratio_{ratio}",
+            [f"model.mask_ratio={ratio}", "experiment=sweep_mask_ratio"],
+            results,
+            sweeper_params=params,
+        )
     (sweep / "multirun.yaml").write_text("not a job\n")
     return sweep
 
@@ -451,9 +587,13 @@ def seeded_sweep(tmp_path) -> Path:
     params = {"model.mask_ratio": ",".join(SEEDED_RUNS), "seed": "0,1,2"}
     for ratio, runs in SEEDED_RUNS.items():
         for seed, results in enumerate(runs):
-            write_job(sweep, f"model.mask_ratio_{ratio}+seed_{seed}",
-                      [f"model.mask_ratio={ratio}", f"seed={seed}", "experiment=sweep_mask_ratio"], results,
-                      sweeper_params=params)
+            write_job(
+                sweep,
+                f"model.mask_ratio_{ratio}+seed_{seed}",
+                [f"model.mask_ratio={ratio}", f"seed={seed}", "experiment=sweep_mask_ratio"],
+                results,
+                sweeper_params=params,
+            )
     return sweep
 
 
@@ -466,14 +606,16 @@ def test_summary_without_seeds_has_one_run_per_point(mask_ratio_sweep):
         "0.25,,,,,,,,,0,0/1 done\n"
         "0.5,65.43,,68.13,,100.0,,40.0,,1,1/1 done\n"
         "0.75,70.12,,71.30,,100.0,,40.0,,1,1/1 done\n"
-        "0.9,,,,,,,,,0,0/1 done\n")
+        "0.9,,,,,,,,,0,0/1 done\n"
+    )
     # Every run as it recorded it, the unfinished one's kNN included.
     assert (mask_ratio_sweep / "runs.csv").read_text() == (
         "model.mask_ratio,knn_top1,linprobe_top1,pretrain_seconds,linprobe_seconds,status,job\n"
         "0.25,,,,,not started,model.mask_ratio_0.25\n"
         "0.5,65.43,68.13,100.0,40.0,done,model.mask_ratio_0.5\n"
         "0.75,70.12,71.30,100.0,40.0,done,model.mask_ratio_0.75\n"
-        "0.9,61.00,,,,unfinished (linprobe),model.mask_ratio_0.9\n")
+        "0.9,61.00,,,,unfinished (linprobe),model.mask_ratio_0.9\n"
+    )
     assert (mask_ratio_sweep / "summary.md").read_text() == (
         "# Sweep `mask_ratio`\n\n2 of 4 runs done. Each row is a point: mean ± sample standard deviation "
         "(ddof=1; none for a single run) over its finished runs, one per seed; every run in [runs.csv](runs.csv).\n\n"
@@ -490,7 +632,8 @@ def test_summary_without_seeds_has_one_run_per_point(mask_ratio_sweep):
         "`model.mask_ratio=0.5`\n"
         "- linear probe top-1 (%): best `model.mask_ratio=0.75` (71.30); not compared (fewer than 2 seeds): "
         "`model.mask_ratio=0.5`\n\n"
-        "![model.mask_ratio](model.mask_ratio.png)\n")
+        "![model.mask_ratio](model.mask_ratio.png)\n"
+    )
     png = (mask_ratio_sweep / "model.mask_ratio.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
 
@@ -505,30 +648,40 @@ def test_summary_groups_seeds_into_mean_and_sample_std(seeded_sweep):
         "0.25,50.00,,50.00,,100.0,,40.0,,1,1/3 done\n"
         "0.5,61.00,1.00,62.00,2.00,110.0,10.0,40.0,0.0,3,3/3 done\n"
         "0.75,72.00,2.00,71.00,1.00,110.0,10.0,40.0,0.0,3,3/3 done\n"
-        "0.9,65.50,0.71,70.00,0.71,105.0,7.1,40.0,0.0,2,2/3 done\n")
+        "0.9,65.50,0.71,70.00,0.71,105.0,7.1,40.0,0.0,2,2/3 done\n"
+    )
     runs = (seeded_sweep / "runs.csv").read_text().splitlines()
     assert runs[0] == "model.mask_ratio,seed,knn_top1,linprobe_top1,pretrain_seconds,linprobe_seconds,status,job"
-    assert [row.split(",")[:2] for row in runs[1:]] == [[ratio, str(seed)] for ratio in SEEDED_RUNS
-                                                        for seed in range(3)]
-    assert runs[1:4] == ["0.25,0,50.00,50.00,100.0,40.0,done,model.mask_ratio_0.25+seed_0",
-                         "0.25,1,,,,,not started,model.mask_ratio_0.25+seed_1",
-                         "0.25,2,,,,,not started,model.mask_ratio_0.25+seed_2"]
+    assert [row.split(",")[:2] for row in runs[1:]] == [
+        [ratio, str(seed)] for ratio in SEEDED_RUNS for seed in range(3)
+    ]
+    assert runs[1:4] == [
+        "0.25,0,50.00,50.00,100.0,40.0,done,model.mask_ratio_0.25+seed_0",
+        "0.25,1,,,,,not started,model.mask_ratio_0.25+seed_1",
+        "0.25,2,,,,,not started,model.mask_ratio_0.25+seed_2",
+    ]
     assert runs[-1] == "0.9,2,99.00,,500.0,,unfinished (linprobe),model.mask_ratio_0.9+seed_2"
     md = (seeded_sweep / "summary.md").read_text()
     assert md.startswith("# Sweep `mask_ratio`\n\n9 of 12 runs done.")
-    assert ("| model.mask_ratio | kNN top-1 (%) | linear probe top-1 (%) | pre-training (s) | linear probe (s) | seeds "
-            "| status |\n|---|---|---|---|---|---|---|\n"
-            "| 0.25 | 50.00 | 50.00 | 100.0 | 40.0 | 1 | 1/3 done |\n"
-            "| 0.5 | 61.00 ± 1.00 | 62.00 ± 2.00 | 110.0 ± 10.0 | 40.0 ± 0.0 | 3 | 3/3 done |\n"
-            "| 0.75 | 72.00 ± 2.00 | 71.00 ± 1.00 | 110.0 ± 10.0 | 40.0 ± 0.0 | 3 | 3/3 done |\n"
-            "| 0.9 | 65.50 ± 0.71 | 70.00 ± 0.71 | 105.0 ± 7.1 | 40.0 ± 0.0 | 2 | 2/3 done |\n") in md
+    assert (
+        "| model.mask_ratio | kNN top-1 (%) | linear probe top-1 (%) | pre-training (s) | linear probe (s) | seeds "
+        "| status |\n|---|---|---|---|---|---|---|\n"
+        "| 0.25 | 50.00 | 50.00 | 100.0 | 40.0 | 1 | 1/3 done |\n"
+        "| 0.5 | 61.00 ± 1.00 | 62.00 ± 2.00 | 110.0 ± 10.0 | 40.0 ± 0.0 | 3 | 3/3 done |\n"
+        "| 0.75 | 72.00 ± 2.00 | 71.00 ± 1.00 | 110.0 ± 10.0 | 40.0 ± 0.0 | 3 | 3/3 done |\n"
+        "| 0.9 | 65.50 ± 0.71 | 70.00 ± 0.71 | 105.0 ± 7.1 | 40.0 ± 0.0 | 2 | 2/3 done |\n"
+    ) in md
     # Probe: 0.5 is 9 below the best 0.75, beyond 2 + 1; 0.9 is 1 below, within 0.71 + 1; 0.25 has one seed.
-    assert ("- kNN top-1 (%): best `model.mask_ratio=0.75` (72.00 ± 2.00); differ beyond the noise: "
-            "`model.mask_ratio=0.5`, `model.mask_ratio=0.9`; not compared (fewer than 2 seeds): "
-            "`model.mask_ratio=0.25`\n") in md
-    assert ("- linear probe top-1 (%): best `model.mask_ratio=0.75` (71.00 ± 1.00); differ beyond the noise: "
-            "`model.mask_ratio=0.5`; within the noise: `model.mask_ratio=0.9`; not compared (fewer than 2 seeds): "
-            "`model.mask_ratio=0.25`\n") in md
+    assert (
+        "- kNN top-1 (%): best `model.mask_ratio=0.75` (72.00 ± 2.00); differ beyond the noise: "
+        "`model.mask_ratio=0.5`, `model.mask_ratio=0.9`; not compared (fewer than 2 seeds): "
+        "`model.mask_ratio=0.25`\n"
+    ) in md
+    assert (
+        "- linear probe top-1 (%): best `model.mask_ratio=0.75` (71.00 ± 1.00); differ beyond the noise: "
+        "`model.mask_ratio=0.5`; within the noise: `model.mask_ratio=0.9`; not compared (fewer than 2 seeds): "
+        "`model.mask_ratio=0.25`\n"
+    ) in md
     assert not (seeded_sweep / "seed.png").exists()
 
 
@@ -538,7 +691,7 @@ def test_summary_points_and_noise_check_hold_the_unrounded_numbers(seeded_sweep)
     assert [point["model.mask_ratio"] for point in summary.points] == [0.25, 0.5, 0.75, 0.9]
     assert [point["n_seeds"] for point in summary.points] == [1, 3, 3, 2]
     ninety = summary.points[3]
-    assert ninety["knn_top1_mean"] == pytest.approx(65.5) and ninety["knn_top1_std"] == pytest.approx(0.5 ** 0.5)
+    assert ninety["knn_top1_mean"] == pytest.approx(65.5) and ninety["knn_top1_std"] == pytest.approx(0.5**0.5)
     assert ninety["linprobe_top1_std"] == pytest.approx(statistics.stdev([69.5, 70.5]))
     assert summary.points[0]["linprobe_top1_mean"] == 50.0 and summary.points[0]["linprobe_top1_std"] is None
     probe = next(metric for metric in summary.metrics if metric.column == "linprobe_top1")
@@ -550,8 +703,13 @@ def test_summary_points_and_noise_check_hold_the_unrounded_numbers(seeded_sweep)
 
 def test_summary_plot_draws_each_mean_with_a_std_error_bar(seeded_sweep):
     summary = summarize(seeded_sweep)
-    figure = parameter_figure(summary.points, "model.mask_ratio", summary.parameters, ["knn_top1", "linprobe_top1"],
-                              {"linprobe_top1": "probe", "knn_top1": "kNN"})
+    figure = parameter_figure(
+        summary.points,
+        "model.mask_ratio",
+        summary.parameters,
+        ["knn_top1", "linprobe_top1"],
+        {"linprobe_top1": "probe", "knn_top1": "kNN"},
+    )
     try:
         containers = figure.axes[0].containers
         assert [type(c).__name__ for c in containers] == ["ErrorbarContainer"] * 2
@@ -562,8 +720,12 @@ def test_summary_plot_draws_each_mean_with_a_std_error_bar(seeded_sweep):
         # Each bar spans mean ± std; the single-seed point has none to draw.
         segments = [segment.tolist() for segment in bars.get_segments()]
         spread = statistics.stdev([69.5, 70.5])
-        assert segments == [[], [[0.5, 60.0], [0.5, 64.0]], [[0.75, 70.0], [0.75, 72.0]],
-                            [[0.9, pytest.approx(70.0 - spread)], [0.9, pytest.approx(70.0 + spread)]]]
+        assert segments == [
+            [],
+            [[0.5, 60.0], [0.5, 64.0]],
+            [[0.75, 70.0], [0.75, 72.0]],
+            [[0.9, pytest.approx(70.0 - spread)], [0.9, pytest.approx(70.0 + spread)]],
+        ]
     finally:
         plt.close(figure)
 
@@ -574,20 +736,32 @@ def test_summary_of_a_command_line_grid_groups_seeds_by_both_swept_parameters(tm
         for ratio in (0.5, 0.75):
             for seed in (0, 1):
                 probe, finetune = 60 + depth + ratio + seed, 70.0 + depth + 2 * seed
-                results = {**done(0.6 + ratio / 10, probe), "finetune_top1": finetune,
-                           "stages_done": ["pretrain", "linprobe", "finetune"]}
-                overrides = [f"model.decoder_depth={depth}", f"model.mask_ratio={ratio}", f"seed={seed}",
-                             "schedule.epochs=2"]
+                results = {
+                    **done(0.6 + ratio / 10, probe),
+                    "finetune_top1": finetune,
+                    "stages_done": ["pretrain", "linprobe", "finetune"],
+                }
+                overrides = [
+                    f"model.decoder_depth={depth}",
+                    f"model.mask_ratio={ratio}",
+                    f"seed={seed}",
+                    "schedule.epochs=2",
+                ]
                 write_job(sweep, f"d{depth}r{ratio}s{seed}", overrides, results, downstream=["linprobe", "finetune"])
     write_summary(sweep)
     lines = (sweep / "summary.csv").read_text().splitlines()
-    assert lines[0] == ("model.decoder_depth,model.mask_ratio,knn_top1_mean,knn_top1_std,linprobe_top1_mean,"
-                        "linprobe_top1_std,finetune_top1_mean,finetune_top1_std,pretrain_seconds_mean,"
-                        "pretrain_seconds_std,linprobe_seconds_mean,linprobe_seconds_std,n_seeds,status")
+    assert lines[0] == (
+        "model.decoder_depth,model.mask_ratio,knn_top1_mean,knn_top1_std,linprobe_top1_mean,"
+        "linprobe_top1_std,finetune_top1_mean,finetune_top1_std,pretrain_seconds_mean,"
+        "pretrain_seconds_std,linprobe_seconds_mean,linprobe_seconds_std,n_seeds,status"
+    )
     # Fine-tune top-1 70 + depth + 2 x seed: mean 71 + depth, std sqrt(2) over seeds 0 and 1.
     assert [line.split(",")[:2] + line.split(",")[6:8] + line.split(",")[-2:] for line in lines[1:]] == [
-        ["1", "0.5", "72.00", "1.41", "2", "2/2 done"], ["1", "0.75", "72.00", "1.41", "2", "2/2 done"],
-        ["2", "0.5", "73.00", "1.41", "2", "2/2 done"], ["2", "0.75", "73.00", "1.41", "2", "2/2 done"]]
+        ["1", "0.5", "72.00", "1.41", "2", "2/2 done"],
+        ["1", "0.75", "72.00", "1.41", "2", "2/2 done"],
+        ["2", "0.5", "73.00", "1.41", "2", "2/2 done"],
+        ["2", "0.75", "73.00", "1.41", "2", "2/2 done"],
+    ]
     assert len((sweep / "runs.csv").read_text().splitlines()) == 1 + 8
     for name in ("model.decoder_depth.png", "model.mask_ratio.png"):
         assert (sweep / name).read_bytes().startswith(b"\x89PNG")
@@ -596,8 +770,9 @@ def test_summary_of_a_command_line_grid_groups_seeds_by_both_swept_parameters(tm
 
 def test_summary_command_line(mask_ratio_sweep, tmp_path, capsys):
     assert summary_main([str(mask_ratio_sweep)]) == 0
-    assert capsys.readouterr().out.splitlines()[:3] == [str(mask_ratio_sweep / name)
-                                                        for name in ("summary.csv", "summary.md", "runs.csv")]
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        str(mask_ratio_sweep / name) for name in ("summary.csv", "summary.md", "runs.csv")
+    ]
     (tmp_path / "empty").mkdir()
     assert summary_main([str(tmp_path / "empty")]) == 2
     error = capsys.readouterr().err
@@ -614,6 +789,7 @@ def test_summary_callback_writes_into_the_sweep_directory(seeded_sweep):
 
 # A real sweep -------------------------------------------------------------------------------------------------------
 
+
 def run_sweep(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     # The tiny settings stay out of the job directories' names, as experiment= does.
     # No paths override: the sweep directory resolves from where train.py starts (tmp_path), as with `make sweep`.
@@ -622,10 +798,22 @@ def run_sweep(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProce
     small = [*SMALL, "ablation.downstream=[linprobe]"]
     excluded = ["experiment"] + [override.split("=")[0] for override in small]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "experiment=sweep_mask_ratio",
-                           *small, *overrides,
-                           f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "experiment=sweep_mask_ratio",
+            *small,
+            *overrides,
+            f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_multirun_sweep_aggregates_seeds_and_skips_finished_jobs_when_run_again(tmp_path):
@@ -672,8 +860,10 @@ def test_optuna_search_runs_sweep_points_through_train_py_and_resumes(tmp_path, 
     probes = [json.loads((job / "results.json").read_text())["linprobe_top1"] for job in jobs]
     configs = [yaml.safe_load((job / "config_resolved.yaml").read_text()) for job in jobs]
     assert all(config["sweep_name"] == "optuna" and config["task_name"] == "ablation" for config in configs)
-    assert [f"model.decoder_depth_{c['model']['decoder_depth']}+model.mask_ratio_{c['model']['mask_ratio']!r}"
-            for c in configs] == [job.name for job in jobs]
+    assert [
+        f"model.decoder_depth_{c['model']['decoder_depth']}+model.mask_ratio_{c['model']['mask_ratio']!r}"
+        for c in configs
+    ] == [job.name for job in jobs]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(probes)) and best["objective"] == "linprobe_top1"
     assert best["best_dir"] == jobs[probes.index(max(probes))].name
@@ -686,8 +876,9 @@ def test_optuna_search_runs_sweep_points_through_train_py_and_resumes(tmp_path, 
     assert [(job / "results.json").read_text() for job in jobs] == before
 
 
-def test_summary_without_matplotlib_writes_the_tables_and_says_why_there_are_no_plots(seeded_sweep, monkeypatch,
-                                                                                      caplog):
+def test_summary_without_matplotlib_writes_the_tables_and_says_why_there_are_no_plots(
+    seeded_sweep, monkeypatch, caplog
+):
     for name in [key for key in sys.modules if key == "matplotlib" or key.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)

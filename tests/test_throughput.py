@@ -4,11 +4,11 @@ import csv
 from pathlib import Path
 
 import lightning as L
+import lightning.pytorch.callbacks.throughput_monitor as throughput_monitor
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning.pytorch.callbacks.throughput_monitor as throughput_monitor
 from mae.benchmarking.flops import MAEShape, block_flops, linear_flops, mae_forward_flops
 from mae.callbacks import AnalyticThroughputMonitor
 from mae.callbacks.throughput import encoder_forward_flops, flops_per_batch, head_flops, image_flops
@@ -21,17 +21,37 @@ from mae.training import FinetuneModule, LinearProbeModule, MAEPretrainModule
 
 # The small runs of test_train.py, cut to 2 training steps, the rates over a window of 2 batches.
 SMALL = [
-    "data.train_samples=64", "schedule.batch_size=16", "schedule.epochs=1", "schedule.warmup_epochs=0",
-    "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_embed_dim=16",
-    "model.decoder_depth=1", "model.decoder_num_heads=2", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=2",
-    "+trainer.limit_train_batches=2", "callbacks.progress_bar.refresh_rate=0", "callbacks.throughput.window_size=2",
+    "data.train_samples=64",
+    "schedule.batch_size=16",
+    "schedule.epochs=1",
+    "schedule.warmup_epochs=0",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.limit_val_batches=2",
+    "+trainer.limit_train_batches=2",
+    "callbacks.progress_bar.refresh_rate=0",
+    "callbacks.throughput.window_size=2",
 ]
 PRETRAIN = SMALL + ["callbacks.knn_evaluation=null", "callbacks.reconstruction_grid=null"]
 
 
 def tiny_mae(**kwargs) -> MaskedAutoencoderViT:
-    args = dict(img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=8,
-                decoder_depth=1, decoder_num_heads=2)
+    args = dict(
+        img_size=8,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=8,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     return MaskedAutoencoderViT(**{**args, **kwargs})
 
 
@@ -98,12 +118,22 @@ def test_a_two_step_pretraining_logs_images_flops_and_the_progress_bar_rate(conf
     assert images_per_s > 0
     assert last(rows, "train/img_per_s") == pytest.approx(images_per_s, rel=1e-5)  # the key the hand timing wrote
     # Both rates cover the same window: their ratio is the FLOPs of one trained image, for this run's model.
-    model = MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=2,
-                                 decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    model = MaskedAutoencoderViT(
+        img_size=28,
+        patch_size=7,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     expected = 3 * mae_forward_flops(MAEShape.from_model(model))
     assert last(rows, "train/device/flops_per_sec") / images_per_s == pytest.approx(expected, rel=1e-6)
     assert last(rows, "validate/device/flops_per_sec") / last(rows, "validate/device/samples_per_sec") == (
-        pytest.approx(expected / 3, rel=1e-6))
+        pytest.approx(expected / 3, rel=1e-6)
+    )
     assert not any("train/device/mfu" in row for row in rows)  # the CPU has no known peak
 
 
@@ -123,7 +153,8 @@ def test_linear_probing_logs_throughput_too(config_factory):
     rows = metric_rows(Path(cfg.paths.output_dir))
     expected = flops_per_batch(run.module, 1)
     assert last(rows, "train/device/flops_per_sec") / last(rows, "train/device/samples_per_sec") == (
-        pytest.approx(expected, rel=1e-6))
+        pytest.approx(expected, rel=1e-6)
+    )
 
 
 def test_null_drops_the_monitor(config_factory):
@@ -143,8 +174,14 @@ def test_monitor_in_a_plain_trainer_sets_flops_per_batch():
         def train_dataloader(self):
             return DataLoader(data, batch_size=4)
 
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[AnalyticThroughputMonitor(window_size=2)])
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[AnalyticThroughputMonitor(window_size=2)],
+    )
     trainer.fit(module, datamodule=Data())
     assert module.flops_per_batch == flops_per_batch(module, 4)

@@ -31,10 +31,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Two optimizer steps of a small model on 64 Fashion-MNIST images: seconds on two cores.
 TINY = [
-    "data.train_samples=64", "schedule.batch_size=32", "schedule.epochs=1", "schedule.warmup_epochs=0",
-    "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16", "model.decoder_depth=1",
-    "model.decoder_num_heads=2", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=1",
-    "callbacks.knn_evaluation=null", "callbacks.progress_bar.refresh_rate=0",
+    "data.train_samples=64",
+    "schedule.batch_size=32",
+    "schedule.epochs=1",
+    "schedule.warmup_epochs=0",
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.limit_val_batches=1",
+    "callbacks.knn_evaluation=null",
+    "callbacks.progress_bar.refresh_rate=0",
     "callbacks.reconstruction_grid.num_images=2",
 ]
 
@@ -43,8 +53,13 @@ TINY = [
 def wandb_offline(tmp_path, monkeypatch):
     """W&B offline, not logged in, every file it writes outside the run directory kept under ``tmp_path``."""
     home = tmp_path / "wandb-home"
-    for variable, sub in (("WANDB_DIR", "dir"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
-                          ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+    for variable, sub in (
+        ("WANDB_DIR", "dir"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ):
         monkeypatch.setenv(variable, str(home / sub))
     monkeypatch.setenv("WANDB_MODE", "offline")  # restored afterwards, also after WandbLogger rewrites it
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -67,8 +82,8 @@ def wandb_records(run_file: Path) -> list:
         if block - position % block < 7:  # a block's tail too short for a header is padding
             position += block - position % block
             continue
-        crc, length, kind = struct.unpack("<IHB", data[position:position + 7])
-        chunk = data[position + 7:position + 7 + length]
+        crc, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        chunk = data[position + 7 : position + 7 + length]
         if (kind == 0 and length == 0) or position + 7 + length > len(data):
             break  # zeros after the last record, or a record still being written
         assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc, f"bad checksum at byte {position}"
@@ -174,11 +189,24 @@ def test_pretraining_is_tracked_by_wandb_tensorboard_and_csv(config_factory, wan
 def test_sweep_through_train_py_is_one_wandb_group_of_distinct_runs(tmp_path, wandb_offline):
     """A Hydra multirun runs its jobs in one process: each job must get its own W&B run in the sweep's group."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-         f"paths.log_dir={tmp_path / 'outputs'}", "logger=wandb", "sweep_name=ratios", *TINY,
-         "model.mask_ratio=0.5,0.75"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=600,
-        check=False)
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"paths.log_dir={tmp_path / 'outputs'}",
+            "logger=wandb",
+            "sweep_name=ratios",
+            *TINY,
+            "model.mask_ratio=0.5,0.75",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [read_wandb_run(run_dir) for job in ("0", "1") for run_dir in offline_runs(tmp_path / "sweep" / job)]
     assert len(runs) == 2 and runs[0]["run"].run_id != runs[1]["run"].run_id
@@ -195,8 +223,9 @@ def test_each_logger_gets_its_own_run_in_one_process(tmp_path, wandb_offline):
     import wandb
 
     def build_logger(name: str) -> WandbLogger:
-        return wandb_run.wandb_logger(name=name, group="g", overrides="", offline=True, project="mae",
-                                      save_dir=str(tmp_path / name))
+        return wandb_run.wandb_logger(
+            name=name, group="g", overrides="", offline=True, project="mae", save_dir=str(tmp_path / name)
+        )
 
     first = build_logger("pretrain")
     first_id = first.experiment.id
@@ -228,8 +257,9 @@ def wandb_logger_arguments(monkeypatch) -> dict:
     return captured
 
 
-def test_outside_a_sweep_the_run_is_ungrouped_and_named_by_its_task(config_factory, wandb_offline,
-                                                                     wandb_logger_arguments):
+def test_outside_a_sweep_the_run_is_ungrouped_and_named_by_its_task(
+    config_factory, wandb_offline, wandb_logger_arguments
+):
     build_trainer(config_factory(["logger=wandb", "model.mask_ratio=0.5"]))
     assert wandb_logger_arguments["group"] is None and wandb_logger_arguments["name"] == "pretrain"
     assert wandb_logger_arguments["offline"] is True and wandb_logger_arguments["project"] == "mae"
@@ -242,15 +272,19 @@ def test_checkpoint_artifacts_pass_through_when_online(config_factory, monkeypat
     assert wandb_logger_arguments["log_model"] == "all" and wandb_logger_arguments["offline"] is False
 
 
-@pytest.mark.parametrize(("overrides", "logged_in", "message"), [
-    (["logger.wandb.log_model=true"], False, "logger.wandb.log_model=true uploads checkpoints as W&B artifacts"),
-    (["logger.wandb.log_model=all"], False, "this run is offline; set logger.wandb.log_model=false"),
-    # Logged in, but WANDB_MODE=offline keeps wandb itself offline: still nothing to upload to.
-    (["logger.wandb.log_model=true"], True, "which needs W&B online"),
-    (["logger.wandb.log_model=sometimes"], False, "log_model='sometimes' must be false, true"),
-])
-def test_bad_log_model_stops_before_training_with_one_line(config_factory, wandb_offline, monkeypatch, overrides,
-                                                           logged_in, message):
+@pytest.mark.parametrize(
+    ("overrides", "logged_in", "message"),
+    [
+        (["logger.wandb.log_model=true"], False, "logger.wandb.log_model=true uploads checkpoints as W&B artifacts"),
+        (["logger.wandb.log_model=all"], False, "this run is offline; set logger.wandb.log_model=false"),
+        # Logged in, but WANDB_MODE=offline keeps wandb itself offline: still nothing to upload to.
+        (["logger.wandb.log_model=true"], True, "which needs W&B online"),
+        (["logger.wandb.log_model=sometimes"], False, "log_model='sometimes' must be false, true"),
+    ],
+)
+def test_bad_log_model_stops_before_training_with_one_line(
+    config_factory, wandb_offline, monkeypatch, overrides, logged_in, message
+):
     if logged_in:
         monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     cfg = config_factory(TINY + ["logger=wandb", *overrides])
@@ -264,8 +298,11 @@ def test_several_loggers_compose_and_all_get_the_config(config_factory, wandb_of
     cfg = config_factory(["logger=[csv,tensorboard,wandb]"])
     assert list(cfg.logger) == ["csv", "tensorboard", "wandb"]
     trainer = build_trainer(cfg)
-    assert [type(logger) for logger in trainer.loggers] == [ResumableCSVLogger, TensorBoardLogger,
-                                                            wandb_run.BoundedWandbLogger]
+    assert [type(logger) for logger in trainer.loggers] == [
+        ResumableCSVLogger,
+        TensorBoardLogger,
+        wandb_run.BoundedWandbLogger,
+    ]
     [callback] = [c for c in trainer.callbacks if isinstance(c, LogResolvedConfig)]
     assert callback.config["model"]["mask_ratio"] == cfg.model.mask_ratio
 

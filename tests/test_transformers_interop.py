@@ -11,26 +11,25 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from extras import needs_extra
 
 transformers = needs_extra("transformers", "hf")
 from safetensors.torch import load_file, save_file  # noqa: E402  (transformers brings safetensors)
 
+from mae.model_files import transformers_format  # noqa: E402
 from mae.model_files.checkpoint import CheckpointError  # noqa: E402
+from mae.model_files.loading import load_model  # noqa: E402
 from mae.model_files.transformers_format import (  # noqa: E402
     TRANSFORMERS_VERSION,
+    VITMAE_CONFIG_DEFAULTS,
     from_transformers,
     load_transformers_weights,
+    mae_kwargs_from_config,
     save_transformers,
     save_transformers_vit,
     to_transformers_state_dict,
     vitmae_config,
 )
-from mae.model_files.transformers_format import mae_kwargs_from_config  # noqa: E402
-from mae.model_files import transformers_format  # noqa: E402
-from mae.model_files.transformers_format import VITMAE_CONFIG_DEFAULTS  # noqa: E402
-from mae.model_files.loading import load_model  # noqa: E402
 from mae.models import (  # noqa: E402
     MaskedAutoencoderViT,
     mae_vit_base_patch16,
@@ -87,8 +86,9 @@ def batch(model: MaskedAutoencoderViT, n: int = 2) -> tuple[torch.Tensor, torch.
     return imgs, torch.rand(n, model.num_patches, generator=generator)
 
 
-def assert_same_outputs(ours: MaskedAutoencoderViT, theirs: torch.nn.Module, imgs: torch.Tensor,
-                        noise: torch.Tensor) -> None:
+def assert_same_outputs(
+    ours: MaskedAutoencoderViT, theirs: torch.nn.Module, imgs: torch.Tensor, noise: torch.Tensor
+) -> None:
     with torch.no_grad():
         a, b = ours(imgs, noise=noise), theirs(imgs, noise=noise)
     assert a.pred.shape == b.logits.shape
@@ -127,29 +127,43 @@ def published_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def write_directory(directory, config, state: dict[str, torch.Tensor]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(config.to_json_string())
-    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"}
+    )
 
 
 # -- configs ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make, geometry", [
-    (mae_vit_base_patch16, (224, 16, 768, 12, 12)),
-    (mae_vit_large_patch16, (224, 16, 1024, 24, 16)),
-    (mae_vit_huge_patch14, (224, 14, 1280, 32, 16)),
-    (CPU_PRESETS["tiny_patch7_28px_1ch"], (28, 7, 192, 6, 3)),
-], ids=["B", "L", "H", "tiny7"])
+@pytest.mark.parametrize(
+    "make, geometry",
+    [
+        (mae_vit_base_patch16, (224, 16, 768, 12, 12)),
+        (mae_vit_large_patch16, (224, 16, 1024, 24, 16)),
+        (mae_vit_huge_patch14, (224, 14, 1280, 32, 16)),
+        (CPU_PRESETS["tiny_patch7_28px_1ch"], (28, 7, 192, 6, 3)),
+    ],
+    ids=["B", "L", "H", "tiny7"],
+)
 def test_config_carries_the_geometry_the_reference_epsilon_and_the_loss(make, geometry):
     with torch.device("meta"):
         model = make(norm_pix_loss=True)
     config = vitmae_config(model)
-    size, patch, width, depth, heads = geometry
-    assert (config.image_size, config.patch_size, config.hidden_size, config.num_hidden_layers,
-            config.num_attention_heads) == geometry
+    width = geometry[2]
+    assert (
+        config.image_size,
+        config.patch_size,
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.num_attention_heads,
+    ) == geometry
     assert config.num_channels == model.in_chans and config.intermediate_size == 4 * width
     assert config.layer_norm_eps == 1e-6  # transformers' default would be 1e-12
     assert (config.hidden_act, config.qkv_bias, config.norm_pix_loss, config.mask_ratio) == ("gelu", True, True, 0.75)
-    assert (config.decoder_hidden_size, config.decoder_num_hidden_layers, config.decoder_num_attention_heads,
-            config.decoder_intermediate_size) == ((512, 8, 16, 2048) if width >= 768 else (128, 2, 4, 512))
+    assert (
+        config.decoder_hidden_size,
+        config.decoder_num_hidden_layers,
+        config.decoder_num_attention_heads,
+        config.decoder_intermediate_size,
+    ) == ((512, 8, 16, 2048) if width >= 768 else (128, 2, 4, 512))
     assert mae_kwargs_from_config(config.to_dict())["layer_norm_eps"] == 1e-6
 
 
@@ -290,13 +304,24 @@ def test_the_published_4x_layout_is_read(tmp_path):
     config = vitmae_config(template)
     theirs = transformers_model(config)
     state = published_names(theirs.state_dict())
-    for key in ("vit.embeddings.patch_embeddings.projection.weight", "vit.encoder.layer.0.attention.attention.query.weight",
-                "vit.encoder.layer.5.attention.output.dense.bias", "vit.encoder.layer.0.intermediate.dense.weight",
-                "vit.encoder.layer.0.output.dense.weight", "vit.encoder.layer.0.layernorm_before.weight",
-                "vit.encoder.layer.0.layernorm_after.bias", "vit.layernorm.weight", "vit.embeddings.cls_token",
-                "vit.embeddings.position_embeddings", "decoder.decoder_layers.1.attention.attention.value.bias",
-                "decoder.decoder_embed.weight", "decoder.decoder_norm.bias", "decoder.decoder_pred.weight",
-                "decoder.mask_token", "decoder.decoder_pos_embed"):
+    for key in (
+        "vit.embeddings.patch_embeddings.projection.weight",
+        "vit.encoder.layer.0.attention.attention.query.weight",
+        "vit.encoder.layer.5.attention.output.dense.bias",
+        "vit.encoder.layer.0.intermediate.dense.weight",
+        "vit.encoder.layer.0.output.dense.weight",
+        "vit.encoder.layer.0.layernorm_before.weight",
+        "vit.encoder.layer.0.layernorm_after.bias",
+        "vit.layernorm.weight",
+        "vit.embeddings.cls_token",
+        "vit.embeddings.position_embeddings",
+        "decoder.decoder_layers.1.attention.attention.value.bias",
+        "decoder.decoder_embed.weight",
+        "decoder.decoder_norm.bias",
+        "decoder.decoder_pred.weight",
+        "decoder.mask_token",
+        "decoder.decoder_pos_embed",
+    ):
         assert key in state, key
     write_directory(tmp_path, config, state)
     ours = from_transformers(tmp_path)
@@ -313,8 +338,10 @@ def test_sharded_weights_are_read(tmp_path):
     save_transformers(ours, tmp_path)
     state = load_file(str(tmp_path / "model.safetensors"))
     (tmp_path / "model.safetensors").unlink()
-    shards = {name: {k: v for i, (k, v) in enumerate(state.items()) if i % 2 == part}
-              for part, name in enumerate(["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"])}
+    shards = {
+        name: {k: v for i, (k, v) in enumerate(state.items()) if i % 2 == part}
+        for part, name in enumerate(["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"])
+    }
     for name, tensors in shards.items():
         save_file(tensors, str(tmp_path / name))
     weight_map = {key: name for name, tensors in shards.items() for key in tensors}
@@ -348,9 +375,14 @@ def test_zero_tables_of_a_config_initialised_model_are_kept_with_a_warning(caplo
 
 
 # -- bad input: one line each -----------------------------------------------------------------------
-@pytest.mark.parametrize("layout, key", [("5.x", "vit.layers.1.mlp.fc1.weight"),
-                                         ("4.x", "vit.encoder.layer.1.attention.attention.query.weight"),
-                                         ("5.x", "decoder.decoder_pred.bias")])
+@pytest.mark.parametrize(
+    "layout, key",
+    [
+        ("5.x", "vit.layers.1.mlp.fc1.weight"),
+        ("4.x", "vit.encoder.layer.1.attention.attention.query.weight"),
+        ("5.x", "decoder.decoder_pred.bias"),
+    ],
+)
 def test_a_shape_mismatch_is_one_line_naming_the_key_and_both_shapes(tmp_path, layout, key):
     ours = project_model(CPU_PRESETS["tiny_patch7_28px_1ch"])
     save_transformers(ours, tmp_path, layout=layout)
@@ -368,11 +400,18 @@ def test_a_shape_mismatch_is_one_line_naming_the_key_and_both_shapes(tmp_path, l
 def test_missing_and_unexpected_keys_are_one_line(tmp_path):
     ours = project_model(CPU_PRESETS["tiny_patch7_28px_1ch"])
     save_transformers(ours, tmp_path)
-    state = {k: v for k, v in load_file(str(tmp_path / "model.safetensors")).items() if not k.startswith("decoder.decoder_layers")}
+    state = {
+        k: v
+        for k, v in load_file(str(tmp_path / "model.safetensors")).items()
+        if not k.startswith("decoder.decoder_layers")
+    }
     state["vit.pooler.dense.weight"] = torch.zeros(2, 2)
     save_file(state, str(tmp_path / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"missing keys \['decoder\.decoder_layers\.0\..*unexpected keys "
-                                              r"\['vit\.pooler\.dense\.weight'\]") as error:
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing keys \['decoder\.decoder_layers\.0\..*unexpected keys "
+        r"\['vit\.pooler\.dense\.weight'\]",
+    ) as error:
         from_transformers(tmp_path)
     assert "\n" not in str(error.value)
 
@@ -388,8 +427,12 @@ def test_sources_it_cannot_read_are_one_line(tmp_path):
     with pytest.raises(CheckpointError, match=r"has no model.safetensors \(its pytorch_model.bin is a pickle"):
         from_transformers(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    for change, message in (({"model_type": "vit"}, "expected 'vit_mae'"), ({"hidden_act": "gelu_new"}, "exact 'gelu'"),
-                            ({"decoder_intermediate_size": 256}, "one MLP ratio"), ({"image_size": [28, 32]}, "not square")):
+    for change, message in (
+        ({"model_type": "vit"}, "expected 'vit_mae'"),
+        ({"hidden_act": "gelu_new"}, "exact 'gelu'"),
+        ({"decoder_intermediate_size": 256}, "one MLP ratio"),
+        ({"image_size": [28, 32]}, "not square"),
+    ):
         with pytest.raises(ValueError, match=message):
             mae_kwargs_from_config({**config, **change})
     with pytest.raises(ValueError, match="expected a MaskedAutoencoderViT, got Linear"):
@@ -400,8 +443,11 @@ def test_without_transformers_import_works_and_exports_say_how_to_install(monkey
     # No module-level import of transformers (torchmetrics imports it on its own whenever it is installed, so
     # sys.modules cannot tell): only inside functions, or under TYPE_CHECKING.
     tree = ast.parse(Path(transformers_format.__file__).read_text())
-    eager = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
-             and "transformers" in ast.unparse(node).split()]
+    eager = [
+        node
+        for node in tree.body
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and "transformers" in ast.unparse(node).split()
+    ]
     assert not eager, [ast.unparse(node) for node in eager]
     monkeypatch.setitem(sys.modules, "transformers", None)
     with torch.device("meta"):

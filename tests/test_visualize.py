@@ -19,23 +19,41 @@ import yaml
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from mae.jobs.harness import SetupError
-from mae.model_files.export import save_mae
-from mae.jobs.visualize import compose_config, prepare, visualize
 from mae.evaluation.reconstruction_grid import COLUMN_LABELS, COLUMNS, header_row
+from mae.jobs.harness import SetupError
+from mae.jobs.visualize import compose_config, prepare, visualize
+from mae.model_files.export import save_mae
 from mae.model_files.loading import has_decoder
 from mae.models import MaskedAutoencoderViT
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "reconstruction.ipynb"
-NO_DECODER = ("has no decoder weights (an encoder-only or fine-tuned file): reconstructions need a pre-training "
-              "checkpoint or a full MAE export")
+NO_DECODER = (
+    "has no decoder weights (an encoder-only or fine-tuned file): reconstructions need a pre-training "
+    "checkpoint or a full MAE export"
+)
 
-TINY = {"img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": 16, "depth": 1, "num_heads": 2,
-        "decoder_embed_dim": 8, "decoder_depth": 1, "decoder_num_heads": 2, "norm_pix_loss": True}
+TINY = {
+    "img_size": 28,
+    "patch_size": 7,
+    "in_chans": 1,
+    "embed_dim": 16,
+    "depth": 1,
+    "num_heads": 2,
+    "decoder_embed_dim": 8,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+    "norm_pix_loss": True,
+}
 # The same architecture from the default model group (mae_vit_tiny_patch7: 28 px, 7x7 patches, norm_pix_loss).
-TINY_OVERRIDES = ["model.embed_dim=16", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=8",
-                  "model.decoder_depth=1", "model.decoder_num_heads=2"]
+TINY_OVERRIDES = [
+    "model.embed_dim=16",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=8",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+]
 NUM_IMAGES, TILE, PAD, SCALE = 3, 28, 2, 4
 
 
@@ -72,9 +90,16 @@ def encoder_only(path: Path, state: dict[str, torch.Tensor]) -> Path:
 
 def commands(runs: dict[str, list[str]], cwd: Path) -> dict[str, subprocess.CompletedProcess]:
     """``python -m mae.jobs.visualize <args>`` for each entry, all started at once (each mostly imports torch/Lightning)."""
-    processes = {name: subprocess.Popen([sys.executable, "-m", "mae.jobs.visualize", *args], cwd=cwd, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for name, args in runs.items()}
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "mae.jobs.visualize", *args],
+            cwd=cwd,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name, args in runs.items()
+    }
     results = {}
     for name, process in processes.items():
         stdout, stderr = process.communicate(timeout=300)
@@ -94,8 +119,12 @@ def grid_tiles(path: Path) -> np.ndarray:
         pixels = np.asarray(png.convert("L"))
     assert (pixels[:header] < 128).any()  # dark text on the white strip
     pixels = pixels[header:]
-    cells = np.stack([np.stack([pixels[PAD + r * (cell + PAD):][:cell, PAD + c * (cell + PAD):][:, :cell]
-                                for c in range(4)]) for r in range(NUM_IMAGES)])
+    cells = np.stack(
+        [
+            np.stack([pixels[PAD + r * (cell + PAD) :][:cell, PAD + c * (cell + PAD) :][:, :cell] for c in range(4)])
+            for r in range(NUM_IMAGES)
+        ]
+    )
     tiles = cells[..., ::SCALE, ::SCALE]
     assert np.array_equal(cells, tiles.repeat(SCALE, axis=-2).repeat(SCALE, axis=-1))  # nearest-neighbour blocks
     return tiles
@@ -135,8 +164,7 @@ def visualize_config():
     GlobalHydra.instance().clear()
 
 
-def test_command_writes_a_grid_that_depends_on_the_checkpoint(tmp_path, checkpoints, command_runs,
-                                                              visualize_config):
+def test_command_writes_a_grid_that_depends_on_the_checkpoint(tmp_path, checkpoints, command_runs, visualize_config):
     results, cwd = command_runs
     result = results["lightning"]
     assert result.returncode == 0, result.stderr
@@ -174,13 +202,19 @@ def test_encoder_only_checkpoint_is_a_one_line_error_with_exit_code_2(checkpoint
     assert not has_decoder(torch.load(ckpt)["model"]) and has_decoder(tiny_state(0))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["model.embed_dim=32"], "cls_token has shape (1, 1, 16), this model expects (1, 1, 32)"),
-    (["model.decoder_depth=2"], "lacks decoder weights ['decoder_blocks.1."),
-    (["data.img_size=32", "model.img_size=28"], "takes 28 px images with 1 channels, but the data serves 32 px with 1"),
-    (["mask_ratio=1.0"], "mask_ratio=1.0 is outside [0, 1)"),
-    (["min_cell_size=-1"], "min_cell_size=-1 must be non-negative"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.embed_dim=32"], "cls_token has shape (1, 1, 16), this model expects (1, 1, 32)"),
+        (["model.decoder_depth=2"], "lacks decoder weights ['decoder_blocks.1."),
+        (
+            ["data.img_size=32", "model.img_size=28"],
+            "takes 28 px images with 1 channels, but the data serves 32 px with 1",
+        ),
+        (["mask_ratio=1.0"], "mask_ratio=1.0 is outside [0, 1)"),
+        (["min_cell_size=-1"], "min_cell_size=-1 must be non-negative"),
+    ],
+)
 def test_bad_input_is_one_line(checkpoints, visualize_config, overrides, message):
     with pytest.raises(SetupError) as error:
         prepare(visualize_config(checkpoints["same_as_reference"], [*TINY_OVERRIDES, *overrides]))
@@ -194,8 +228,7 @@ def kernel_name() -> str:
     from jupyter_client.kernelspec import KernelSpecManager
 
     if "python3" not in KernelSpecManager().find_kernel_specs():
-        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix"], check=True,
-                       capture_output=True)
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix"], check=True, capture_output=True)
     return "python3"
 
 
@@ -207,8 +240,9 @@ def notebook_client(ckpt: Path, kernel_name: str):
     index = next(i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", []))
     injected = f"CKPT_PATH = {str(ckpt)!r}\nNUM_IMAGES = {NUM_IMAGES}"
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell(injected, metadata={"tags": ["injected-parameters"]}))
-    return NotebookClient(nb, timeout=180, kernel_name=kernel_name,
-                          resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    return NotebookClient(
+        nb, timeout=180, kernel_name=kernel_name, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +255,10 @@ def notebook_runs(checkpoints, kernel_name) -> dict[str, list]:
         await asyncio.gather(*(client.async_execute() for client in clients.values()))
 
     asyncio.run(execute_all())
-    return {name: [output for cell in client.nb.cells if cell.cell_type == "code" for output in cell.outputs]
-            for name, client in clients.items()}
+    return {
+        name: [output for cell in client.nb.cells if cell.cell_type == "code" for output in cell.outputs]
+        for name, client in clients.items()
+    }
 
 
 def printed(outputs: list) -> str:

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 
+from mae.jobs.harness import SetupError, build_training_run
 from mae.runs.atomic_files import replaced_atomically, write_text_atomically
 from mae.runs.config import instantiate_node
-from mae.jobs.harness import SetupError, build_training_run
 from mae.runs.run_directory import check_writable
 from mae.training.atomic_checkpoint_io import AtomicCheckpointIO
-
-from conftest import compose_config
 
 
 class Unpicklable:

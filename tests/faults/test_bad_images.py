@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 from PIL import Image
 
 from mae.data.decoding import ImageLoader
@@ -15,12 +16,22 @@ from mae.data.errors import CorruptDataError
 from mae.jobs.harness import SetupError
 from mae.jobs.pretrain import pretrain
 
-from conftest import compose_config
-
-SMALL = ["data.img_size=28", "data.num_workers=0", "schedule.batch_size=4", "schedule.epochs=1",
-         "schedule.warmup_epochs=0", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
-         "model.decoder_embed_dim=16", "model.decoder_depth=1", "model.decoder_num_heads=2",
-         "callbacks.knn_evaluation=null", "callbacks.progress_bar=null", "trainer.limit_val_batches=1"]
+SMALL = [
+    "data.img_size=28",
+    "data.num_workers=0",
+    "schedule.batch_size=4",
+    "schedule.epochs=1",
+    "schedule.warmup_epochs=0",
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "callbacks.knn_evaluation=null",
+    "callbacks.progress_bar=null",
+    "trainer.limit_val_batches=1",
+]
 NOT_A_JPEG = b"\xff\xd8\xff\xe0 not really a jpeg"
 
 
@@ -37,8 +48,9 @@ def test_skip_lists_counts_and_keeps_training(tmp_path):
     root = image_folder(tmp_path / "images")
     bad = root / "train" / "b" / "3.jpg"
     bad.write_bytes(NOT_A_JPEG)
-    cfg = compose_config(SMALL + ["data=image_folder", f"data.root={root}", "data.on_bad_image=skip"],
-                         output_dir=tmp_path / "run")
+    cfg = compose_config(
+        SMALL + ["data=image_folder", f"data.root={root}", "data.on_bad_image=skip"], output_dir=tmp_path / "run"
+    )
     results = pretrain(cfg)
     assert results["bad_images"] == 1 and results["optimizer_steps"] == 16 // 4
     assert (tmp_path / "run" / "bad_images.txt").read_text().split() == [str(bad)]
@@ -49,10 +61,15 @@ def test_skip_stops_when_too_many_files_are_bad(tmp_path):
     root = image_folder(tmp_path / "images")
     for i in range(4):
         (root / "train" / "a" / f"{i}.jpg").write_bytes(NOT_A_JPEG)
-    cfg = compose_config(SMALL + ["data=image_folder", f"data.root={root}", "data.on_bad_image=skip",
-                                  "data.max_bad_fraction=0.1"], output_dir=tmp_path / "run")
-    with pytest.raises(SetupError, match=r"of the \d+ images read so far could not be decoded, more than "
-                                         r"data.max_bad_fraction=0.1") as error:
+    cfg = compose_config(
+        SMALL + ["data=image_folder", f"data.root={root}", "data.on_bad_image=skip", "data.max_bad_fraction=0.1"],
+        output_dir=tmp_path / "run",
+    )
+    with pytest.raises(
+        SetupError,
+        match=r"of the \d+ images read so far could not be decoded, more than "
+        r"data.max_bad_fraction=0.1",
+    ) as error:
         pretrain(cfg)
     assert "\n" not in str(error.value)
 
@@ -71,7 +88,9 @@ def test_loader_policies(tmp_path):
     assert skipping(str(bad)) is None  # the same file again: still one bad file, 1 of 5 is not above 0.2
     with pytest.raises(CorruptDataError, match="2 of the 6 images read so far could not be decoded"):
         skipping(str(other_bad))
-    for policy, fraction, message in (("ignore", 0.1, "on_bad_image='ignore' must be one of error, skip"),
-                                      ("skip", 1.0, "max_bad_fraction=1.0 must be in \\[0, 1\\)")):
+    for policy, fraction, message in (
+        ("ignore", 0.1, "on_bad_image='ignore' must be one of error, skip"),
+        ("skip", 1.0, "max_bad_fraction=1.0 must be in \\[0, 1\\)"),
+    ):
         with pytest.raises(ValueError, match=message):
             ImageLoader("L", on_bad_image=policy, max_bad_fraction=fraction)

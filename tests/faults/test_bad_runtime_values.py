@@ -14,16 +14,37 @@ from omegaconf import OmegaConf
 from mae.jobs.harness import SEED_RANGE, SetupError, check_seed
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16",
-        "model.decoder_depth=1", "model.decoder_num_heads=2", "schedule.epochs=1", "schedule.warmup_epochs=0",
-        "callbacks.knn_evaluation=null", "callbacks.reconstruction_grid=null", "callbacks.progress_bar.refresh_rate=0"]
+TINY = [
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "schedule.epochs=1",
+    "schedule.warmup_epochs=0",
+    "callbacks.knn_evaluation=null",
+    "callbacks.reconstruction_grid=null",
+    "callbacks.progress_bar.refresh_rate=0",
+]
 
 
 def train_py(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / 'run'}",
-                           f"paths.log_dir={tmp_path / 'outputs'}", *TINY, *overrides],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"paths.log_dir={tmp_path / 'outputs'}",
+            *TINY,
+            *overrides,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -52,7 +73,9 @@ def test_negative_seed_is_one_line_before_work(tmp_path):
 def test_training_set_smaller_than_a_batch_is_one_line(tmp_path):
     result = train_py(tmp_path, "data.train_samples=100", "schedule.batch_size=256")
     assert result.returncode == 2, result.stderr[-2000:]
-    assert error_lines(result) == ["error: the training set has 100 images, fewer than batch_size=256 x 1 "
-                                   "process(es); lower schedule.batch_size to at most 100 or train on more images"]
+    assert error_lines(result) == [
+        "error: the training set has 100 images, fewer than batch_size=256 x 1 "
+        "process(es); lower schedule.batch_size to at most 100 or train on more images"
+    ]
     assert "Traceback" not in result.stderr
     assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))

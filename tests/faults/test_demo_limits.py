@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_demo import LIMITS, MEAN, STD, export
 
 from mae.demo.images import ImageInputError, read_image
 from mae.demo.reconstruction import load_demo_model
 from mae.demo.session import EXAMPLE, UPLOAD, DemoSession, Example, PageError
-
-from test_demo import LIMITS, MEAN, STD, export
 
 
 def png_claiming(path: Path, width: int, height: int) -> Path:
@@ -69,11 +68,24 @@ def test_the_compare_box_says_the_same_about_every_path_outside_or_missing(serve
     outside = export(tmp_path / "elsewhere.safetensors", seed=1)  # a real checkpoint, outside the folder
     link = root / "pretrain" / "escape.safetensors"
     link.symlink_to(outside)
-    answers = {session.update((EXAMPLE, 0), 0.75, 0, text).comparison for text in (
-        str(outside), str(tmp_path / "absent.safetensors"), "/etc/passwd", "/etc", "/no/such/file",
-        "../elsewhere.safetensors", str(link), "pretrain/missing.ckpt", "bad\0path")}
-    assert answers == {f"Cannot compare: the second checkpoint must be a file or model directory under {root} "
-                       "(the demo's compare_root)"}
+    answers = {
+        session.update((EXAMPLE, 0), 0.75, 0, text).comparison
+        for text in (
+            str(outside),
+            str(tmp_path / "absent.safetensors"),
+            "/etc/passwd",
+            "/etc",
+            "/no/such/file",
+            "../elsewhere.safetensors",
+            str(link),
+            "pretrain/missing.ckpt",
+            "bad\0path",
+        )
+    }
+    assert answers == {
+        f"Cannot compare: the second checkpoint must be a file or model directory under {root} "
+        "(the demo's compare_root)"
+    }
 
 
 def test_the_operators_own_compare_checkpoint_may_be_anywhere(served, tmp_path):

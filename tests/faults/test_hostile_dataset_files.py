@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_data_transfer import cifar_rows, module, write_cifar10, write_cifar100
 
 from mae.data.errors import CorruptDataError
 from mae.data.transfer_datasets import CIFAR10DataModule, CIFAR100DataModule
 from mae.data.transfer_datasets.files import read_pickle
-
-from test_data_transfer import cifar_rows, module, write_cifar10, write_cifar100
 
 
 class MakesMarker:
@@ -46,19 +45,50 @@ def write(path: Path, content: object, protocol: int = 2) -> Path:
 def python2_batch(data: np.ndarray, labels: list[int]) -> bytes:
     """A batch pickle opcode for opcode as the release's (Python 2 ``cPickle``, protocol 2) are: ``str`` keys and
     values as ``SHORT_BINSTRING``/``BINSTRING``, the array through ``numpy.core.multiarray._reconstruct``."""
+
     def string(raw: bytes) -> bytes:
         return (b"U" + bytes([len(raw)]) if len(raw) < 256 else b"T" + struct.pack("<i", len(raw))) + raw
 
     def integer(value: int) -> bytes:
         return b"K" + bytes([value]) if value < 256 else b"M" + struct.pack("<H", value)
 
-    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + integer(0) + b"\x85" + string(b"b")
-             + b"\x87R(" + integer(1) + integer(data.shape[0]) + integer(data.shape[1]) + b"\x86"
-             + b"cnumpy\ndtype\n" + string(b"u1") + integer(0) + integer(1) + b"\x87R(" + integer(3) + string(b"|")
-             + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff" + integer(0) + b"tb\x89" + string(data.tobytes()) + b"tb")
-    items = (string(b"data") + array + string(b"labels") + b"](" + b"".join(integer(x) for x in labels) + b"e"
-             + string(b"batch_label") + string(b"training batch 1 of 5")
-             + string(b"filenames") + b"](" + b"".join(string(b"%d.png" % i) for i in range(len(labels))) + b"e")
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+        + integer(0)
+        + b"\x85"
+        + string(b"b")
+        + b"\x87R("
+        + integer(1)
+        + integer(data.shape[0])
+        + integer(data.shape[1])
+        + b"\x86"
+        + b"cnumpy\ndtype\n"
+        + string(b"u1")
+        + integer(0)
+        + integer(1)
+        + b"\x87R("
+        + integer(3)
+        + string(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff"
+        + integer(0)
+        + b"tb\x89"
+        + string(data.tobytes())
+        + b"tb"
+    )
+    items = (
+        string(b"data")
+        + array
+        + string(b"labels")
+        + b"]("
+        + b"".join(integer(x) for x in labels)
+        + b"e"
+        + string(b"batch_label")
+        + string(b"training batch 1 of 5")
+        + string(b"filenames")
+        + b"]("
+        + b"".join(string(b"%d.png" % i) for i in range(len(labels)))
+        + b"e"
+    )
     return b"\x80\x02}(" + items + b"u."
 
 
@@ -67,8 +97,11 @@ def python2_batch(data: np.ndarray, labels: list[int]) -> bytes:
 def test_a_cifar_batch_with_a_payload_is_refused_and_never_runs(tmp_path, payload, protocol):
     tiny = write_cifar10(tmp_path)
     marker = tmp_path / "marker"
-    batch = write(tiny.root / "cifar-10-batches-py" / "data_batch_3",
-                  {"labels": [0, 1], "data": cifar_rows([0, 1]), "extra": payload(marker)}, protocol)
+    batch = write(
+        tiny.root / "cifar-10-batches-py" / "data_batch_3",
+        {"labels": [0, 1], "data": cifar_rows([0, 1]), "extra": payload(marker)},
+        protocol,
+    )
     with pytest.raises(CorruptDataError) as error:
         module(CIFAR10DataModule, tiny.root).setup()
     message = str(error.value)
@@ -79,8 +112,10 @@ def test_a_cifar_batch_with_a_payload_is_refused_and_never_runs(tmp_path, payloa
 def test_a_cifar100_meta_file_with_a_payload_is_refused_and_never_runs(tmp_path):
     tiny = write_cifar100(tmp_path)
     marker = tmp_path / "marker"
-    meta = write(tiny.root / "cifar-100-python" / "meta", {"fine_label_names": ["a", "b", "c"],
-                                                           "coarse_label_names": [WritesMarker(marker)]})
+    meta = write(
+        tiny.root / "cifar-100-python" / "meta",
+        {"fine_label_names": ["a", "b", "c"], "coarse_label_names": [WritesMarker(marker)]},
+    )
     with pytest.raises(CorruptDataError, match=r"asks for the global (__builtin__|builtins)\.exec") as error:
         module(CIFAR100DataModule, tiny.root).setup()
     assert str(meta) in str(error.value) and "\n" not in str(error.value)
@@ -106,8 +141,13 @@ def test_the_release_format_still_reads(tmp_path):
     assert entry["labels"] == [2, 0, 1] and entry["filenames"] == ["0.png", "1.png", "2.png"]
     assert entry["data"].dtype == np.uint8 and np.array_equal(entry["data"], data)
     for protocol in (2, 4, 5):
-        again = read_pickle(write(tmp_path / f"p{protocol}", {b"data": data, b"labels": np.array([2, 0, 1]),
-                                                             b"filenames": [b"0.png"]}, protocol))
+        again = read_pickle(
+            write(
+                tmp_path / f"p{protocol}",
+                {b"data": data, b"labels": np.array([2, 0, 1]), b"filenames": [b"0.png"]},
+                protocol,
+            )
+        )
         assert np.array_equal(again["data"], data) and list(again["labels"]) == [2, 0, 1]
         assert again["filenames"] == [b"0.png"]
 
@@ -116,7 +156,8 @@ def test_a_tiny_cifar10_in_the_release_format_trains(tmp_path):
     tiny = write_cifar10(tmp_path)
     for number, labels in enumerate([[0, 1], [2, 0], [1, 2], [0, 1], [2, 2]], 1):
         (tiny.root / "cifar-10-batches-py" / f"data_batch_{number}").write_bytes(
-            python2_batch(cifar_rows(labels), labels))
+            python2_batch(cifar_rows(labels), labels)
+        )
     dm = module(CIFAR10DataModule, tiny.root)
     dm.setup()
     assert len(dm.splits.train.dataset) == 10 and dm.classes == ["airplane", "automobile", "bird"]
@@ -149,14 +190,18 @@ def test_a_run_config_with_a_python_tag_is_refused_and_never_runs(tmp_path):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     torch.save({"state_dict": {}}, ckpt)
     config = run_dir / "config_resolved.yaml"
-    config.write_text(f"data: !!python/object/apply:os.mkdir [{str(marker)!r}]\n"
-                      f"model: !!python/object/apply:os.mkdir [{str(marker)!r}]\n")
+    config.write_text(
+        f"data: !!python/object/apply:os.mkdir [{str(marker)!r}]\n"
+        f"model: !!python/object/apply:os.mkdir [{str(marker)!r}]\n"
+    )
     for read in (lambda: stored_normalization(ckpt), lambda: stored_architecture(ckpt, {"state_dict": {}})):
         with pytest.raises(CheckpointError) as error:
             read()
         message = str(error.value)
-        assert message.startswith(f"cannot read {config}: could not determine a constructor for the tag") and \
-            "\n" not in message, message
+        assert (
+            message.startswith(f"cannot read {config}: could not determine a constructor for the tag")
+            and "\n" not in message
+        ), message
         assert not marker.exists()
 
 

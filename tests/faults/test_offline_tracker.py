@@ -19,8 +19,10 @@ from mae.callbacks.wandb_run import WandbUnreachableError, wandb_logger
 from mae.jobs.harness import build_trainer
 from mae.runs.run_lock import owned_run_directory
 
-TIMEOUT = ("Run initialization has timed out after 30.0 sec. Please try increasing the timeout with the `init_timeout` "
-           "setting: `wandb.init(settings=wandb.Settings(init_timeout=120))`.")  # wandb's words for its timeout
+TIMEOUT = (
+    "Run initialization has timed out after 30.0 sec. Please try increasing the timeout with the `init_timeout` "
+    "setting: `wandb.init(settings=wandb.Settings(init_timeout=120))`."
+)  # wandb's words for its timeout
 
 
 @pytest.fixture
@@ -45,8 +47,9 @@ def logged_in_without_network(tmp_path, monkeypatch) -> list[dict]:
 
 
 def build(tmp_path: Path, **overrides):
-    return wandb_logger(name="pretrain", group=None, overrides="", offline=False, project="mae",
-                        save_dir=str(tmp_path), **overrides)
+    return wandb_logger(
+        name="pretrain", group=None, overrides="", offline=False, project="mae", save_dir=str(tmp_path), **overrides
+    )
 
 
 def test_an_unreachable_server_leaves_the_run_offline_with_one_line(tmp_path, logged_in_without_network, caplog):
@@ -73,8 +76,10 @@ def test_online_mode_stops_with_one_line_when_the_server_does_not_answer(tmp_pat
     with pytest.raises(WandbUnreachableError) as error:
         _ = logger.experiment
     message = str(error.value)
-    assert message.startswith("logger.wandb.mode=online but the W&B run did not start online within 30 s") and \
-        "\n" not in message
+    assert (
+        message.startswith("logger.wandb.mode=online but the W&B run did not start online within 30 s")
+        and "\n" not in message
+    )
     assert len(logged_in_without_network) == 1  # no offline run was started
 
 
@@ -83,16 +88,20 @@ def test_a_failure_while_the_job_runs_is_one_error_line_and_marks_the_run_failed
     with pytest.raises(SystemExit) as stopped, owned_run_directory(cfg):
         raise WandbUnreachableError("logger.wandb.mode=online but the W&B run did not start online within 30 s (x)")
     assert stopped.value.code == 2
-    assert capsys.readouterr().err == ("error: logger.wandb.mode=online but the W&B run did not start online "
-                                       "within 30 s (x)\n")
+    assert capsys.readouterr().err == (
+        "error: logger.wandb.mode=online but the W&B run did not start online within 30 s (x)\n"
+    )
     record = json.loads((tmp_path / "run" / "results.json").read_text())
     assert record["status"] == "failed" and record["reason"].startswith("logger.wandb.mode=online")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["logger.wandb.mode=sometimes"], "logger.wandb.mode='sometimes' must be one of auto, online, offline"),
-    (["logger.wandb.init_timeout=0"], "logger.wandb.init_timeout=0 must be a positive number of seconds"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["logger.wandb.mode=sometimes"], "logger.wandb.mode='sometimes' must be one of auto, online, offline"),
+        (["logger.wandb.init_timeout=0"], "logger.wandb.init_timeout=0 must be a positive number of seconds"),
+    ],
+)
 def test_bad_settings_are_one_line(config_factory, overrides, message, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     with pytest.raises(ValueError, match=message):
@@ -111,4 +120,3 @@ def test_offline_mode_never_calls_the_server(tmp_path, logged_in_without_network
     logger = build(tmp_path, mode="offline")
     assert logger.experiment == "offline run"
     assert len(logged_in_without_network) == 1 and os.environ["WANDB_MODE"] == "dryrun"  # Lightning's offline
-

@@ -21,32 +21,65 @@ HERE = Path(__file__).resolve().parent
 # 256 images in batches of 32: 8 steps per epoch, 2 epochs. A signal sent as step 11 begins (epoch 1, batch 3) stops
 # the run once that batch has trained: at step 12.
 RUN = [
-    "data.train_samples=256", "schedule.batch_size=32", "schedule.epochs=2", "schedule.warmup_epochs=1",
-    "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_embed_dim=16",
-    "model.decoder_depth=1", "model.decoder_num_heads=2", "trainer.limit_val_batches=2",
-    "callbacks.knn_evaluation=null", "callbacks.reconstruction_grid=null", "callbacks.progress_bar=null",
+    "data.train_samples=256",
+    "schedule.batch_size=32",
+    "schedule.epochs=2",
+    "schedule.warmup_epochs=1",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "trainer.limit_val_batches=2",
+    "callbacks.knn_evaluation=null",
+    "callbacks.reconstruction_grid=null",
+    "callbacks.progress_bar=null",
     "trainer.log_every_n_steps=1",
 ]
 STEPS = 16
 
 
-def train(run_dir: Path, *overrides: str, signal_at: tuple[int, int] | None = None,
-          base: list[str] = RUN) -> subprocess.CompletedProcess:
+def train(
+    run_dir: Path, *overrides: str, signal_at: tuple[int, int] | None = None, base: list[str] = RUN
+) -> subprocess.CompletedProcess:
     extra = []
     if signal_at is not None:
-        extra = ["+callbacks.signal._target_=signal_at_step.SignalAtStep", f"+callbacks.signal.step={signal_at[0]}",
-                 f"+callbacks.signal.signum={signal_at[1]}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
-                           f"paths.log_dir={run_dir.parent / 'outputs'}", *base, *overrides, *extra],
-                          cwd=run_dir.parent, capture_output=True, text=True, env=env, timeout=600)
+        extra = [
+            "+callbacks.signal._target_=signal_at_step.SignalAtStep",
+            f"+callbacks.signal.step={signal_at[0]}",
+            f"+callbacks.signal.signum={signal_at[1]}",
+        ]
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"hydra.run.dir={run_dir}",
+            f"paths.log_dir={run_dir.parent / 'outputs'}",
+            *base,
+            *overrides,
+            *extra,
+        ],
+        cwd=run_dir.parent,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def step_losses(run_dir: Path) -> list[tuple[int, float]]:
     with open(run_dir / "csv" / "metrics.csv") as handle:
-        return [(int(row["step"]), float(row["train/loss_step"])) for row in csv.DictReader(handle)
-                if row.get("train/loss_step")]
+        return [
+            (int(row["step"]), float(row["train/loss_step"]))
+            for row in csv.DictReader(handle)
+            if row.get("train/loss_step")
+        ]
 
 
 def checkpoint(run_dir: Path) -> dict:
@@ -89,7 +122,9 @@ def test_sigterm_mid_epoch_saves_the_step_and_resume_is_exact(tmp_path, uninterr
     assert record["status"] == "finished" and record["optimizer_steps"] == STEPS
     assert not {"signal", "epoch", "checkpoint"} & set(record), record  # the interrupted attempt's keys are gone
     assert [(a["status"], a.get("signal"), a["optimizer_steps"]) for a in record["attempts"]] == [
-        ("interrupted", "SIGTERM", 12), ("finished", None, STEPS)]
+        ("interrupted", "SIGTERM", 12),
+        ("finished", None, STEPS),
+    ]
     # Resumed in its own directory, the run appends to the metrics of its first attempt: one curve, every step once.
     stitched, full = step_losses(run_dir), step_losses(uninterrupted)
     assert [step for step, _ in stitched] == [step for step, _ in full] == list(range(STEPS))
@@ -105,8 +140,10 @@ def fashion_shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fashion")
     rng = np.random.default_rng(0)
     for split, count in (("train", 256), ("val", 16)):
-        arrays = {"images": (rng.integers(0, 256, (count, 28, 28)), IDX_IMAGES_MAGIC),
-                  "labels": (rng.integers(0, 10, count), IDX_LABELS_MAGIC)}
+        arrays = {
+            "images": (rng.integers(0, 256, (count, 28, 28)), IDX_IMAGES_MAGIC),
+            "labels": (rng.integers(0, 10, count), IDX_LABELS_MAGIC),
+        }
         for kind, (array, magic) in arrays.items():
             header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
             (root / FILES[f"{split}_{kind}"]).write_bytes(header + array.astype(np.uint8).tobytes())
@@ -173,8 +210,9 @@ def test_sigkill_loses_at_most_the_periodic_interval(tmp_path, uninterrupted):
     assert killed.returncode == -signal.SIGKILL
     assert checkpoint(run_dir)["global_step"] == 8  # the last multiple of 4 before the kill
     assert not [path.name for path in (run_dir / "checkpoints").iterdir() if ".tmp" in path.name]
-    resumed = train(run_dir, "callbacks.preemption.every_n_train_steps=4",
-                    f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    resumed = train(
+        run_dir, "callbacks.preemption.every_n_train_steps=4", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(run_dir, uninterrupted)
 
@@ -186,11 +224,18 @@ def test_lightning_slurm_requeue_keeps_its_sigusr1_handler(tmp_path):
     bin_dir.mkdir()
     calls = tmp_path / "scontrol_calls"
     scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     scontrol.chmod(0o755)
-    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "mae", "SLURM_PROCID": "0",
-             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
-             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    slurm = {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "mae",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
     run_dir = tmp_path / "run"
     saved = {key: os.environ.get(key) for key in slurm}
     os.environ.update(slurm)

@@ -27,19 +27,44 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 RUN = [
-    "data.train_samples=128", "schedule.batch_size=32", "schedule.epochs=2", "schedule.warmup_epochs=1",
-    "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16",
-    "model.decoder_depth=1", "model.decoder_num_heads=2", "trainer.limit_val_batches=1",
-    "callbacks.knn_evaluation=null", "callbacks.reconstruction_grid=null", "callbacks.progress_bar=null",
+    "data.train_samples=128",
+    "schedule.batch_size=32",
+    "schedule.epochs=2",
+    "schedule.warmup_epochs=1",
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "trainer.limit_val_batches=1",
+    "callbacks.knn_evaluation=null",
+    "callbacks.reconstruction_grid=null",
+    "callbacks.progress_bar=null",
 ]
 
 
 def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
-                           f"paths.log_dir={run_dir.parent / 'outputs'}", *RUN, *overrides],
-                          cwd=run_dir.parent, capture_output=True, text=True, env=env, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"hydra.run.dir={run_dir}",
+            f"paths.log_dir={run_dir.parent / 'outputs'}",
+            *RUN,
+            *overrides,
+        ],
+        cwd=run_dir.parent,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -102,8 +127,10 @@ def test_a_full_disk_during_training_is_one_line_and_marks_the_run_failed(tmp_pa
 
 
 # -- one run per run directory ---------------------------------------------------------------------------------
-HOLDER = ("import sys, time; from mae.runs.run_lock import lock_run_directory; "
-          "handle = lock_run_directory(sys.argv[1]); print('locked', flush=True); time.sleep(600)")
+HOLDER = (
+    "import sys, time; from mae.runs.run_lock import lock_run_directory; "
+    "handle = lock_run_directory(sys.argv[1]); print('locked', flush=True); time.sleep(600)"
+)
 
 
 def hold_lock(directory: Path) -> subprocess.Popen:
@@ -138,16 +165,25 @@ def test_a_second_training_run_in_a_busy_directory_exits_2_before_its_job(tmp_pa
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    assert line == (f"error: run directory {run_dir} is in use by another run (pid {holder.pid}); wait for it to "
-                    "end, or set hydra.run.dir=<another folder>")
+    assert line == (
+        f"error: run directory {run_dir} is in use by another run (pid {holder.pid}); wait for it to "
+        "end, or set hydra.run.dir=<another folder>"
+    )
     assert time.monotonic() - started < 120
     assert [p.name for p in run_dir.iterdir()] == [LOCK_FILE]  # not even Hydra's .hydra/ and log file
 
 
-@pytest.mark.parametrize("environment, launching", [
-    ({}, True), ({"LOCAL_RANK": "0", "NODE_RANK": "0"}, True), ({"LOCAL_RANK": "1"}, False),
-    ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False), ({"RANK": "3"}, False), ({"SLURM_PROCID": "2"}, False),
-])
+@pytest.mark.parametrize(
+    "environment, launching",
+    [
+        ({}, True),
+        ({"LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
+        ({"LOCAL_RANK": "1"}, False),
+        ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False),
+        ({"RANK": "3"}, False),
+        ({"SLURM_PROCID": "2"}, False),
+    ],
+)
 def test_only_the_launching_process_takes_the_lock(monkeypatch, environment, launching):
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)
@@ -160,14 +196,28 @@ def test_only_the_launching_process_takes_the_lock(monkeypatch, environment, lau
 def test_a_finished_attempt_replaces_the_interrupted_attempts_keys(tmp_path):
     path = tmp_path / "results.json"
     merge_json(path, {"val_loss_per_epoch": [0.9]})
-    merge_json(path, {"status": "interrupted", "signal": "SIGTERM", "epoch": 14, "optimizer_steps": 3443,
-                      "checkpoint": "run/checkpoints/last.ckpt"})
+    merge_json(
+        path,
+        {
+            "status": "interrupted",
+            "signal": "SIGTERM",
+            "epoch": 14,
+            "optimizer_steps": 3443,
+            "checkpoint": "run/checkpoints/last.ckpt",
+        },
+    )
     merge_json(path, {"val_loss_per_epoch": [0.9, 0.8]})  # the resumed attempt's callbacks
     record = merge_json(path, {"status": "finished", "epochs": 16, "optimizer_steps": 3744, "top1": 91.25})
     assert json.loads(path.read_text()) == record
     assert record["status"] == "finished" and record["top1"] == 91.25 and record["val_loss_per_epoch"] == [0.9, 0.8]
     assert not {"signal", "epoch", "checkpoint"} & set(record)
     assert record["attempts"] == [
-        {"status": "interrupted", "signal": "SIGTERM", "epoch": 14, "checkpoint": "run/checkpoints/last.ckpt",
-         "optimizer_steps": 3443},
-        {"status": "finished", "optimizer_steps": 3744}]
+        {
+            "status": "interrupted",
+            "signal": "SIGTERM",
+            "epoch": 14,
+            "checkpoint": "run/checkpoints/last.ckpt",
+            "optimizer_steps": 3443,
+        },
+        {"status": "finished", "optimizer_steps": 3744},
+    ]

@@ -15,12 +15,21 @@ import yaml
 
 from mae.model_files.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint_file
 from mae.model_files.loading import load_pretrained
-from mae.models import MaskedAutoencoderViT
 from mae.model_files.stored_config import MODEL_TARGETS, MODULE_TARGETS, trusted_node
+from mae.models import MaskedAutoencoderViT
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
-            decoder_depth=1, decoder_num_heads=2)
+TINY = dict(
+    img_size=28,
+    patch_size=7,
+    in_chans=1,
+    embed_dim=32,
+    depth=1,
+    num_heads=2,
+    decoder_embed_dim=16,
+    decoder_depth=1,
+    decoder_num_heads=2,
+)
 
 
 class WritesMarker:
@@ -39,8 +48,14 @@ def pickled_payload(path: Path, marker: Path, **entries) -> Path:
 
 
 def run_entry_point(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -64,8 +79,9 @@ def test_pickled_payload_is_refused_by_every_entry_point(tmp_path, entry_point):
     marker = tmp_path / "marker"
     ckpt = pickled_payload(tmp_path / "evil.ckpt", marker)
     args = ENTRY_POINTS[entry_point](ckpt, tmp_path)
-    result = run_entry_point([*args, f"hydra.run.dir={tmp_path / 'run'}", f"paths.log_dir={tmp_path / 'outputs'}"],
-                             tmp_path)
+    result = run_entry_point(
+        [*args, f"hydra.run.dir={tmp_path / 'run'}", f"paths.log_dir={tmp_path / 'outputs'}"], tmp_path
+    )
     line = one_error_line(result)
     assert "asks for the global exec" in line and str(ckpt) in line, line
     assert not marker.exists()
@@ -86,15 +102,22 @@ def test_reference_checkpoint_with_its_namespace_loads_and_nothing_broader(tmp_p
     """The reference's .pth files store their arguments as argparse.Namespace: exactly that class is allowed."""
     state = MaskedAutoencoderViT(**TINY).state_dict()
     reference = tmp_path / "checkpoint-799.pth"
-    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 799,
-                "args": argparse.Namespace(model="mae_vit_base_patch16", mask_ratio=0.75, norm_pix_loss=True)},
-               reference)
+    torch.save(
+        {
+            "model": state,
+            "optimizer": {"state": {}, "param_groups": []},
+            "epoch": 799,
+            "args": argparse.Namespace(model="mae_vit_base_patch16", mask_ratio=0.75, norm_pix_loss=True),
+        },
+        reference,
+    )
     loaded = load_checkpoint_file(reference)
     assert loaded["args"].mask_ratio == 0.75
     model = MaskedAutoencoderViT(**TINY)
     load_pretrained(model, reference)
-    assert torch.equal(model.pos_embed, state["pos_embed"]) and torch.equal(model.blocks[0].attn.qkv.weight,
-                                                                            state["blocks.0.attn.qkv.weight"])
+    assert torch.equal(model.pos_embed, state["pos_embed"]) and torch.equal(
+        model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"]
+    )
     other = tmp_path / "other.pth"
     torch.save({"model": state, "args": argparse.FileType("r")}, other)
     with pytest.raises(UnsafeCheckpointError, match="argparse.FileType"):
@@ -114,8 +137,9 @@ def test_truncated_file_is_one_line_without_advice_to_unpickle(tmp_path):
 def stored_config_checkpoint(path: Path, marker: Path, model_node: dict) -> Path:
     """Loads under weights_only=True; its stored config would make a directory named after the marker."""
     module = {"_target_": "mae.training.LinearProbeModule"}
-    torch.save({"state_dict": {}, "mae_run_config": {"task_name": "linprobe", "model": model_node, "module": module}},
-               path)
+    torch.save(
+        {"state_dict": {}, "mae_run_config": {"task_name": "linprobe", "model": model_node, "module": module}}, path
+    )
     return path
 
 
@@ -125,8 +149,9 @@ def test_stored_config_target_is_refused_by_eval(tmp_path, nested):
     payload = {"_target_": "os.mkdir", "_args_": [str(marker)]}
     node = {"_target_": "mae.models.MaskedAutoencoderViT", "norm_layer": payload, **TINY} if nested else payload
     ckpt = stored_config_checkpoint(tmp_path / "evil.ckpt", marker, node)
-    result = run_entry_point([str(ROOT / "eval.py"), f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}"],
-                             tmp_path)
+    result = run_entry_point(
+        [str(ROOT / "eval.py"), f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path
+    )
     line = one_error_line(result)
     assert "asks to build 'os.mkdir'" in line and str(ckpt) in line, line
     assert not marker.exists()
@@ -139,10 +164,12 @@ def test_config_beside_a_checkpoint_is_refused_by_visualize(tmp_path):
     state = MaskedAutoencoderViT(**TINY).state_dict()
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     torch.save({"epoch": 0, "state_dict": {f"model.{k}": v for k, v in state.items()}}, ckpt)
-    (run_dir / "config_resolved.yaml").write_text(yaml.safe_dump(
-        {"model": {"_target_": "os.mkdir", "_args_": [str(marker)]}}))
-    result = run_entry_point(["-m", "mae.jobs.visualize", f"ckpt_path={ckpt}", f"out={tmp_path / 'grid.png'}"],
-                             tmp_path)
+    (run_dir / "config_resolved.yaml").write_text(
+        yaml.safe_dump({"model": {"_target_": "os.mkdir", "_args_": [str(marker)]}})
+    )
+    result = run_entry_point(
+        ["-m", "mae.jobs.visualize", f"ckpt_path={ckpt}", f"out={tmp_path / 'grid.png'}"], tmp_path
+    )
     line = one_error_line(result)
     assert "asks to build 'os.mkdir'" in line and "config_resolved.yaml" in line, line
     assert not marker.exists() and not (tmp_path / "grid.png").exists()
@@ -152,8 +179,10 @@ def test_allow_lists_hold_every_model_and_module_the_configs_build():
     """The configs and the allow-lists name the same targets: a new preset or module cannot be forgotten."""
     models = {yaml.safe_load(path.read_text())["_target_"] for path in (ROOT / "conf" / "model").glob("*.yaml")}
     assert models <= MODEL_TARGETS
-    modules = {yaml.safe_load(path.read_text()).get("module", {}).get("_target_")
-               for path in (ROOT / "conf" / "task").glob("*.yaml")} - {None}
+    modules = {
+        yaml.safe_load(path.read_text()).get("module", {}).get("_target_")
+        for path in (ROOT / "conf" / "task").glob("*.yaml")
+    } - {None}
     assert modules == MODULE_TARGETS
     for target in MODEL_TARGETS | MODULE_TARGETS:
         trusted_node({"_target_": target}, MODEL_TARGETS | MODULE_TARGETS, "test")

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -50,9 +51,12 @@ FAST_PATHS = {  # name: (what is switched off, what is switched on), as measure_
     "grad_checkpointing": ({"grad_checkpointing": False}, {"grad_checkpointing": True}),
 }
 FAST_PATH_ROWS = {  # name, preset, its model arguments, batch
-    "full": [("fused_adamw", *TINY, 256), ("fused_adamw", "mae_vit_base_patch16", {}, 8),
-             # A batch whose activations outweigh weights and AdamW state, so that the memory saving shows.
-             ("grad_checkpointing", "mae_vit_base_patch16", {}, 16)],
+    "full": [
+        ("fused_adamw", *TINY, 256),
+        ("fused_adamw", "mae_vit_base_patch16", {}, 8),
+        # A batch whose activations outweigh weights and AdamW state, so that the memory saving shows.
+        ("grad_checkpointing", "mae_vit_base_patch16", {}, 16),
+    ],
     "quick": [("fused_adamw", *TINY, 4), ("grad_checkpointing", *TINY, 4)],
 }
 DEMO_ROWS = {  # preset, its model arguments: the Fashion-MNIST presets the demo serves on a CPU
@@ -65,32 +69,63 @@ KINDS = ("peak", "step", "speedup", "loader", "fast_path", "demo", "listing")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mae.benchmarking", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny settings for tests: the tiny preset only (batch 4), 1 repeat, no compile, "
-                             "small peak matmuls and loader run")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny settings for tests: the tiny preset only (batch 4), 1 repeat, no compile, "
+        "small peak matmuls and loader run",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per row (default 3; quick 1)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; quick 1)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks"),
-                        help="folder for results.json and results.md (default: benchmarks/)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks"),
+        help="folder for results.json and results.md (default: benchmarks/)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", choices=("on", "off", "only"), default=None,
-                        help="torch.compile rows too (default), not at all (default with --quick), or only them")
-    parser.add_argument("--row-timeout", type=float, default=240,
-                        help="seconds after which a step row is abandoned and recorded with an error (0: none); "
-                             "a row that could not finish in time even at the dtype's matmul peak is not started")
-    parser.add_argument("--merge", action="store_true",
-                        help="keep the rows of an existing results.json in --out that this run does not redo")
-    parser.add_argument("--compile-scope", choices=COMPILE_SCOPES, default="model",
-                        help="torch.compile the whole model (default) or each transformer block")
+    parser.add_argument(
+        "--compile",
+        choices=("on", "off", "only"),
+        default=None,
+        help="torch.compile rows too (default), not at all (default with --quick), or only them",
+    )
+    parser.add_argument(
+        "--row-timeout",
+        type=float,
+        default=240,
+        help="seconds after which a step row is abandoned and recorded with an error (0: none); "
+        "a row that could not finish in time even at the dtype's matmul peak is not started",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of an existing results.json in --out that this run does not redo",
+    )
+    parser.add_argument(
+        "--compile-scope",
+        choices=COMPILE_SCOPES,
+        default="model",
+        help="torch.compile the whole model (default) or each transformer block",
+    )
     parser.add_argument("--speedup-batch", type=int, default=4, help="batch of the Table 2 rows")
     parser.add_argument("--speedup-dtype", choices=tuple(DTYPES), default="fp32")
-    parser.add_argument("--loader-images", type=int, default=None, help="JPEGs written and decoded (default 64; quick 8)")
-    parser.add_argument("--listing-files", type=int, default=None,
-                        help="empty image files generated and listed (default 1,000,000; quick 2,000)")
+    parser.add_argument(
+        "--loader-images", type=int, default=None, help="JPEGs written and decoded (default 64; quick 8)"
+    )
+    parser.add_argument(
+        "--listing-files",
+        type=int,
+        default=None,
+        help="empty image files generated and listed (default 1,000,000; quick 2,000)",
+    )
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which kinds of rows to run")
-    parser.add_argument("--rerender", action="store_true",
-                        help="measure nothing: re-assess the share of peak of --out's results.json by the current "
-                             "rules and rewrite results.json and results.md (keeping results.md's note)")
+    parser.add_argument(
+        "--rerender",
+        action="store_true",
+        help="measure nothing: re-assess the share of peak of --out's results.json by the current "
+        "rules and rewrite results.json and results.md (keeping results.md's note)",
+    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     args.mode = mode
@@ -107,11 +142,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Results:
     """Rows so far, rewritten to disk after every addition."""
 
-    ORDER = {kind: index for index, kind in enumerate(KINDS)}
+    ORDER: ClassVar[dict[str, int]] = {kind: index for index, kind in enumerate(KINDS)}
 
-    IDENTITY = {"step": ("preset", "batch", "dtype", "compiled", "device", "compile_scope"),
-                "speedup": ("preset", "decoder_depth"), "loader": ("pipeline",), "peak": ("dtype",),
-                "fast_path": ("name", "preset", "batch"), "demo": ("preset",), "listing": ("operation",)}
+    IDENTITY: ClassVar[dict[str, tuple[str, ...]]] = {
+        "step": ("preset", "batch", "dtype", "compiled", "device", "compile_scope"),
+        "speedup": ("preset", "decoder_depth"),
+        "loader": ("pipeline",),
+        "peak": ("dtype",),
+        "fast_path": ("name", "preset", "batch"),
+        "demo": ("preset",),
+        "listing": ("operation",),
+    }
 
     def __init__(self, out: Path, header: str, earlier: list[report.Row] | None = None) -> None:
         self.rows: list[report.Row] = list(earlier or [])
@@ -123,8 +164,13 @@ class Results:
         if row["kind"] != "step":
             return (cls.ORDER[row["kind"]],)
         sizes = {preset: index for index, (preset, _, _) in enumerate(STEP_ROWS["full"])}
-        return (cls.ORDER["step"], sizes.get(row["preset"], len(sizes)), list(DTYPES).index(row["dtype"]),
-                row["compiled"], str(row.get("compile_scope")))
+        return (
+            cls.ORDER["step"],
+            sizes.get(row["preset"], len(sizes)),
+            list(DTYPES).index(row["dtype"]),
+            row["compiled"],
+            str(row.get("compile_scope")),
+        )
 
     def key(self, row: report.Row) -> tuple:
         return (row["kind"], *(row.get(name) for name in self.IDENTITY[row["kind"]]))
@@ -143,8 +189,18 @@ def machine(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
     cpuinfo = Path("/proc/cpuinfo")
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if cpuinfo.exists() else platform.processor()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if cpuinfo.exists()
+        else platform.processor()
+    )
     return f"{cpu}, {torch.get_num_threads()} threads, ISA {torch.backends.cpu.get_cpu_capability()}"
 
 
@@ -155,12 +211,15 @@ def environment(args: argparse.Namespace, earlier_note: str = "") -> str:
     source = "torch.cuda.is_bf16_supported" if args.device.startswith("cuda") else "avx512_bf16/amx_bf16 flags"
     device = f"{machine(args.device)}, native bf16 ({source}): {native}"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    this_run = (f"{stamp}; {device}; torch {torch.__version__}; mode {args.mode}, warm-up {args.warmup}, "
-                f"repeats {args.repeats}, compile scope {args.compile_scope}.")
+    this_run = (
+        f"{stamp}; {device}; torch {torch.__version__}; mode {args.mode}, warm-up {args.warmup}, "
+        f"repeats {args.repeats}, compile scope {args.compile_scope}."
+    )
     if not args.merge:
         return this_run
-    return (f"Rows of kind {', '.join(args.kinds)}: {this_run} The other rows come from an earlier run (--merge)"
-            + (f": {earlier_note}" if earlier_note else "."))
+    return f"Rows of kind {', '.join(args.kinds)}: {this_run} The other rows come from an earlier run (--merge)" + (
+        f": {earlier_note}" if earlier_note else "."
+    )
 
 
 @contextmanager
@@ -186,8 +245,11 @@ def run_peaks(args: argparse.Namespace, results: Results) -> report.Peaks:
     """The fp32 and bf16 peaks of this machine: measured now, or with ``--merge`` the earlier ones where those
     were measured on this machine and device (a share of peak is only taken of the same machine's peak)."""
     here = machine(args.device)
-    earlier = [row for row in results.rows if row["kind"] == "peak" and row.get("device") == args.device
-               and row.get("machine") == here]
+    earlier = [
+        row
+        for row in results.rows
+        if row["kind"] == "peak" and row.get("device") == args.device and row.get("machine") == here
+    ]
     if args.merge and {"fp32", "bf16"} <= {row["dtype"] for row in earlier}:
         peaks = report.Peaks.from_rows(earlier)
         print(f"using the peaks of the earlier results on this machine: {dict(peaks.gflops)}")
@@ -195,12 +257,18 @@ def run_peaks(args: argparse.Namespace, results: Results) -> report.Peaks:
     device, measured = torch.device(args.device), []
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         result = measure_peak(dtype, device, PEAK_SIZES[args.mode], repeats=3 if args.quick else 5)
-        measured.append(report.peak_row(name, result.gflops_per_s, device=args.device,
-                                        native=native_support(name, device), machine=here,
-                                        mixed_gflops_per_s=result.mixed_gflops_per_s,
-                                        by_size={str(k): v for k, v in result.by_size.items()},
-                                        by_layout={layout: {str(k): v for k, v in rates.items()}
-                                                   for layout, rates in result.by_layout.items()}))
+        measured.append(
+            report.peak_row(
+                name,
+                result.gflops_per_s,
+                device=args.device,
+                native=native_support(name, device),
+                machine=here,
+                mixed_gflops_per_s=result.mixed_gflops_per_s,
+                by_size={str(k): v for k, v in result.by_size.items()},
+                by_layout={layout: {str(k): v for k, v in rates.items()} for layout, rates in result.by_layout.items()},
+            )
+        )
         results.add(measured[-1])
     return report.Peaks.from_rows(measured)
 
@@ -223,18 +291,29 @@ def run_steps(args: argparse.Namespace, results: Results, peaks: report.Peaks, c
             matmul, rate = MATMUL_DTYPES[dtype], peaks.step_rate(MATMUL_DTYPES[dtype])
             shortest = too_slow(args, preset, model_kwargs, batch, rate)
             if shortest:
-                error = TimeoutError(f"not started: even at the measured {matmul} matmul rate of a step's "
-                                     f"layouts ({rate:.1f} "
-                                     f"GFLOP/s) its {args.warmup + args.repeats} steps would take >= {shortest:.0f} s, "
-                                     f"over the row limit of {args.row_timeout:.0f} s")
+                error = TimeoutError(
+                    f"not started: even at the measured {matmul} matmul rate of a step's "
+                    f"layouts ({rate:.1f} "
+                    f"GFLOP/s) its {args.warmup + args.repeats} steps would take >= {shortest:.0f} s, "
+                    f"over the row limit of {args.row_timeout:.0f} s"
+                )
                 results.add(report.failed_step_row(preset, batch, dtype, compiled, args.device, error, **extra))
                 continue
             try:
                 with time_limit(args.row_timeout):
-                    result = measure_step(preset, batch, dtype, compiled, args.device, args.warmup, args.repeats,
-                                          compile_scope=args.compile_scope, **model_kwargs)
+                    result = measure_step(
+                        preset,
+                        batch,
+                        dtype,
+                        compiled,
+                        args.device,
+                        args.warmup,
+                        args.repeats,
+                        compile_scope=args.compile_scope,
+                        **model_kwargs,
+                    )
                 results.add(report.step_row(preset, batch, dtype, compiled, args.device, result, peaks, **extra))
-            except Exception as error:  # noqa: BLE001 - a failed configuration is a result, not a crash
+            except Exception as error:
                 results.add(report.failed_step_row(preset, batch, dtype, compiled, args.device, error, **extra))
             finally:
                 if compiled:
@@ -247,11 +326,21 @@ def run_speedups(args: argparse.Namespace, results: Results) -> None:
     for depth in SPEEDUP_DEPTHS:
         timings = {}
         for all_tokens in (True, False):
-            timings[all_tokens] = measure_step(preset, args.speedup_batch, args.speedup_dtype, False, args.device,
-                                               max(args.warmup - 1, 1), args.repeats, all_tokens=all_tokens,
-                                               decoder_depth=depth, **model_kwargs)
-        results.add(report.speedup_row(preset, depth, timings[True], timings[False], args.speedup_batch,
-                                       args.speedup_dtype))
+            timings[all_tokens] = measure_step(
+                preset,
+                args.speedup_batch,
+                args.speedup_dtype,
+                False,
+                args.device,
+                max(args.warmup - 1, 1),
+                args.repeats,
+                all_tokens=all_tokens,
+                decoder_depth=depth,
+                **model_kwargs,
+            )
+        results.add(
+            report.speedup_row(preset, depth, timings[True], timings[False], args.speedup_batch, args.speedup_dtype)
+        )
 
 
 def run_loaders(args: argparse.Namespace, results: Results) -> None:
@@ -264,16 +353,27 @@ def run_loaders(args: argparse.Namespace, results: Results) -> None:
 
 def run_listing(args: argparse.Namespace, results: Results) -> None:
     for row in measure_listing(args.listing_files, repeats=args.repeats):
-        results.add(report.listing_row(row.pop("operation"), row.pop("files"), row.pop("seconds"),
-                                       row.pop("files_per_s"), machine=machine("cpu"), **row))
+        results.add(
+            report.listing_row(
+                row.pop("operation"),
+                row.pop("files"),
+                row.pop("seconds"),
+                row.pop("files_per_s"),
+                machine=machine("cpu"),
+                **row,
+            )
+        )
 
 
 def run_fast_paths(args: argparse.Namespace, results: Results) -> None:
     for name, preset, model_kwargs, batch in FAST_PATH_ROWS[args.mode]:
         timings = []
         for switch in FAST_PATHS[name]:
-            timings.append(measure_step(preset, batch, "fp32", False, args.device, args.warmup, args.repeats,
-                                        **{**model_kwargs, **switch}))
+            timings.append(
+                measure_step(
+                    preset, batch, "fp32", False, args.device, args.warmup, args.repeats, **{**model_kwargs, **switch}
+                )
+            )
             gc.collect()
         results.add(report.fast_path_row(name, preset, batch, *timings, device=args.device))
 

@@ -48,6 +48,11 @@ def measure_demo_update(preset: str, repeats: int, warmup: int = 2, **model_kwar
             for picture in update.views.pictures():
                 picture.save(io.BytesIO(), format="PNG")
             timings.append(time.perf_counter() - start)
-    return {"preset": preset, "s_per_update": statistics.median(timings[warmup:]),
-            "upload": "x".join(map(str, UPLOAD_SIZE)), "img_size": model.img_size, "in_chans": model.in_chans,
-            "threads": torch.get_num_threads()}
+    return {
+        "preset": preset,
+        "s_per_update": statistics.median(timings[warmup:]),
+        "upload": "x".join(map(str, UPLOAD_SIZE)),
+        "img_size": model.img_size,
+        "in_chans": model.in_chans,
+        "threads": torch.get_num_threads(),
+    }

@@ -29,8 +29,10 @@ NOT_AN_IMAGE = "notes.txt"
 def image_name(index: int) -> str:
     """The relative path of generated file ``index`` (zero-padded: sorted names are in index order)."""
     folder = index // FILES_PER_FOLDER
-    return (f"{folder // FOLDERS_PER_PARENT:03d}/{folder % FOLDERS_PER_PARENT:03d}/"
-            f"{index:07d}{EXTENSIONS[index % len(EXTENSIONS)]}")
+    return (
+        f"{folder // FOLDERS_PER_PARENT:03d}/{folder % FOLDERS_PER_PARENT:03d}/"
+        f"{index:07d}{EXTENSIONS[index % len(EXTENSIONS)]}"
+    )
 
 
 def write_tree(root: Path, files: int) -> int:
@@ -94,8 +96,23 @@ def measure_listing(files: int, repeats: int = 3, val_fraction: float = 0.05, se
     seconds = statistics.median(listing)
     split_seconds = statistics.median(splitting)
     return [
-        {"operation": "list_image_files", "seconds": seconds, "files_per_s": files / seconds, **common,
-         "folders": folders, "files_per_folder": FILES_PER_FOLDER, "s_write": s_write, "s_remove": s_remove},
-        {"operation": "split_held_out", "seconds": split_seconds, "files_per_s": files / split_seconds, **common,
-         "val_fraction": val_fraction, "held_out": len(held), "training": len(train)},
+        {
+            "operation": "list_image_files",
+            "seconds": seconds,
+            "files_per_s": files / seconds,
+            **common,
+            "folders": folders,
+            "files_per_folder": FILES_PER_FOLDER,
+            "s_write": s_write,
+            "s_remove": s_remove,
+        },
+        {
+            "operation": "split_held_out",
+            "seconds": split_seconds,
+            "files_per_s": files / split_seconds,
+            **common,
+            "val_fraction": val_fraction,
+            "held_out": len(held),
+            "training": len(train),
+        },
     ]

@@ -18,11 +18,11 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +37,9 @@ IMG_SIZE = 224
 CROP_SCALE = (0.2, 1.0)
 
 
-def write_jpegs(folder: Path, count: int, width: int = 500, height: int = 375, seed: int = 0,
-                quality: int = 90, noise: float = 16.0) -> list[Path]:
+def write_jpegs(
+    folder: Path, count: int, width: int = 500, height: int = 375, seed: int = 0, quality: int = 90, noise: float = 16.0
+) -> list[Path]:
     """Write ``count`` JPEGs of ``width x height``: bicubic-upsampled random colour fields plus Gaussian noise of
     std ``noise`` grey levels (at the defaults ~90 KB a file; ImageNet's average is ~110 KB)."""
     rng = np.random.default_rng(seed)
@@ -65,12 +66,14 @@ def pil_torchvision_pipeline() -> Callable[[str], torch.Tensor]:
     """The baseline: PIL open + convert, torchvision v1 RandomResizedCrop, flip, ToTensor, Normalize."""
     from torchvision import transforms as T
 
-    transform = T.Compose([
-        T.RandomResizedCrop(IMG_SIZE, scale=CROP_SCALE, interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(IMG_SIZE, scale=CROP_SCALE, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
     def run(path: str) -> torch.Tensor:
         with Image.open(path) as img:
@@ -117,12 +120,19 @@ def write_stream(paths: Sequence[Path], out_dir: Path):
     from mae.data.streaming import AugmentedShards
 
     report = out_dir / "unreadable.txt"
-    optimize(fn=partial(encode_item, report_file=str(report)), inputs=[(i, str(p), 0) for i, p in enumerate(paths)],
-             output_dir=str(out_dir / "train"), chunk_bytes="64MB", num_workers=1, keep_data_ordered=True,
-             verbose=False)
+    optimize(
+        fn=partial(encode_item, report_file=str(report)),
+        inputs=[(i, str(p), 0) for i, p in enumerate(paths)],
+        output_dir=str(out_dir / "train"),
+        chunk_bytes="64MB",
+        num_workers=1,
+        keep_data_ordered=True,
+        verbose=False,
+    )
     transform = pretrain_transform(IMG_SIZE, CROP_SCALE, True, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
-    stream = AugmentedShards(str(out_dir / "train"), loader=ImageLoader("RGB"), augment=transform, seed=0,
-                             cache_dir=None)
+    stream = AugmentedShards(
+        str(out_dir / "train"), loader=ImageLoader("RGB"), augment=transform, seed=0, cache_dir=None
+    )
     return lambda: sum(1 for _ in stream)
 
 
@@ -132,8 +142,9 @@ def stream_images_per_second(serve_epoch) -> float:
     return count / (time.perf_counter() - start)
 
 
-def measure_loaders(num_images: int = 64, repeats: int = 3, names: Sequence[str] = (*PIPELINES, STREAM),
-                    seed: int = 0) -> list[dict[str, Any]]:
+def measure_loaders(
+    num_images: int = 64, repeats: int = 3, names: Sequence[str] = (*PIPELINES, STREAM), seed: int = 0
+) -> list[dict[str, Any]]:
     """Median images/s per worker of each pipeline over ``repeats`` passes, the pipelines interleaved so that
     a change in machine load hits them all alike. Returns ``{pipeline, img_per_s_per_worker, ...}`` dicts."""
     torch.manual_seed(seed)
@@ -154,7 +165,11 @@ def measure_loaders(num_images: int = 64, repeats: int = 3, names: Sequence[str]
                 if stream is not None:
                     rates[STREAM].append(stream_images_per_second(stream))
     return [
-        {"pipeline": name, "img_per_s_per_worker": statistics.median(values), "images": num_images,
-         "mean_jpeg_kb": round(mean_kb, 1)}
+        {
+            "pipeline": name,
+            "img_per_s_per_worker": statistics.median(values),
+            "images": num_images,
+            "mean_jpeg_kb": round(mean_kb, 1),
+        }
         for name, values in rates.items()
     ]

@@ -12,6 +12,7 @@ it never decreases, so a region smaller than an earlier one reads as 0 (``method
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import re
@@ -34,10 +35,8 @@ def _status_kib(field: str) -> int | None:
 
 
 def _trim_heap() -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _reset_high_water_mark() -> bool:
@@ -74,8 +73,9 @@ class PeakMemory:
             self._start, self.method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss-delta"
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)

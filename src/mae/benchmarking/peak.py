@@ -75,8 +75,9 @@ def operand(size: int, dtype: torch.dtype, device: torch.device, transposed: boo
     return matrix.t() if transposed else matrix
 
 
-def matmul_gflops(size: int, dtype: torch.dtype, device: torch.device, repeats: int = 5, warmup: int = 1,
-                  layout: str = "nn") -> float:
+def matmul_gflops(
+    size: int, dtype: torch.dtype, device: torch.device, repeats: int = 5, warmup: int = 1, layout: str = "nn"
+) -> float:
     """Median GFLOP/s of ``repeats`` products of two ``size x size`` matrices (``2 * size^3`` FLOPs each) in
     ``layout`` (a key of :data:`LAYOUTS`)."""
     left, right = LAYOUTS[layout]
@@ -94,8 +95,14 @@ def matmul_gflops(size: int, dtype: torch.dtype, device: torch.device, repeats: 
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def measure_peak(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] = DEFAULT_SIZES,
-                 repeats: int = 5, max_call_s: float = 1.0, layouts: Iterable[str] = tuple(LAYOUTS)) -> PeakResult:
+def measure_peak(
+    dtype: torch.dtype,
+    device: torch.device,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    repeats: int = 5,
+    max_call_s: float = 1.0,
+    layouts: Iterable[str] = tuple(LAYOUTS),
+) -> PeakResult:
     """The matmul peak of ``dtype``: the highest per-size, per-layout median over ``sizes`` (ascending; the
     first always measured, the larger ones while one product of the slowest layout is predicted to take at most
     ``max_call_s``) and ``layouts``."""
@@ -117,8 +124,11 @@ def measure_peak(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] 
 def cpu_flags(cpuinfo: str) -> frozenset[str]:
     """The CPU flags every processor in ``cpuinfo`` (``/proc/cpuinfo`` text) lists, from its ``flags`` (x86)
     or ``Features`` (AArch64) lines; empty when there are none."""
-    lists = [frozenset(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines()
-             if line.split(":", 1)[0].strip() in ("flags", "Features") and ":" in line]
+    lists = [
+        frozenset(line.split(":", 1)[1].split())
+        for line in cpuinfo.splitlines()
+        if line.split(":", 1)[0].strip() in ("flags", "Features") and ":" in line
+    ]
     return frozenset.intersection(*lists) if lists else frozenset()
 
 

@@ -1,6 +1,6 @@
 """Where a pre-training step's time goes: ``torch.profiler`` over a few steps, top operators by self time.
 
-    python -m mae.benchmarking.profiling --preset mae_vit_base_patch16 --batch 8 --dtype fp32
+python -m mae.benchmarking.profiling --preset mae_vit_base_patch16 --batch 8 --dtype fp32
 """
 
 from __future__ import annotations

@@ -38,19 +38,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mae.runs.atomic_files import write_text_atomically
 from mae.benchmarking.step import MATMUL_DTYPES, StepResult
+from mae.runs.atomic_files import write_text_atomically
 
 Row = dict[str, Any]
 
 SCHEMA: dict[str, tuple[str, ...]] = {
-    "step": ("preset", "batch", "dtype", "compiled", "device", "s_per_step", "img_per_s", "gflops_per_s",
-             "pct_of_peak", "peak_mem_mb"),
+    "step": (
+        "preset",
+        "batch",
+        "dtype",
+        "compiled",
+        "device",
+        "s_per_step",
+        "img_per_s",
+        "gflops_per_s",
+        "pct_of_peak",
+        "peak_mem_mb",
+    ),
     "speedup": ("preset", "decoder_depth", "ratio"),
     "loader": ("pipeline", "img_per_s_per_worker"),
     "peak": ("dtype", "gflops_per_s"),
-    "fast_path": ("name", "preset", "batch", "s_per_step_without", "s_per_step_with", "step_speedup",
-                  "peak_mem_mb_without", "peak_mem_mb_with"),
+    "fast_path": (
+        "name",
+        "preset",
+        "batch",
+        "s_per_step_without",
+        "s_per_step_with",
+        "step_speedup",
+        "peak_mem_mb_without",
+        "peak_mem_mb_with",
+    ),
     "demo": ("preset", "s_per_update"),
     "listing": ("operation", "files", "seconds", "files_per_s"),
 }
@@ -77,9 +95,11 @@ class Peaks:
     def from_rows(cls, rows: Iterable[Row]) -> Peaks:
         """The peaks of the measured ``peak`` rows among ``rows`` (so that a results file can be re-assessed)."""
         peaks = [row for row in rows if row.get("kind") == "peak" and row.get("gflops_per_s")]
-        return cls({row["dtype"]: row["gflops_per_s"] for row in peaks},
-                   {row["dtype"]: row.get("native") for row in peaks},
-                   {row["dtype"]: row["mixed_gflops_per_s"] for row in peaks if row.get("mixed_gflops_per_s")})
+        return cls(
+            {row["dtype"]: row["gflops_per_s"] for row in peaks},
+            {row["dtype"]: row.get("native") for row in peaks},
+            {row["dtype"]: row["mixed_gflops_per_s"] for row in peaks if row.get("mixed_gflops_per_s")},
+        )
 
 
 def device_noun(device: str) -> str:
@@ -96,8 +116,10 @@ def unusable_peak(dtype: str, device: str, peaks: Peaks) -> str | None:
     if peaks.native.get(dtype) is False:
         return f"{dtype} not native on this {noun} (emulated)"
     if fp32 is not None and peak < SLOW_PEAK_FRACTION * fp32:
-        return (f"{dtype} slow on this {noun} (matmul peak {peak:.1f} GFLOP/s, under {SLOW_PEAK_FRACTION:.0%} of "
-                f"fp32's {fp32:.1f}: emulated or no fast kernel)")
+        return (
+            f"{dtype} slow on this {noun} (matmul peak {peak:.1f} GFLOP/s, under {SLOW_PEAK_FRACTION:.0%} of "
+            f"fp32's {fp32:.1f}: emulated or no fast kernel)"
+        )
     return None
 
 
@@ -113,8 +135,11 @@ def peak_share(gflops: float, dtype: str, device: str, peaks: Peaks) -> Row:
         return {**share, "peak_note": f"{reason}: {gflops:.1f} GFLOP/s, no share of peak"}
     pct = 100 * gflops / peak
     if pct > 100:
-        return {**share, "peak_note": f"inconsistent peak measurement: {gflops:.1f} GFLOP/s would be {pct:.0f}% "
-                                      f"of the {matmul} matmul peak ({peak:.1f} GFLOP/s), no share of peak"}
+        return {
+            **share,
+            "peak_note": f"inconsistent peak measurement: {gflops:.1f} GFLOP/s would be {pct:.0f}% "
+            f"of the {matmul} matmul peak ({peak:.1f} GFLOP/s), no share of peak",
+        }
     return {**share, "pct_of_peak": pct}
 
 
@@ -131,12 +156,18 @@ def achieved_gflops(forward_flops: int, batch: int, seconds: float) -> float:
     return 3 * forward_flops * batch / seconds / 1e9
 
 
-def step_row(preset: str, batch: int, dtype: str, compiled: bool, device: str, result: StepResult,
-             peaks: Peaks, **extra: Any) -> Row:
+def step_row(
+    preset: str, batch: int, dtype: str, compiled: bool, device: str, result: StepResult, peaks: Peaks, **extra: Any
+) -> Row:
     """A ``step`` row from a measurement and the run's matmul peaks (see :func:`peak_share`)."""
     gflops = achieved_gflops(result.forward_flops, batch, result.s_per_step)
     return {
-        "kind": "step", "preset": preset, "batch": batch, "dtype": dtype, "compiled": compiled, "device": device,
+        "kind": "step",
+        "preset": preset,
+        "batch": batch,
+        "dtype": dtype,
+        "compiled": compiled,
+        "device": device,
         "s_per_step": result.s_per_step,
         "img_per_s": batch / result.s_per_step,
         "gflops_per_s": gflops,
@@ -151,28 +182,40 @@ def step_row(preset: str, batch: int, dtype: str, compiled: bool, device: str, r
     }
 
 
-def failed_step_row(preset: str, batch: int, dtype: str, compiled: bool, device: str, error: BaseException,
-                    **extra: Any) -> Row:
+def failed_step_row(
+    preset: str, batch: int, dtype: str, compiled: bool, device: str, error: BaseException, **extra: Any
+) -> Row:
     """A ``step`` row for a configuration that could not be measured."""
-    row: Row = {"kind": "step", "preset": preset, "batch": batch, "dtype": dtype, "compiled": compiled,
-                "device": device}
+    row: Row = {
+        "kind": "step",
+        "preset": preset,
+        "batch": batch,
+        "dtype": dtype,
+        "compiled": compiled,
+        "device": device,
+    }
     row.update({name: None for name in SCHEMA["step"] if name not in row})
     message = f"{type(error).__name__}: {error}".strip().splitlines()
     return {**row, **extra, "error": message[0][:500] if message else type(error).__name__}
 
 
-def speedup_row(preset: str, decoder_depth: int, all_tokens: StepResult, mae: StepResult, batch: int,
-                dtype: str) -> Row:
+def speedup_row(
+    preset: str, decoder_depth: int, all_tokens: StepResult, mae: StepResult, batch: int, dtype: str
+) -> Row:
     """A ``speedup`` row: forward + backward time of the all-tokens model over MAE's (the paper's Table 2
     measures training time at a batch where the optimizer is negligible); the whole-step ratio, optimizer
     included, and the FLOP ratio come along."""
     return {
-        "kind": "speedup", "preset": preset, "decoder_depth": decoder_depth,
+        "kind": "speedup",
+        "preset": preset,
+        "decoder_depth": decoder_depth,
         "ratio": all_tokens.s_forward_backward / mae.s_forward_backward,
         "ratio_full_step": all_tokens.s_per_step / mae.s_per_step,
         "flops_ratio": all_tokens.forward_flops / mae.forward_flops,
-        "batch": batch, "dtype": dtype,
-        "s_all_tokens": all_tokens.s_forward_backward, "s_mae": mae.s_forward_backward,
+        "batch": batch,
+        "dtype": dtype,
+        "s_all_tokens": all_tokens.s_forward_backward,
+        "s_mae": mae.s_forward_backward,
         "s_optimizer": mae.s_optimizer,
     }
 
@@ -186,8 +229,14 @@ def demo_row(preset: str, s_per_update: float, **extra: Any) -> Row:
 
 
 def listing_row(operation: str, files: int, seconds: float, files_per_s: float, **extra: Any) -> Row:
-    return {"kind": "listing", "operation": operation, "files": files, "seconds": seconds,
-            "files_per_s": files_per_s, **extra}
+    return {
+        "kind": "listing",
+        "operation": operation,
+        "files": files,
+        "seconds": seconds,
+        "files_per_s": files_per_s,
+        **extra,
+    }
 
 
 def peak_row(dtype: str, gflops_per_s: float, **extra: Any) -> Row:
@@ -196,11 +245,20 @@ def peak_row(dtype: str, gflops_per_s: float, **extra: Any) -> Row:
 
 def fast_path_row(name: str, preset: str, batch: int, without: StepResult, with_: StepResult, **extra: Any) -> Row:
     """A fast path measured off (``without``) and on (``with_``) on the same step; the optimizer times too."""
-    return {"kind": "fast_path", "name": name, "preset": preset, "batch": batch,
-            "s_per_step_without": without.s_per_step, "s_per_step_with": with_.s_per_step,
-            "step_speedup": without.s_per_step / with_.s_per_step,
-            "s_optimizer_without": without.s_optimizer, "s_optimizer_with": with_.s_optimizer,
-            "peak_mem_mb_without": without.peak_mem_mb, "peak_mem_mb_with": with_.peak_mem_mb, **extra}
+    return {
+        "kind": "fast_path",
+        "name": name,
+        "preset": preset,
+        "batch": batch,
+        "s_per_step_without": without.s_per_step,
+        "s_per_step_with": with_.s_per_step,
+        "step_speedup": without.s_per_step / with_.s_per_step,
+        "s_optimizer_without": without.s_optimizer,
+        "s_optimizer_with": with_.s_optimizer,
+        "peak_mem_mb_without": without.peak_mem_mb,
+        "peak_mem_mb_with": with_.peak_mem_mb,
+        **extra,
+    }
 
 
 def missing_fields(row: Row) -> list[str]:
@@ -232,8 +290,10 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
 def _native_note(peak: Row) -> str:
     """The line under the peak table for a dtype the device does not run natively, which says why its step
     rows have no share of peak."""
-    return (f"{peak['dtype']} is not native on this {device_noun(str(peak.get('device', 'cpu')))} (no {peak['dtype']} "
-            f"matmul instructions; emulated): its step rows give GFLOP/s, not a share of peak.")
+    return (
+        f"{peak['dtype']} is not native on this {device_noun(str(peak.get('device', 'cpu')))} (no {peak['dtype']} "
+        f"matmul instructions; emulated): its step rows give GFLOP/s, not a share of peak."
+    )
 
 
 def _share_cell(step: Row) -> str:
@@ -247,9 +307,13 @@ def markdown(rows: Sequence[Row], title: str = "MAE pre-training benchmark", not
     out = [f"# {title}", ""] + ([note, ""] if note else [])
     if by_kind["peak"]:
         out += ["Matmul peak (square matmuls, median of repeats, best size):", ""]
-        out += _table(["dtype", "device", "GFLOP/s", "native"],
-                      [[r["dtype"], _fmt(r.get("device")), _fmt(r["gflops_per_s"], 1), _fmt(r.get("native"))]
-                       for r in by_kind["peak"]])
+        out += _table(
+            ["dtype", "device", "GFLOP/s", "native"],
+            [
+                [r["dtype"], _fmt(r.get("device")), _fmt(r["gflops_per_s"], 1), _fmt(r.get("native"))]
+                for r in by_kind["peak"]
+            ],
+        )
         out.append("")
         notes = [_native_note(r) for r in by_kind["peak"] if r.get("native") is False]
         out += notes + ([""] if notes else [])
@@ -257,50 +321,138 @@ def markdown(rows: Sequence[Row], title: str = "MAE pre-training benchmark", not
         out += ["Full pre-training step (forward, loss, backward, AdamW), median after warm-up:", ""]
         lines = []
         for r in by_kind["step"]:
-            lines.append([r["preset"], str(r["batch"]), r["dtype"], _fmt(r["compiled"]), r["device"],
-                          _fmt(r["s_per_step"], 3), _fmt(r["img_per_s"], 1), _fmt(r["gflops_per_s"], 1),
-                          _share_cell(r), _fmt(r.get("s_optimizer"), 3), _fmt(r["peak_mem_mb"], 0),
-                          r.get("error", "")])
-        out += _table(["preset", "batch", "dtype", "compiled", "device", "s/step", "img/s", "GFLOP/s",
-                       "% of peak", "s optimizer", "peak MiB", "error"], lines)
+            lines.append(
+                [
+                    r["preset"],
+                    str(r["batch"]),
+                    r["dtype"],
+                    _fmt(r["compiled"]),
+                    r["device"],
+                    _fmt(r["s_per_step"], 3),
+                    _fmt(r["img_per_s"], 1),
+                    _fmt(r["gflops_per_s"], 1),
+                    _share_cell(r),
+                    _fmt(r.get("s_optimizer"), 3),
+                    _fmt(r["peak_mem_mb"], 0),
+                    r.get("error", ""),
+                ]
+            )
+        out += _table(
+            [
+                "preset",
+                "batch",
+                "dtype",
+                "compiled",
+                "device",
+                "s/step",
+                "img/s",
+                "GFLOP/s",
+                "% of peak",
+                "s optimizer",
+                "peak MiB",
+                "error",
+            ],
+            lines,
+        )
         out.append("")
     if by_kind["speedup"]:
         out += ["Table 2 (encoder with mask tokens for all patches vs MAE), forward + backward time ratio:", ""]
-        out += _table(["preset", "decoder depth", "batch", "dtype", "ratio", "ratio incl. optimizer", "FLOP ratio"],
-                      [[r["preset"], str(r["decoder_depth"]), _fmt(r.get("batch")), _fmt(r.get("dtype")),
-                        _fmt(r["ratio"]), _fmt(r.get("ratio_full_step")), _fmt(r.get("flops_ratio"))]
-                       for r in by_kind["speedup"]])
+        out += _table(
+            ["preset", "decoder depth", "batch", "dtype", "ratio", "ratio incl. optimizer", "FLOP ratio"],
+            [
+                [
+                    r["preset"],
+                    str(r["decoder_depth"]),
+                    _fmt(r.get("batch")),
+                    _fmt(r.get("dtype")),
+                    _fmt(r["ratio"]),
+                    _fmt(r.get("ratio_full_step")),
+                    _fmt(r.get("flops_ratio")),
+                ]
+                for r in by_kind["speedup"]
+            ],
+        )
         out.append("")
     if by_kind["loader"]:
         out += ["Data pipeline, JPEG file to augmented tensor, one worker (one thread):", ""]
-        out += _table(["pipeline", "img/s per worker", "vs PIL + torchvision"],
-                      [[r["pipeline"], _fmt(r["img_per_s_per_worker"], 1), _fmt(r.get("vs_pil_torchvision"))]
-                       for r in by_kind["loader"]])
+        out += _table(
+            ["pipeline", "img/s per worker", "vs PIL + torchvision"],
+            [
+                [r["pipeline"], _fmt(r["img_per_s_per_worker"], 1), _fmt(r.get("vs_pil_torchvision"))]
+                for r in by_kind["loader"]
+            ],
+        )
         out.append("")
     if by_kind["fast_path"]:
         out += ["Fast paths, each measured off and on in this run (fp32 step, median after warm-up):", ""]
-        out += _table(["fast path", "preset", "batch", "s/step off", "s/step on", "step speed-up", "s optimizer off",
-                       "s optimizer on", "peak MiB off", "peak MiB on"],
-                      [[r["name"], r["preset"], str(r["batch"]), _fmt(r["s_per_step_without"], 3),
-                        _fmt(r["s_per_step_with"], 3), _fmt(r["step_speedup"]), _fmt(r.get("s_optimizer_without"), 3),
-                        _fmt(r.get("s_optimizer_with"), 3), _fmt(r["peak_mem_mb_without"], 0),
-                        _fmt(r["peak_mem_mb_with"], 0)] for r in by_kind["fast_path"]])
+        out += _table(
+            [
+                "fast path",
+                "preset",
+                "batch",
+                "s/step off",
+                "s/step on",
+                "step speed-up",
+                "s optimizer off",
+                "s optimizer on",
+                "peak MiB off",
+                "peak MiB on",
+            ],
+            [
+                [
+                    r["name"],
+                    r["preset"],
+                    str(r["batch"]),
+                    _fmt(r["s_per_step_without"], 3),
+                    _fmt(r["s_per_step_with"], 3),
+                    _fmt(r["step_speedup"]),
+                    _fmt(r.get("s_optimizer_without"), 3),
+                    _fmt(r.get("s_optimizer_with"), 3),
+                    _fmt(r["peak_mem_mb_without"], 0),
+                    _fmt(r["peak_mem_mb_with"], 0),
+                ]
+                for r in by_kind["fast_path"]
+            ],
+        )
         out.append("")
     if by_kind["demo"]:
-        out += ["Reconstruction demo, one update on the server (upload decoded and fitted, forward, four PNGs), "
-                "median:", ""]
-        out += _table(["preset", "image", "upload", "ms per update", "threads"],
-                      [[r["preset"], f"{_fmt(r.get('img_size'))} px x {_fmt(r.get('in_chans'))}",
-                        _fmt(r.get("upload")), _fmt(1000 * r["s_per_update"], 1), _fmt(r.get("threads"))]
-                       for r in by_kind["demo"]])
+        out += [
+            "Reconstruction demo, one update on the server (upload decoded and fitted, forward, four PNGs), median:",
+            "",
+        ]
+        out += _table(
+            ["preset", "image", "upload", "ms per update", "threads"],
+            [
+                [
+                    r["preset"],
+                    f"{_fmt(r.get('img_size'))} px x {_fmt(r.get('in_chans'))}",
+                    _fmt(r.get("upload")),
+                    _fmt(1000 * r["s_per_update"], 1),
+                    _fmt(r.get("threads")),
+                ]
+                for r in by_kind["demo"]
+            ],
+        )
         out.append("")
     if by_kind["listing"]:
-        out += ["Listing a folder of empty image files, 1,000 per folder (data=unlabeled before a run), median of "
-                "repeats:", ""]
-        out += _table(["operation", "files", "seconds", "files/s", "file system", "machine"],
-                      [[r["operation"], f"{r['files']:,}", _fmt(r["seconds"], 3), f"{r['files_per_s']:,.0f}"
-                        if r["files_per_s"] is not None else "-", _fmt(r.get("filesystem")), _fmt(r.get("machine"))]
-                       for r in by_kind["listing"]])
+        out += [
+            "Listing a folder of empty image files, 1,000 per folder (data=unlabeled before a run), median of repeats:",
+            "",
+        ]
+        out += _table(
+            ["operation", "files", "seconds", "files/s", "file system", "machine"],
+            [
+                [
+                    r["operation"],
+                    f"{r['files']:,}",
+                    _fmt(r["seconds"], 3),
+                    f"{r['files_per_s']:,.0f}" if r["files_per_s"] is not None else "-",
+                    _fmt(r.get("filesystem")),
+                    _fmt(r.get("machine")),
+                ]
+                for r in by_kind["listing"]
+            ],
+        )
         out.append("")
     return "\n".join(out)
 

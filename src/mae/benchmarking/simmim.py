@@ -32,7 +32,9 @@ class AllTokensMAE(nn.Module):
     def mask_ratio(self) -> float:
         return self.mae.mask_ratio
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None) -> MAEOutput:
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+    ) -> MAEOutput:
         """Mask as MAE does, encode all patches (removed ones as mask tokens), decode, and score."""
         mae = self.mae
         mae._check_input(imgs)

@@ -100,9 +100,18 @@ class TrainStep:
     Holds the model (compiled or not), its AdamW and a fixed batch of random images on ``device``.
     """
 
-    def __init__(self, preset: str, batch: int, dtype: str = "fp32", compiled: bool = False,
-                 device: str | torch.device = "cpu", all_tokens: bool = False, compile_scope: str = "model",
-                 adamw_kwargs: dict[str, Any] | None = None, **model_kwargs: Any) -> None:
+    def __init__(
+        self,
+        preset: str,
+        batch: int,
+        dtype: str = "fp32",
+        compiled: bool = False,
+        device: str | torch.device = "cpu",
+        all_tokens: bool = False,
+        compile_scope: str = "model",
+        adamw_kwargs: dict[str, Any] | None = None,
+        **model_kwargs: Any,
+    ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         if batch < 1:
@@ -136,10 +145,20 @@ class TrainStep:
         return loss
 
 
-def measure_step(preset: str, batch: int, dtype: str = "fp32", compiled: bool = False,
-                 device: str | torch.device = "cpu", warmup: int = 2, repeats: int = 3, all_tokens: bool = False,
-                 compile_scope: str = "model", seed: int = 0, adamw_kwargs: dict[str, Any] | None = None,
-                 **model_kwargs: Any) -> StepResult:
+def measure_step(
+    preset: str,
+    batch: int,
+    dtype: str = "fp32",
+    compiled: bool = False,
+    device: str | torch.device = "cpu",
+    warmup: int = 2,
+    repeats: int = 3,
+    all_tokens: bool = False,
+    compile_scope: str = "model",
+    seed: int = 0,
+    adamw_kwargs: dict[str, Any] | None = None,
+    **model_kwargs: Any,
+) -> StepResult:
     """Build the step, run ``warmup`` + ``repeats`` steps and return the timings.
 
     The memory peak covers the whole region: model, optimizer state, and every step's activations.
@@ -149,8 +168,9 @@ def measure_step(preset: str, batch: int, dtype: str = "fp32", compiled: bool = 
     device = torch.device(device)
     torch.manual_seed(seed)
     with PeakMemory(device) as memory:
-        step = TrainStep(preset, batch, dtype, compiled, device, all_tokens, compile_scope, adamw_kwargs,
-                         **model_kwargs)
+        step = TrainStep(
+            preset, batch, dtype, compiled, device, all_tokens, compile_scope, adamw_kwargs, **model_kwargs
+        )
         synchronize(device)
         start = time.perf_counter()
         for _ in range(warmup):

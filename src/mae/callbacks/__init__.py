@@ -7,5 +7,10 @@ from mae.callbacks.reconstruction import ReconstructionGridCallback
 from mae.callbacks.throughput import AnalyticThroughputMonitor
 from mae.callbacks.tracking import LogResolvedConfig
 
-__all__ = ["AnalyticThroughputMonitor", "KNNEvaluationCallback", "LogResolvedConfig", "ReconstructionGridCallback",
-           "ValidationLossHistory"]
+__all__ = [
+    "AnalyticThroughputMonitor",
+    "KNNEvaluationCallback",
+    "LogResolvedConfig",
+    "ReconstructionGridCallback",
+    "ValidationLossHistory",
+]

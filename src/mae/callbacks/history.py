@@ -23,7 +23,10 @@ class ValidationLossHistory(L.Callback):
         if value is None or not trainer.is_global_zero or trainer.sanity_checking:
             return
         path = Path(trainer.default_root_dir) / self.results_file
-        history = [entry for entry in read_json_object(path).get("val_loss_per_epoch", [])
-                   if entry.get("epoch") != trainer.current_epoch]
+        history = [
+            entry
+            for entry in read_json_object(path).get("val_loss_per_epoch", [])
+            if entry.get("epoch") != trainer.current_epoch
+        ]
         history.append({"epoch": trainer.current_epoch, "val_loss": round(float(value), 6)})
         merge_json(path, {"val_loss_per_epoch": history})

@@ -11,8 +11,8 @@ from torch import nn
 
 from mae.callbacks.reconstruction import check_every_n_epochs, epoch_is_due
 from mae.evaluation.knn import check_pool, knn_top1, random_init_copy
-from mae.evaluation.sharded import sharded_features
 from mae.evaluation.pixels import pixel_knn_top1
+from mae.evaluation.sharded import sharded_features
 from mae.runs.run_directory import merge_json
 from mae.runs.torch_state import model_device_and_dtype, preserved_rng
 
@@ -51,9 +51,18 @@ class KNNEvaluationCallback(L.Callback):
         data: a labelled data module to evaluate on instead of the trainer's (None: the trainer's).
     """
 
-    def __init__(self, every_n_epochs: int | None = None, k: int = 20, temperature: float = 0.07,
-                 pool: str = "cls", compare_random_init: bool = True, compare_pixels: bool = True, seed: int = 0,
-                 results_file: str = "results.json", data: L.LightningDataModule | None = None) -> None:
+    def __init__(
+        self,
+        every_n_epochs: int | None = None,
+        k: int = 20,
+        temperature: float = 0.07,
+        pool: str = "cls",
+        compare_random_init: bool = True,
+        compare_pixels: bool = True,
+        seed: int = 0,
+        results_file: str = "results.json",
+        data: L.LightningDataModule | None = None,
+    ) -> None:
         if k < 1:
             raise ValueError(f"k={k} must be at least 1")
         if temperature <= 0:
@@ -67,9 +76,11 @@ class KNNEvaluationCallback(L.Callback):
         self.seed = seed
         self.results_file = results_file
         if data is not None and not getattr(data, "has_labels", True):
-            raise ValueError(f"knn_data ({type(data).__name__}) has no labels for a kNN evaluation; choose a "
-                             "labelled data group, e.g. knn_data=fashion_mnist or knn_data=image_folder "
-                             "knn_data.root=<folder with one sub-folder per class>")
+            raise ValueError(
+                f"knn_data ({type(data).__name__}) has no labels for a kNN evaluation; choose a "
+                "labelled data group, e.g. knn_data=fashion_mnist or knn_data=image_folder "
+                "knn_data.root=<folder with one sub-folder per class>"
+            )
         self.data = data
         self.skipped: str | None = None
         self.last_results: dict[str, Any] = {}
@@ -80,8 +91,10 @@ class KNNEvaluationCallback(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.data is None and not getattr(trainer.datamodule, "has_labels", True):
-            self.skipped = (f"the training data ({type(trainer.datamodule).__name__}) has no labels and knn_data is "
-                            "not set; set knn_data=<a labelled data group> for kNN top-1")
+            self.skipped = (
+                f"the training data ({type(trainer.datamodule).__name__}) has no labels and knn_data is "
+                "not set; set knn_data=<a labelled data group> for kNN top-1"
+            )
             log.info("kNN evaluation skipped: %s", self.skipped)
 
     def score(self, trainer: L.Trainer, model: nn.Module) -> float | None:
@@ -97,8 +110,9 @@ class KNNEvaluationCallback(L.Callback):
             queries, query_labels = sharded_features(trainer, model, val_loader, self.pool)
         if not trainer.is_global_zero:
             return None
-        return knn_top1(bank, bank_labels, queries, query_labels, datamodule.num_classes, k=self.k,
-                        temperature=self.temperature)
+        return knn_top1(
+            bank, bank_labels, queries, query_labels, datamodule.num_classes, k=self.k, temperature=self.temperature
+        )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.skipped or not epoch_is_due(self.every_n_epochs, trainer.current_epoch):
@@ -111,8 +125,10 @@ class KNNEvaluationCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.skipped:
             if trainer.is_global_zero:
-                merge_json(Path(trainer.default_root_dir) / self.results_file,
-                           {"knn_top1_pretrained": None, "knn_skipped": self.skipped})
+                merge_json(
+                    Path(trainer.default_root_dir) / self.results_file,
+                    {"knn_top1_pretrained": None, "knn_skipped": self.skipped},
+                )
             return
         model = pl_module.model
         results: dict[str, Any] = {"knn_top1_pretrained": self.score(trainer, model)}
@@ -123,12 +139,24 @@ class KNNEvaluationCallback(L.Callback):
         if self.compare_pixels:
             results.update(self.pixel_scores(trainer))
         train_loader, val_loader = self.datamodule(trainer).knn_dataloaders()
-        results.update(knn_data=type(self.datamodule(trainer)).__name__, knn_k=self.k, knn_temperature=self.temperature, knn_pool=self.pool,
-                       knn_bank_size=len(train_loader.dataset), knn_num_queries=len(val_loader.dataset),
-                       epochs_trained=trainer.current_epoch)
+        results.update(
+            knn_data=type(self.datamodule(trainer)).__name__,
+            knn_k=self.k,
+            knn_temperature=self.temperature,
+            knn_pool=self.pool,
+            knn_bank_size=len(train_loader.dataset),
+            knn_num_queries=len(val_loader.dataset),
+            epochs_trained=trainer.current_epoch,
+        )
         print(self.summary(results), flush=True)
-        log_to_all(trainer, {f"knn/top1_{name}": results[f"knn_top1_{name}"]
-                             for name in ("pretrained", "random_init", "pixels") if f"knn_top1_{name}" in results})
+        log_to_all(
+            trainer,
+            {
+                f"knn/top1_{name}": results[f"knn_top1_{name}"]
+                for name in ("pretrained", "random_init", "pixels")
+                if f"knn_top1_{name}" in results
+            },
+        )
         merge_json(Path(trainer.default_root_dir) / self.results_file, results)
         self.last_results = results
 
@@ -137,10 +165,19 @@ class KNNEvaluationCallback(L.Callback):
         datamodule = self.datamodule(trainer)
         with preserved_rng():
             train_loader, val_loader = datamodule.knn_dataloaders()
-            scores = pixel_knn_top1(train_loader, val_loader, datamodule.num_classes, datamodule.mean,
-                                    datamodule.std, k=self.k, temperature=self.temperature)
-        return {"knn_top1_pixels": max(scores.values()), **{f"knn_top1_pixels_{name}": value
-                                                           for name, value in scores.items()}}
+            scores = pixel_knn_top1(
+                train_loader,
+                val_loader,
+                datamodule.num_classes,
+                datamodule.mean,
+                datamodule.std,
+                k=self.k,
+                temperature=self.temperature,
+            )
+        return {
+            "knn_top1_pixels": max(scores.values()),
+            **{f"knn_top1_pixels_{name}": value for name, value in scores.items()},
+        }
 
     def summary(self, results: dict[str, Any]) -> str:
         """One line, e.g. ``kNN top-1 (k=20, cls features): pretrained 81.23% | random init 62.10% | raw pixels
@@ -149,8 +186,10 @@ class KNNEvaluationCallback(L.Callback):
         if "knn_top1_random_init" in results:
             line += f" | random init {results['knn_top1_random_init']:.2%}"
         if "knn_top1_pixels" in results:
-            line += (f" | raw pixels {results['knn_top1_pixels']:.2%} (raw {results['knn_top1_pixels_raw']:.2%}, "
-                     f"standardized {results['knn_top1_pixels_standardized']:.2%})")
+            line += (
+                f" | raw pixels {results['knn_top1_pixels']:.2%} (raw {results['knn_top1_pixels_raw']:.2%}, "
+                f"standardized {results['knn_top1_pixels_standardized']:.2%})"
+            )
         return line
 
 

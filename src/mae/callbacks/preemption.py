@@ -30,8 +30,11 @@ class Preempted(Exception):
 
     def __init__(self, signum: int, epoch: int, global_step: int, checkpoint: Path | None) -> None:
         self.exit_code = 128 + signum
-        saved = (f"resume with ckpt_path={checkpoint}" if checkpoint is not None else
-                 "no checkpoint of this step was saved (callbacks.preemption is off)")
+        saved = (
+            f"resume with ckpt_path={checkpoint}"
+            if checkpoint is not None
+            else "no checkpoint of this step was saved (callbacks.preemption is off)"
+        )
         super().__init__(f"stopped by {signal.Signals(signum).name} at epoch {epoch}, step {global_step}; {saved}")
 
 
@@ -64,11 +67,13 @@ class PreemptionCheckpoint(L.Callback):
         self.signal = signum
         signal.raise_signal(signal.SIGTERM)  # Lightning's own path: the loop stops after this batch
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0  # not halfway through an accumulation
-        periodic = (self.every_n_train_steps is not None and stepped
-                    and trainer.global_step % self.every_n_train_steps == 0)
+        periodic = (
+            self.every_n_train_steps is not None and stepped and trainer.global_step % self.every_n_train_steps == 0
+        )
         if trainer.received_sigterm or (periodic and trainer.global_step != self._saved_step):
             self._save(trainer)
 
@@ -79,9 +84,16 @@ class PreemptionCheckpoint(L.Callback):
             self._save(trainer)  # the signal came outside a training batch (validation, an epoch end)
         signum = self.signal or signal.SIGTERM
         if trainer.is_global_zero:
-            merge_json(Path(trainer.default_root_dir) / RESULTS_FILE, {
-                "status": "interrupted", "signal": signal.Signals(signum).name, "epoch": trainer.current_epoch,
-                "optimizer_steps": trainer.global_step, "checkpoint": str(self.checkpoint(trainer))})
+            merge_json(
+                Path(trainer.default_root_dir) / RESULTS_FILE,
+                {
+                    "status": "interrupted",
+                    "signal": signal.Signals(signum).name,
+                    "epoch": trainer.current_epoch,
+                    "optimizer_steps": trainer.global_step,
+                    "checkpoint": str(self.checkpoint(trainer)),
+                },
+            )
         self.preempted = Preempted(signum, trainer.current_epoch, trainer.global_step, self.checkpoint(trainer))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import lightning as L
 from torchvision.utils import save_image
 
-from mae.runs.atomic_files import replaced_atomically
 from mae.callbacks.tracking import log_image_file
-from mae.models.masking import seeded_noise
 from mae.evaluation.reconstruction_grid import DEFAULT_MIN_CELL_SIZE, make_grid_image, reconstruct, upscale_factor
+from mae.models.masking import seeded_noise
+from mae.runs.atomic_files import replaced_atomically
 from mae.runs.run_directory import RESULTS_FILE, merge_json, read_json_object
 from mae.runs.torch_state import preserved_rng
 
@@ -50,9 +50,15 @@ class ReconstructionGridCallback(L.Callback):
         labels: a header row naming the columns.
     """
 
-    def __init__(self, num_images: int = 8, every_n_epochs: int | None = None, seed: int = 0,
-                 filename: str = "reconstruction", min_cell_size: int = DEFAULT_MIN_CELL_SIZE,
-                 labels: bool = True) -> None:
+    def __init__(
+        self,
+        num_images: int = 8,
+        every_n_epochs: int | None = None,
+        seed: int = 0,
+        filename: str = "reconstruction",
+        min_cell_size: int = DEFAULT_MIN_CELL_SIZE,
+        labels: bool = True,
+    ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images={num_images} must be at least 1")
         upscale_factor(1, 1, min_cell_size)  # a negative size fails here, not after the first epoch
@@ -90,8 +96,9 @@ class ReconstructionGridCallback(L.Callback):
             return None
         path = Path(trainer.default_root_dir) / name
         with replaced_atomically(path) as tmp:
-            grid = make_grid_image(views, datamodule.mean, datamodule.std, min_cell_size=self.min_cell_size,
-                                   labels=self.labels)
+            grid = make_grid_image(
+                views, datamodule.mean, datamodule.std, min_cell_size=self.min_cell_size, labels=self.labels
+            )
             save_image(grid, tmp, format="png")
         if trainer.global_step != self._logged_step:  # the last epoch's grid and the final one show the same weights
             log_image_file(trainer.loggers, "reconstruction", path, trainer.global_step)

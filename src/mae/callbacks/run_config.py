@@ -30,8 +30,11 @@ class RunConfigInCheckpoint(L.Callback):
             "task_name": self.cfg.task_name,
             "model": OmegaConf.to_container(self.cfg.model, resolve=True),
             "module": OmegaConf.to_container(self.cfg.module, resolve=True),
-            "data": {key: OmegaConf.to_container(data[key], resolve=True) if OmegaConf.is_config(data[key])
-                     else data[key] for key in DATA_KEYS if key in data},
+            "data": {
+                key: OmegaConf.to_container(data[key], resolve=True) if OmegaConf.is_config(data[key]) else data[key]
+                for key in DATA_KEYS
+                if key in data
+            },
         }
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:

@@ -51,8 +51,11 @@ def encoder_forward_flops(encoder: nn.Module) -> int:
 
 def head_flops(head: nn.Module) -> int:
     """Forward FLOPs of the linear layers of a classification head, for one image."""
-    return sum(linear_flops(1, layer.in_features, layer.out_features)
-               for layer in head.modules() if isinstance(layer, nn.Linear))
+    return sum(
+        linear_flops(1, layer.in_features, layer.out_features)
+        for layer in head.modules()
+        if isinstance(layer, nn.Linear)
+    )
 
 
 @dataclass(frozen=True)
@@ -120,25 +123,30 @@ class AnalyticThroughputMonitor(ThroughputMonitor):
         per_image = self.image_flops.train if training else self.image_flops.eval
         pl_module.flops_per_batch = per_image * batch_images(batch)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._set_flops(pl_module, batch, training=True)
 
-    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._set_flops(pl_module, batch, training=False)
 
-    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                            batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._set_flops(pl_module, batch, training=False)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         rate = self.images_per_second(trainer)
         if rate is not None:
-            pl_module.log(IMG_PER_S_KEY, rate, prog_bar=self.progress_bar, on_step=True, on_epoch=False,
-                          rank_zero_only=True)
+            pl_module.log(
+                IMG_PER_S_KEY, rate, prog_bar=self.progress_bar, on_step=True, on_epoch=False, rank_zero_only=True
+            )
 
     def images_per_second(self, trainer: L.Trainer) -> float | None:
         """Training images per second over all processes, over the last ``window_size`` batches (fewer at the
@@ -160,5 +168,12 @@ def flops_per_batch(pl_module: L.LightningModule, batch_size: int, training: boo
     return (flops.train if training else flops.eval) * batch_size
 
 
-__all__ = ["AnalyticThroughputMonitor", "IMG_PER_S_KEY", "batch_images", "encoder_forward_flops", "flops_per_batch",
-           "head_flops", "image_flops"]
+__all__ = [
+    "IMG_PER_S_KEY",
+    "AnalyticThroughputMonitor",
+    "batch_images",
+    "encoder_forward_flops",
+    "flops_per_batch",
+    "head_flops",
+    "image_flops",
+]

@@ -52,10 +52,16 @@ class BoundedWandbLogger(WandbLogger):
                 raise WandbUnreachableError(
                     f"logger.wandb.mode=online but the W&B run did not start online within {self._init_timeout:g} s "
                     f"({reason}); check the network, or set logger.wandb.mode=auto to log offline and "
-                    "`wandb sync` later") from error
-            log.warning("the W&B run did not start online within %g s (%s): this run logs offline to %s; upload "
-                        "it later with "
-                        "`wandb sync`", self._init_timeout, reason, self.save_dir)
+                    "`wandb sync` later"
+                ) from error
+            log.warning(
+                "the W&B run did not start online within %g s (%s): this run logs offline to %s; upload "
+                "it later with "
+                "`wandb sync`",
+                self._init_timeout,
+                reason,
+                self.save_dir,
+            )
             self._offline = True
             self._wandb_init["mode"] = "offline"
             self._experiment = None
@@ -85,17 +91,30 @@ def check_log_model(log_model: Any, offline: bool) -> None:
     Lightning's own refusal comes later and on several lines; this one comes before anything is built or trained.
     """
     if not (isinstance(log_model, bool) or log_model == "all"):
-        raise ValueError(f"logger.wandb.log_model={log_model!r} must be false, true (checkpoints at the end) "
-                         "or 'all' (every checkpoint as it is written)")
+        raise ValueError(
+            f"logger.wandb.log_model={log_model!r} must be false, true (checkpoints at the end) "
+            "or 'all' (every checkpoint as it is written)"
+        )
     if log_model and (offline or os.environ.get("WANDB_MODE") in OFFLINE_MODES):
         shown = "true" if log_model is True else log_model  # as the user wrote it in the override
-        raise ValueError(f"logger.wandb.log_model={shown} uploads checkpoints as W&B artifacts, which needs W&B "
-                         "online (`wandb login` or WANDB_API_KEY) and this run is offline; set "
-                         "logger.wandb.log_model=false (the checkpoints stay in <run dir>/checkpoints)")
+        raise ValueError(
+            f"logger.wandb.log_model={shown} uploads checkpoints as W&B artifacts, which needs W&B "
+            "online (`wandb login` or WANDB_API_KEY) and this run is offline; set "
+            "logger.wandb.log_model=false (the checkpoints stay in <run dir>/checkpoints)"
+        )
 
 
-def wandb_logger(*, name: str, group: str | None, overrides: str, offline: bool, log_model: Any = False,
-                 mode: str = "auto", init_timeout: float = 30.0, **kwargs: Any) -> WandbLogger:
+def wandb_logger(
+    *,
+    name: str,
+    group: str | None,
+    overrides: str,
+    offline: bool,
+    log_model: Any = False,
+    mode: str = "auto",
+    init_timeout: float = 30.0,
+    **kwargs: Any,
+) -> WandbLogger:
     """Lightning's :class:`WandbLogger` with this project's run name (see :func:`run_name`), checked settings and a
     bounded wait for the server (:class:`BoundedWandbLogger`).
 
@@ -119,13 +138,21 @@ def wandb_logger(*, name: str, group: str | None, overrides: str, offline: bool,
         raise ValueError(f"logger.wandb.init_timeout={init_timeout!r} must be a positive number of seconds")
     offline = offline or mode == "offline"
     if mode == "online" and (offline or os.environ.get("WANDB_MODE") in OFFLINE_MODES):
-        raise ValueError("logger.wandb.mode=online needs W&B online (`wandb login` or WANDB_API_KEY, and no "
-                         "WANDB_MODE=offline); set logger.wandb.mode=auto to log offline")
+        raise ValueError(
+            "logger.wandb.mode=online needs W&B online (`wandb login` or WANDB_API_KEY, and no "
+            "WANDB_MODE=offline); set logger.wandb.mode=auto to log offline"
+        )
     check_log_model(log_model, offline)
     finish_wandb_run()
-    return BoundedWandbLogger(name=run_name(name, group, overrides), group=group, offline=offline,
-                              log_model=log_model, init_timeout=float(init_timeout), require_online=mode == "online",
-                              **kwargs)
+    return BoundedWandbLogger(
+        name=run_name(name, group, overrides),
+        group=group,
+        offline=offline,
+        log_model=log_model,
+        init_timeout=float(init_timeout),
+        require_online=mode == "online",
+        **kwargs,
+    )
 
 
 def finish_wandb_run(exit_code: int = 0) -> None:

@@ -9,7 +9,6 @@ from mae.data.errors import CorruptDataError
 from mae.data.fashion_mnist import FashionMNISTDataModule, read_idx
 from mae.data.image_folder import ImageFolderDataModule, ImageNetDataModule
 from mae.data.loaders import EpochSeededSampler
-from mae.data.unlabeled import UnlabeledImagesDataModule
 from mae.data.transfer_datasets import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -21,6 +20,7 @@ from mae.data.transfer_datasets import (
     TransferDataModule,
 )
 from mae.data.transforms import eval_transform, pretrain_transform, train_transform
+from mae.data.unlabeled import UnlabeledImagesDataModule
 
 __all__ = [
     "CIFAR10DataModule",
@@ -30,16 +30,16 @@ __all__ = [
     "FashionMNISTDataModule",
     "Flowers102DataModule",
     "Food101DataModule",
-    "ImageFolderDataModule",
-    "ImageDataModule",
-    "ImageNetDataModule",
     "INaturalistDataModule",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "ImageNetDataModule",
     "OxfordPetsDataModule",
     "Places365DataModule",
     "TransferDataModule",
     "UnlabeledImagesDataModule",
     "eval_transform",
     "pretrain_transform",
-    "train_transform",
     "read_idx",
+    "train_transform",
 ]

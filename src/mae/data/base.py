@@ -68,11 +68,27 @@ class ImageDataModule(L.LightningDataModule):
     stats_seed = 0
     _image_sample: ImageSample | None = None
 
-    def __init__(self, *, img_size: int, in_chans: int, batch_size: int, num_workers: int, pin_memory: bool,
-                 persistent_workers: bool, seed: int, crop_scale: Sequence[float], hflip: bool,
-                 mean: Sequence[float], std: Sequence[float], train_samples: int | None,
-                 knn_train_samples: int | None, knn_val_samples: int | None, interpolation: str,
-                 rand_augment: str | None, random_erasing: float) -> None:
+    def __init__(
+        self,
+        *,
+        img_size: int,
+        in_chans: int,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        persistent_workers: bool,
+        seed: int,
+        crop_scale: Sequence[float],
+        hflip: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        train_samples: int | None,
+        knn_train_samples: int | None,
+        knn_val_samples: int | None,
+        interpolation: str,
+        rand_augment: str | None,
+        random_erasing: float,
+    ) -> None:
         super().__init__()
         self.img_size = check_int("img_size", img_size, 1)
         if in_chans not in (1, 3):
@@ -80,8 +96,9 @@ class ImageDataModule(L.LightningDataModule):
         self.in_chans = in_chans
         self.mean, self.std = check_normalization(mean, std, in_chans)
         if self.mean is None and not self.measures_statistics:
-            raise ValueError(f"mean=auto and std=auto are not available for {type(self).__name__}: give the "
-                             "dataset's mean and std")
+            raise ValueError(
+                f"mean=auto and std=auto are not available for {type(self).__name__}: give the dataset's mean and std"
+            )
         self.crop_scale = check_crop_scale(crop_scale)
         self.hflip = bool(hflip)
         interpolation_mode(interpolation)
@@ -90,11 +107,19 @@ class ImageDataModule(L.LightningDataModule):
         self.random_erasing = float(random_erasing)
         self.transforms(placeholder=True)  # builds nothing lasting: validates the augmentation settings now
         self.train_samples = check_optional_limit("train_samples", train_samples)
-        self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed,
-                                      knn_train_samples, knn_val_samples)
+        self.loaders = LoaderSettings(
+            batch_size, num_workers, pin_memory, persistent_workers, seed, knn_train_samples, knn_val_samples
+        )
 
-    def read_image_files(self, decoder: str, eval_resize_ratio: float, on_bad_image: str,
-                         max_bad_fraction: float, stats_samples: int = 0, stats_seed: int = 0) -> None:
+    def read_image_files(
+        self,
+        decoder: str,
+        eval_resize_ratio: float,
+        on_bad_image: str,
+        max_bad_fraction: float,
+        stats_samples: int = 0,
+        stats_seed: int = 0,
+    ) -> None:
         """For datasets of image files: decode them with ``decoder`` into this module's channels (an undecodable
         file handled as ``on_bad_image`` says, see :class:`~mae.data.decoding.ImageLoader`), and resize to
         ``img_size / eval_resize_ratio`` before the evaluation's centre crop."""
@@ -120,8 +145,12 @@ class ImageDataModule(L.LightningDataModule):
             self._image_sample = found
         return self._image_sample
 
-    def prepare_run(self, stored_normalization: tuple[list[float], list[float]] | None = None,
-                    stored_in: str = "", resumed_run_dir: Path | None = None) -> None:
+    def prepare_run(
+        self,
+        stored_normalization: tuple[list[float], list[float]] | None = None,
+        stored_in: str = "",
+        resumed_run_dir: Path | None = None,
+    ) -> None:
         """Everything that must be known before a run writes anything, each problem one line: here the
         normalisation of ``mean: auto`` (the numbers ``stored_in`` a file the run starts from holds, else measured
         on a seeded sample of training images, and printed). ``resumed_run_dir`` is the directory of the
@@ -155,8 +184,16 @@ class ImageDataModule(L.LightningDataModule):
         if self.mean is None and not placeholder:
             self.prepare_run()
         mean, std = (self.mean, self.std) if self.mean is not None else ((0.5,) * self.in_chans, (0.5,) * self.in_chans)
-        augment = train_transform(self.img_size, self.crop_scale, self.hflip, mean, std, self.interpolation,
-                                  self.rand_augment, self.random_erasing)
+        augment = train_transform(
+            self.img_size,
+            self.crop_scale,
+            self.hflip,
+            mean,
+            std,
+            self.interpolation,
+            self.rand_augment,
+            self.random_erasing,
+        )
         return augment, eval_transform(self.img_size, mean, std, self.interpolation, eval_resize_ratio)
 
     def set_splits(self, train: Dataset, val: Dataset, augment, evaluate) -> None:

@@ -62,8 +62,7 @@ _PNG_PALETTE = 3  # the IHDR colour type of an indexed-colour PNG
 
 def _is_palette_png(encoded: torch.Tensor) -> bool:
     """Whether the bytes are an indexed-colour PNG (whose unchanged decoding would be palette indices)."""
-    return (encoded.numel() > 25 and bytes(encoded[:8].tolist()) == _PNG_SIGNATURE
-            and int(encoded[25]) == _PNG_PALETTE)
+    return encoded.numel() > 25 and bytes(encoded[:8].tolist()) == _PNG_SIGNATURE and int(encoded[25]) == _PNG_PALETTE
 
 
 def pil_luma(rgb: torch.Tensor) -> torch.Tensor:
@@ -83,8 +82,9 @@ class ImageLoader:
     on) failed. A class rather than a closure so that it pickles into DataLoader worker processes.
     """
 
-    def __init__(self, mode: str, decoder: str = "torchvision", on_bad_image: str = "error",
-                 max_bad_fraction: float = 0.0) -> None:
+    def __init__(
+        self, mode: str, decoder: str = "torchvision", on_bad_image: str = "error", max_bad_fraction: float = 0.0
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} must be one of {', '.join(MODES)}")
         if on_bad_image not in BAD_IMAGE_POLICIES:
@@ -128,8 +128,10 @@ class ImageLoader:
                     report.write(f"{path}\n")
         enough_reads = self.reads * self.max_bad_fraction >= 1
         if len(self.bad) > self.max_bad_fraction * self.reads and (enough_reads or self.max_bad_fraction == 0):
-            raise CorruptDataError(f"{len(self.bad)} of the {self.reads} images read so far could not be decoded, "
-                                   f"more than data.max_bad_fraction={self.max_bad_fraction}; the last: {error}")
+            raise CorruptDataError(
+                f"{len(self.bad)} of the {self.reads} images read so far could not be decoded, "
+                f"more than data.max_bad_fraction={self.max_bad_fraction}; the last: {error}"
+            )
         return None
 
     def _decode(self, source: str | bytes, name: str) -> torch.Tensor | Image.Image:

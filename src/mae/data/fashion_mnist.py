@@ -12,8 +12,8 @@ import logging
 import math
 import zlib
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,7 +64,7 @@ def read_idx(path: str | Path, magic: int) -> torch.Tensor:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise CorruptDataError(f"corrupt IDX file {path}: truncated header ({len(data)} of {header} bytes)")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     payload = math.prod(dims)
     if len(data) != header + payload:
         what = "truncated" if len(data) < header + payload else "trailing bytes"

@@ -99,12 +99,18 @@ class FileList:
             raise ValueError(f"cannot read the file list {path}: {error}") from error
         fields = ("train_root", "train", "val_root", "val")
         if not isinstance(data, dict) or data.get("format") != LIST_FORMAT or any(key not in data for key in fields):
-            raise ValueError(f"{path} is not a file list of this project (format {LIST_FORMAT} with {', '.join(fields)})")
+            raise ValueError(
+                f"{path} is not a file list of this project (format {LIST_FORMAT} with {', '.join(fields)})"
+            )
         if not all(isinstance(item, str) for key in ("train", "val") for item in data[key]):
             raise ValueError(f"{path} holds entries that are not paths")
         return cls(str(data["train_root"]), list(data["train"]), str(data["val_root"]), list(data["val"]))
 
     def vanished(self) -> list[str]:
         """The listed files that no longer exist, as full paths."""
-        return [path for root, names in ((self.train_root, self.train), (self.val_root, self.val))
-                for path in (os.path.join(root, name) for name in names) if not os.path.exists(path)]
+        return [
+            path
+            for root, names in ((self.train_root, self.train), (self.val_root, self.val))
+            for path in (os.path.join(root, name) for name in names)
+            if not os.path.exists(path)
+        ]

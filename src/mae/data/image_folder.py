@@ -86,9 +86,20 @@ class ImageFolderDataModule(ImageDataModule):
 
     measures_statistics = True
 
-    def __init__(self, *, root: str, train_dir: str, val_dir: str, eval_resize_ratio: float, decoder: str,
-                 on_bad_image: str, max_bad_fraction: float, stats_samples: int, stats_seed: int,
-                 **settings: Any) -> None:
+    def __init__(
+        self,
+        *,
+        root: str,
+        train_dir: str,
+        val_dir: str,
+        eval_resize_ratio: float,
+        decoder: str,
+        on_bad_image: str,
+        max_bad_fraction: float,
+        stats_samples: int,
+        stats_seed: int,
+        **settings: Any,
+    ) -> None:
         super().__init__(**settings)
         self.read_image_files(decoder, eval_resize_ratio, on_bad_image, max_bad_fraction, stats_samples, stats_seed)
         self.root = Path(root)
@@ -117,8 +128,10 @@ class ImageFolderDataModule(ImageDataModule):
             raise ValueError(f"{self.val_path} has {len(unknown)} class folders absent from {self.train_path}: {shown}")
         for name in classes:
             if not has_image_file(self.train_path / name):
-                raise ValueError(f"class folder {self.train_path / name} has no image files ({', '.join(IMG_EXTENSIONS)}); "
-                                 "add its images or remove the folder")
+                raise ValueError(
+                    f"class folder {self.train_path / name} has no image files ({', '.join(IMG_EXTENSIONS)}); "
+                    "add its images or remove the folder"
+                )
         return classes
 
     def statistics_files(self) -> tuple[str, list[str]]:
@@ -133,8 +146,13 @@ class ImageFolderDataModule(ImageDataModule):
         val = _FixedClassImageFolder(str(self.val_path), self.classes, loader, allow_empty=True)
         if len(val) == 0:
             raise self._not_found(f"{self.val_path} has no images")
-        log.info("%s: %d training and %d validation images in %d classes", self.dataset_name, len(train), len(val),
-                 self.num_classes)
+        log.info(
+            "%s: %d training and %d validation images in %d classes",
+            self.dataset_name,
+            len(train),
+            len(val),
+            self.num_classes,
+        )
         self.set_splits(train, val, *self.transforms(self.eval_resize_ratio))
 
 

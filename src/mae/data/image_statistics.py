@@ -76,10 +76,19 @@ def check_decodable(found: ImageSample, loader: ImageLoader, where: str) -> None
     if not found.decoded:
         raise CorruptDataError(f"{where}: none of the {tried} image files tried could be decoded (the first: {first})")
     if loader.on_bad_image == "error":
-        raise CorruptDataError(f"{first} ({len(found.failures)} of {tried} sampled files could not be decoded; "
-                               "remove them, or set data.on_bad_image=skip)")
+        raise CorruptDataError(
+            f"{first} ({len(found.failures)} of {tried} sampled files could not be decoded; "
+            "remove them, or set data.on_bad_image=skip)"
+        )
     if len(found.failures) > loader.max_bad_fraction * tried:
-        raise CorruptDataError(f"{where}: {len(found.failures)} of the {tried} sampled image files could not be "
-                               f"decoded, more than data.max_bad_fraction={loader.max_bad_fraction} (the first: {first})")
-    log.warning("%s: %d of the %d sampled image files could not be decoded and will be skipped (the first: %s)",
-                where, len(found.failures), tried, first)
+        raise CorruptDataError(
+            f"{where}: {len(found.failures)} of the {tried} sampled image files could not be "
+            f"decoded, more than data.max_bad_fraction={loader.max_bad_fraction} (the first: {first})"
+        )
+    log.warning(
+        "%s: %d of the %d sampled image files could not be decoded and will be skipped (the first: %s)",
+        where,
+        len(found.failures),
+        tried,
+        first,
+    )

@@ -60,8 +60,9 @@ class EpochSeededSampler(DistributedSampler):
     already split over the processes and leaves it alone; its own replacement would reshuffle the order.
     """
 
-    def __init__(self, num_samples: int, seed: int, epoch: int = 0, skip: int = 0, rank: int = 0,
-                 num_replicas: int = 1) -> None:
+    def __init__(
+        self, num_samples: int, seed: int, epoch: int = 0, skip: int = 0, rank: int = 0, num_replicas: int = 1
+    ) -> None:
         self.num_samples = check_int("num_samples", num_samples, 0)
         self.seed = check_int("seed", seed, 0)
         self.epoch = check_int("epoch", epoch, 0)
@@ -84,8 +85,8 @@ class EpochSeededSampler(DistributedSampler):
         order = torch.randperm(self.num_samples, generator=generator).tolist()
         sample_seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator).tolist()
         start = self.skip if self.epoch == self.resumed_epoch else 0
-        served = list(zip(order, sample_seeds))[start:self.served_per_epoch]
-        return iter(served[self.rank::self.num_replicas])
+        served = list(zip(order, sample_seeds))[start : self.served_per_epoch]
+        return iter(served[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
         return self.served_per_epoch // self.num_replicas
@@ -105,8 +106,11 @@ class TrainLoader(DataLoader):
         self.order_seed, self.global_batch_size = order_seed, global_batch_size
 
     def state_dict(self) -> dict[str, int]:
-        return {"seed": self.order_seed, "num_samples": len(self.dataset),  # type: ignore[arg-type]
-                "global_batch_size": self.global_batch_size}
+        return {
+            "seed": self.order_seed,
+            "num_samples": len(self.dataset),  # type: ignore[arg-type]
+            "global_batch_size": self.global_batch_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         state = dict(state)
@@ -116,8 +120,10 @@ class TrainLoader(DataLoader):
         changed = {key: (value, current.get(key)) for key, value in state.items() if current.get(key) != value}
         if changed:
             shown = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
-            raise ValueError(f"the checkpoint's training order does not fit this run's data ({shown}); resume with "
-                             "the data settings and seed it was trained with")
+            raise ValueError(
+                f"the checkpoint's training order does not fit this run's data ({shown}); resume with "
+                "the data settings and seed it was trained with"
+            )
 
 
 @dataclass(frozen=True)
@@ -153,13 +159,18 @@ class LoaderSettings:
 
     def _loader(self, dataset: Dataset, loader: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
         return loader(
-            dataset, batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
             # DataLoader refuses persistent workers without workers; the flag is meaningless then anyway.
-            persistent_workers=self.persistent_workers and self.num_workers > 0, **kwargs,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            **kwargs,
         )
 
-    def train_loader(self, splits: Splits, epoch: int = 0, batches_done: int = 0, rank: int = 0,
-                     world_size: int = 1) -> DataLoader:
+    def train_loader(
+        self, splits: Splits, epoch: int = 0, batches_done: int = 0, rank: int = 0, world_size: int = 1
+    ) -> DataLoader:
         """Process ``rank`` of ``world_size``'s augmented training images, reshuffled per epoch by
         :class:`EpochSeededSampler`, full batches only.
 
@@ -171,13 +182,22 @@ class LoaderSettings:
         global_batch = self.batch_size * world_size
         if size < global_batch:
             # With drop_last an epoch would be empty and training would silently do nothing.
-            raise TooFewImagesError(f"the training set has {size} images, fewer than batch_size={self.batch_size} x "
-                                    f"{world_size} process(es); lower schedule.batch_size to at most "
-                                    f"{max(size // world_size, 1)} or train on more images")
-        sampler = EpochSeededSampler(size, self.seed, epoch, skip=batches_done * global_batch, rank=rank,
-                                     num_replicas=world_size)
-        return self._loader(splits.train, TrainLoader, sampler=sampler, drop_last=True, order_seed=self.seed,
-                            global_batch_size=global_batch)
+            raise TooFewImagesError(
+                f"the training set has {size} images, fewer than batch_size={self.batch_size} x "
+                f"{world_size} process(es); lower schedule.batch_size to at most "
+                f"{max(size // world_size, 1)} or train on more images"
+            )
+        sampler = EpochSeededSampler(
+            size, self.seed, epoch, skip=batches_done * global_batch, rank=rank, num_replicas=world_size
+        )
+        return self._loader(
+            splits.train,
+            TrainLoader,
+            sampler=sampler,
+            drop_last=True,
+            order_seed=self.seed,
+            global_batch_size=global_batch,
+        )
 
     def eval_loader(self, dataset: Dataset) -> DataLoader:
         """Unaugmented images in dataset order, every image served."""

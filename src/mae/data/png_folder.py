@@ -13,9 +13,9 @@ from pathlib import Path
 
 from torchvision.io import encode_png
 
-from mae.runs.config import compose_in_repo, instantiate_node
 from mae.data.base import InMemoryImages
 from mae.data.errors import one_line
+from mae.runs.config import compose_in_repo, instantiate_node
 
 FILES_PER_FOLDER = 1000
 
@@ -40,11 +40,16 @@ def write_png_folder(images: InMemoryImages, out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mae.data.png_folder", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mae.data.png_folder", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path, help="the folder to write (new or empty)")
-    parser.add_argument("data", nargs="?", default="data=fashion_mnist",
-                        help="an in-memory data group: data=fashion_mnist (default), data=cifar10 data.root=...")
+    parser.add_argument(
+        "data",
+        nargs="?",
+        default="data=fashion_mnist",
+        help="an in-memory data group: data=fashion_mnist (default), data=cifar10 data.root=...",
+    )
     parser.add_argument("overrides", nargs="*", help="more config overrides, e.g. data.root=...")
     parser.add_argument("--split", choices=["train", "val"], default="train", help="which split to write")
     args = parser.parse_args(argv)
@@ -56,14 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         split = module.splits.train_eval if args.split == "train" else module.splits.val
         images = split.dataset
         if not isinstance(images, InMemoryImages):
-            raise ValueError(f"{args.data} is not held in memory ({type(images).__name__}); its files are already "
-                             "a folder data=unlabeled can read")
+            raise ValueError(
+                f"{args.data} is not held in memory ({type(images).__name__}); its files are already "
+                "a folder data=unlabeled can read"
+            )
         count = write_png_folder(images, args.out)
     except (FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    print(f"wrote {count} {args.split} images of {args.data} as PNG files below {args.out}; pre-train on them with "
-          f"data=unlabeled data.root={args.out}")
+    print(
+        f"wrote {count} {args.split} images of {args.data} as PNG files below {args.out}; pre-train on them with "
+        f"data=unlabeled data.root={args.out}"
+    )
     return 0
 
 

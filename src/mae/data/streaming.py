@@ -55,8 +55,9 @@ def read_info(input_dir: str) -> ShardInfo:
             try:
                 downloader.download_file(f"{root}/{name}", str(local))
             except Exception as error:  # each storage backend raises its own kinds
-                raise FileNotFoundError(f"cannot fetch {root}/{name} ({type(error).__name__}: {error}); "
-                                        f"{make}") from error
+                raise FileNotFoundError(
+                    f"cannot fetch {root}/{name} ({type(error).__name__}: {error}); {make}"
+                ) from error
             return local
 
         for split in SPLITS:
@@ -115,18 +116,22 @@ class ShardsDataModule(ImageDataModule):
 
     measures_statistics = True  # mean: auto reads the converter's numbers (prepare_run)
 
-    def __init__(self, *, input_dir: str, cache_dir: str | None, eval_resize_ratio: float, decoder: str,
-                 **settings: Any) -> None:
+    def __init__(
+        self, *, input_dir: str, cache_dir: str | None, eval_resize_ratio: float, decoder: str, **settings: Any
+    ) -> None:
         super().__init__(**settings)
         if self.loaders.persistent_workers:
-            raise ValueError("persistent_workers=True: litdata's workers learn the epoch (its shuffle and the "
-                             "augmentation seeds) when they start; set data.persistent_workers=false")
+            raise ValueError(
+                "persistent_workers=True: litdata's workers learn the epoch (its shuffle and the "
+                "augmentation seeds) when they start; set data.persistent_workers=false"
+            )
         if self.train_samples is not None:
-            raise ValueError(f"train_samples={self.train_samples}: a streamed epoch is the whole training split; "
-                             "set data.train_samples=null, or write shards of a subset")
+            raise ValueError(
+                f"train_samples={self.train_samples}: a streamed epoch is the whole training split; "
+                "set data.train_samples=null, or write shards of a subset"
+            )
         # stats_samples: nothing is sampled here, mean: auto reads mae_shards.json's numbers.
-        self.read_image_files(decoder, eval_resize_ratio, on_bad_image="error", max_bad_fraction=0.0,
-                              stats_samples=1)
+        self.read_image_files(decoder, eval_resize_ratio, on_bad_image="error", max_bad_fraction=0.0, stats_samples=1)
         self.input_dir, self.cache_dir = str(input_dir).rstrip("/"), cache_dir
         self.info = read_info(self.input_dir)
         self._check_format()
@@ -138,19 +143,27 @@ class ShardsDataModule(ImageDataModule):
         if info.labelled != self.has_labels:
             raise ValueError(
                 f"{where} hold images without labels; stream them with data=unlabeled_stream "
-                f"data.input_dir={self.input_dir}" if self.has_labels else
-                f"{where} hold labelled images ({len(info.classes)} classes); stream them with their labelled "
+                f"data.input_dir={self.input_dir}"
+                if self.has_labels
+                else f"{where} hold labelled images ({len(info.classes)} classes); stream them with their labelled "
                 "group (data=imagenet_stream, data=fashion_mnist_stream, ...), or convert a folder without labels "
-                "with `python -m mae.data.shards data=unlabeled <dir> data.root=<folder>`")
+                "with `python -m mae.data.shards data=unlabeled <dir> data.root=<folder>`"
+            )
         if self.mean is None and info.mean is None:
-            raise ValueError(f"data.mean=auto: {self.input_dir}/{INFO_FILE} stores no mean and std (written before "
-                             "the converter stored them); give data.mean=[...] and data.std=[...]")
+            raise ValueError(
+                f"data.mean=auto: {self.input_dir}/{INFO_FILE} stores no mean and std (written before "
+                "the converter stored them); give data.mean=[...] and data.std=[...]"
+            )
         if info.channels != self.in_chans:
-            raise ValueError(f"{where} hold {info.channels}-channel images, but data.in_chans={self.in_chans}; set "
-                             f"data.in_chans={info.channels} or convert with a data group of {self.in_chans} channels")
+            raise ValueError(
+                f"{where} hold {info.channels}-channel images, but data.in_chans={self.in_chans}; set "
+                f"data.in_chans={info.channels} or convert with a data group of {self.in_chans} channels"
+            )
         if info.image_size is not None and info.image_size != self.img_size:
-            raise ValueError(f"{where} hold {info.image_size} px images, but data.img_size={self.img_size}; set "
-                             f"data.img_size={info.image_size} (the images were stored at their own size)")
+            raise ValueError(
+                f"{where} hold {info.image_size} px images, but data.img_size={self.img_size}; set "
+                f"data.img_size={info.image_size} (the images were stored at their own size)"
+            )
 
     def prepare_run(self, stored_normalization=None, stored_in: str = "", resumed_run_dir: Path | None = None) -> None:
         """``mean: auto``: the numbers stored in the file the run starts from, else those of ``mae_shards.json``
@@ -170,8 +183,13 @@ class ShardsDataModule(ImageDataModule):
         if self._splits is not None:
             return
         augment, evaluate = self.transforms(self.eval_resize_ratio)
-        train = AugmentedShards(self.split_dir("train"), loader=self.image_loader, augment=augment,
-                                seed=self.loaders.seed, cache_dir=self.cache_dir)
+        train = AugmentedShards(
+            self.split_dir("train"),
+            loader=self.image_loader,
+            augment=augment,
+            seed=self.loaders.seed,
+            cache_dir=self.cache_dir,
+        )
         self._splits = Splits(
             train=train,
             train_eval=Transformed(self.shard_images("train"), evaluate),
@@ -181,8 +199,13 @@ class ShardsDataModule(ImageDataModule):
     def train_dataloader(self) -> StreamingDataLoader:
         """litdata's loader: stateful (Lightning checkpoints it), full batches only."""
         settings = self.loaders
-        return StreamingDataLoader(self.splits.train, batch_size=settings.batch_size, num_workers=settings.num_workers,
-                                   pin_memory=settings.pin_memory, drop_last=True)
+        return StreamingDataLoader(
+            self.splits.train,
+            batch_size=settings.batch_size,
+            num_workers=settings.num_workers,
+            pin_memory=settings.pin_memory,
+            drop_last=True,
+        )
 
 
 class UnlabeledShardsDataModule(ShardsDataModule):
@@ -198,5 +221,7 @@ class UnlabeledShardsDataModule(ShardsDataModule):
         self.num_classes = None
 
     def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
-        raise ValueError(f"data=unlabeled_stream ({self.input_dir}) has no labels for a kNN evaluation; set "
-                         "knn_data=<a labelled data group>")
+        raise ValueError(
+            f"data=unlabeled_stream ({self.input_dir}) has no labels for a kNN evaluation; set "
+            "knn_data=<a labelled data group>"
+        )

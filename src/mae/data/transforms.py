@@ -54,8 +54,9 @@ AUTO = "auto"
 """``mean: auto`` / ``std: auto`` in a data group: statistics measured on the data (see ``ImageDataModule``)."""
 
 
-def check_normalization(mean: Sequence[float] | str, std: Sequence[float] | str,
-                        in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]] | tuple[None, None]:
+def check_normalization(
+    mean: Sequence[float] | str, std: Sequence[float] | str, in_chans: int
+) -> tuple[tuple[float, ...], tuple[float, ...]] | tuple[None, None]:
     """Per-channel mean and std as tuples: one value per channel, std positive; ``(None, None)`` for ``auto``."""
     if mean == AUTO or std == AUTO:
         if mean != std:
@@ -87,8 +88,9 @@ class Normalize:
         return img.float().sub_(self.offset).mul_(self.scale)
 
 
-def sample_crop(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
-                uniforms: Sequence[float]) -> tuple[int, int, int, int]:
+def sample_crop(
+    height: int, width: int, scale: Sequence[float], ratio: Sequence[float], uniforms: Sequence[float]
+) -> tuple[int, int, int, int]:
     """RandomResizedCrop's box ``(top, left, h, w)``, its algorithm step for step, fed with pre-drawn uniforms.
 
     Up to ``CROP_ATTEMPTS`` tries (4 uniforms each: area, log aspect ratio, top, left) of a box whose area is
@@ -99,7 +101,7 @@ def sample_crop(height: int, width: int, scale: Sequence[float], ratio: Sequence
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     for attempt in range(CROP_ATTEMPTS):
-        u_area, u_ratio, u_top, u_left = uniforms[4 * attempt: 4 * attempt + 4]
+        u_area, u_ratio, u_top, u_left = uniforms[4 * attempt : 4 * attempt + 4]
         target_area = area * (scale[0] + (scale[1] - scale[0]) * u_area)
         aspect = math.exp(log_lo + (log_hi - log_lo) * u_ratio)
         w = int(round(math.sqrt(target_area * aspect)))
@@ -123,8 +125,15 @@ class PretrainTransform:
     """The paper's pre-training augmentation. Draws from ``generator`` when given (the loaders pass one seeded
     per sample and epoch, so augmentation repeats exactly after a resume), else from the global torch RNG."""
 
-    def __init__(self, img_size: int, crop_scale: Sequence[float], hflip: bool, mean: Sequence[float],
-                 std: Sequence[float], interpolation: str = "bicubic") -> None:
+    def __init__(
+        self,
+        img_size: int,
+        crop_scale: Sequence[float],
+        hflip: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        interpolation: str = "bicubic",
+    ) -> None:
         self.size = [img_size, img_size]
         self.scale = list(check_crop_scale(crop_scale))
         self.ratio = list(ASPECT_RATIO)
@@ -145,8 +154,14 @@ class EvalTransform:
     """Deterministic evaluation transform: shorter side to ``resize_size``, centre crop to ``img_size``,
     normalise. Steps that would be identities are skipped (a 28x28 image at ``img_size=28`` is only normalised)."""
 
-    def __init__(self, img_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float],
-                 interpolation: str = "bicubic") -> None:
+    def __init__(
+        self,
+        img_size: int,
+        resize_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        interpolation: str = "bicubic",
+    ) -> None:
         if resize_size < img_size:
             raise ValueError(f"resize_size={resize_size} must not be below img_size={img_size}")
         self.img_size = img_size
@@ -163,14 +178,25 @@ class EvalTransform:
         return self.normalize(img)
 
 
-def pretrain_transform(img_size: int, crop_scale: Sequence[float], hflip: bool, mean: Sequence[float],
-                       std: Sequence[float], interpolation: str = "bicubic") -> PretrainTransform:
+def pretrain_transform(
+    img_size: int,
+    crop_scale: Sequence[float],
+    hflip: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bicubic",
+) -> PretrainTransform:
     """RandomResizedCrop(img_size, scale=crop_scale) + optional horizontal flip + normalisation."""
     return PretrainTransform(img_size, crop_scale, hflip, mean, std, interpolation)
 
 
-def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic",
-                   resize_ratio: float = 0.875) -> EvalTransform:
+def eval_transform(
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bicubic",
+    resize_ratio: float = 0.875,
+) -> EvalTransform:
     """Resize(int(img_size / resize_ratio)) + CenterCrop(img_size) + normalisation (224 -> 256 -> 224)."""
     if not 0.0 < resize_ratio <= 1.0:
         raise ValueError(f"resize_ratio={resize_ratio} must be in (0, 1]")
@@ -216,9 +242,17 @@ class FinetuneTransform:
     afterwards, so the augmentation repeats exactly after a resume and leaves the caller's RNG streams untouched.
     """
 
-    def __init__(self, img_size: int, crop_scale: Sequence[float], hflip: bool, mean: Sequence[float],
-                 std: Sequence[float], interpolation: str = "bicubic", rand_augment: str | None = None,
-                 random_erasing: float = 0.0) -> None:
+    def __init__(
+        self,
+        img_size: int,
+        crop_scale: Sequence[float],
+        hflip: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        interpolation: str = "bicubic",
+        rand_augment: str | None = None,
+        random_erasing: float = 0.0,
+    ) -> None:
         from timm.data import create_transform
 
         interpolation_mode(interpolation)
@@ -226,13 +260,23 @@ class FinetuneTransform:
             raise ValueError(f"random_erasing={random_erasing} must be a probability in [0, 1]")
         try:
             self.pipeline = create_transform(
-                img_size, is_training=True, scale=check_crop_scale(crop_scale), hflip=0.5 if hflip else 0.0,
-                auto_augment=rand_augment, interpolation=interpolation, re_prob=random_erasing, re_mode="pixel",
-                re_count=1, mean=tuple(mean), std=tuple(std),
+                img_size,
+                is_training=True,
+                scale=check_crop_scale(crop_scale),
+                hflip=0.5 if hflip else 0.0,
+                auto_augment=rand_augment,
+                interpolation=interpolation,
+                re_prob=random_erasing,
+                re_mode="pixel",
+                re_count=1,
+                mean=tuple(mean),
+                std=tuple(std),
             )
         except (AssertionError, KeyError, ValueError) as error:  # timm's reactions to a malformed policy string
-            raise ValueError(f"rand_augment={rand_augment!r} is not a timm RandAugment policy such as "
-                             f"'rand-m9-mstd0.5-inc1' ({error})") from error
+            raise ValueError(
+                f"rand_augment={rand_augment!r} is not a timm RandAugment policy such as "
+                f"'rand-m9-mstd0.5-inc1' ({error})"
+            ) from error
         _allow_zero_bit_posterize(self.pipeline)
 
     def __call__(self, img: ImageLike, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -270,9 +314,16 @@ def _allow_zero_bit_posterize(pipeline: Any) -> None:
                 op.aug_fn = _posterize
 
 
-def train_transform(img_size: int, crop_scale: Sequence[float], hflip: bool, mean: Sequence[float],
-                    std: Sequence[float], interpolation: str = "bicubic", rand_augment: str | None = None,
-                    random_erasing: float = 0.0) -> PretrainTransform | FinetuneTransform:
+def train_transform(
+    img_size: int,
+    crop_scale: Sequence[float],
+    hflip: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bicubic",
+    rand_augment: str | None = None,
+    random_erasing: float = 0.0,
+) -> PretrainTransform | FinetuneTransform:
     """The training augmentation: the paper's crop + flip, or timm's pipeline when RandAugment or random erasing
     is asked for (fine-tuning)."""
     if rand_augment is None and random_erasing == 0.0:

@@ -67,9 +67,21 @@ class UnlabeledImagesDataModule(ImageDataModule):
     measures_statistics = True
     num_classes = None
 
-    def __init__(self, *, root: str, val_dir: str | None, val_fraction: float, split_seed: int,
-                 stats_samples: int, stats_seed: int, eval_resize_ratio: float, decoder: str, on_bad_image: str,
-                 max_bad_fraction: float, **settings: Any) -> None:
+    def __init__(
+        self,
+        *,
+        root: str,
+        val_dir: str | None,
+        val_fraction: float,
+        split_seed: int,
+        stats_samples: int,
+        stats_seed: int,
+        eval_resize_ratio: float,
+        decoder: str,
+        on_bad_image: str,
+        max_bad_fraction: float,
+        **settings: Any,
+    ) -> None:
         super().__init__(**settings)
         self.read_image_files(decoder, eval_resize_ratio, on_bad_image, max_bad_fraction, stats_samples, stats_seed)
         # The decoding check samples these too, with or without mean: auto.
@@ -93,15 +105,18 @@ class UnlabeledImagesDataModule(ImageDataModule):
         exclude = [] if self.val_path is None else [self.val_path]
         files = list_image_files(self.root, exclude=exclude)
         if not files:
-            raise FileNotFoundError(f"data.root={self.root} holds no image files ({' '.join(IMAGE_EXTENSIONS)}) at "
-                                    "any depth")
+            raise FileNotFoundError(
+                f"data.root={self.root} holds no image files ({' '.join(IMAGE_EXTENSIONS)}) at any depth"
+            )
         if self.val_path is None:
             train, val = split_held_out(files, self.val_fraction, self.split_seed)
             if not train or not val:
                 side = "training" if not train else "validation"
-                raise ValueError(f"data.val_fraction={self.val_fraction} leaves no {side} image among the "
-                                 f"{len(files)} files of {self.root}; choose a fraction that leaves both, or give "
-                                 "data.val_dir")
+                raise ValueError(
+                    f"data.val_fraction={self.val_fraction} leaves no {side} image among the "
+                    f"{len(files)} files of {self.root}; choose a fraction that leaves both, or give "
+                    "data.val_dir"
+                )
             return FileList(str(self.root), train, str(self.root), val)
         val = list_image_files(self.val_path)
         if not val:
@@ -117,26 +132,38 @@ class UnlabeledImagesDataModule(ImageDataModule):
                 listed = FileList.read(stored)
                 self.file_list = FileList(str(self.root), listed.train, str(self.val_path or self.root), listed.val)
                 self._note_vanished()
-                log.info("resuming on the %d training and %d held-out files listed in %s", len(listed.train),
-                         len(listed.val), stored)
+                log.info(
+                    "resuming on the %d training and %d held-out files listed in %s",
+                    len(listed.train),
+                    len(listed.val),
+                    stored,
+                )
             else:
                 if resumed_run_dir is not None:
                     log.warning("no %s in %s: listing %s anew", FILE_LIST, resumed_run_dir, self.root)
                 self.file_list = self.list_files()
             self.image_sample()  # decoded once: the check here, the statistics of mean: auto below
-            print(f"data=unlabeled: {len(self.file_list.train)} training and {len(self.file_list.val)} held-out "
-                  f"images below {self.root}" + (f" and {self.val_path}" if self.val_path else ""), flush=True)
+            print(
+                f"data=unlabeled: {len(self.file_list.train)} training and {len(self.file_list.val)} held-out "
+                f"images below {self.root}" + (f" and {self.val_path}" if self.val_path else ""),
+                flush=True,
+            )
         super().prepare_run(stored_normalization, stored_in, resumed_run_dir)
 
     def _note_vanished(self) -> None:
         assert self.file_list is not None
         vanished = self.file_list.vanished()
         if len(vanished) >= len(self.file_list.train) + len(self.file_list.val):
-            raise FileNotFoundError(f"none of the files this run listed when it started exists below {self.root} "
-                                    f"any more (e.g. {vanished[0]}); resume with the folder it was trained on")
+            raise FileNotFoundError(
+                f"none of the files this run listed when it started exists below {self.root} "
+                f"any more (e.g. {vanished[0]}); resume with the folder it was trained on"
+            )
         if vanished:
-            log.warning("%d of the files listed when this run started have vanished (e.g. %s); they are skipped",
-                        len(vanished), vanished[0])
+            log.warning(
+                "%d of the files listed when this run started have vanished (e.g. %s); they are skipped",
+                len(vanished),
+                vanished[0],
+            )
         self.missing = frozenset(vanished)
 
     def statistics_files(self) -> tuple[str, list[str]]:
@@ -159,6 +186,6 @@ class UnlabeledImagesDataModule(ImageDataModule):
         self.set_splits(train, val, *self.transforms(self.eval_resize_ratio))
 
     def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
-        raise ValueError(f"data=unlabeled ({self.root}) has no labels for a kNN evaluation; set knn_data=<a "
-                         "labelled data group>")
-
+        raise ValueError(
+            f"data=unlabeled ({self.root}) has no labels for a kNN evaluation; set knn_data=<a labelled data group>"
+        )

@@ -8,6 +8,7 @@ missing checkpoint, one without decoder, data of another image size, a port in u
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 from collections.abc import Sequence
@@ -17,13 +18,13 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mae.model_files.checkpoint import CheckpointError, check_input_size
-from mae.runs.config import compose_in_repo
 from mae.data.errors import CorruptDataError, check_int, one_line
 from mae.demo.reconstruction import load_demo_model
 from mae.demo.session import DemoLimits, DemoSession, Example, PageError
 from mae.jobs.harness import data_for_model_file
+from mae.model_files.checkpoint import CheckpointError, check_input_size
 from mae.models.masking import check_trainable_mask_ratio
+from mae.runs.config import compose_in_repo
 
 SETUP_ERRORS = (ValueError, TypeError, OSError, HydraException, OmegaConfBaseException, CorruptDataError)
 
@@ -72,10 +73,14 @@ def prepare(cfg: DictConfig, ckpt_path: str) -> DemoSession:
     primary = load_demo_model(ckpt_path, datamodule.mean, datamodule.std, fallback, bool(cfg.use_run_config))
     check_input_size((primary.model.img_size, primary.model.in_chans), datamodule, ckpt_path)
     check_trainable_mask_ratio(float(cfg.mask_ratio), primary.model.num_patches)
-    limits = DemoLimits(display_size=int(cfg.display_size), max_bytes=int(cfg.max_upload_mb) * 2**20,
-                        max_pixels=int(cfg.max_megapixels) * 10**6)
-    session = DemoSession(primary, examples_of(datamodule, int(cfg.num_examples)), limits, fallback,
-                          Path(str(cfg.compare_root)))
+    limits = DemoLimits(
+        display_size=int(cfg.display_size),
+        max_bytes=int(cfg.max_upload_mb) * 2**20,
+        max_pixels=int(cfg.max_megapixels) * 10**6,
+    )
+    session = DemoSession(
+        primary, examples_of(datamodule, int(cfg.num_examples)), limits, fallback, Path(str(cfg.compare_root))
+    )
     if cfg.compare_ckpt_path:
         session.compared_model(str(cfg.compare_ckpt_path), checked=True)
     return session
@@ -95,8 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ckpt_path = ckpt_arg or str(cfg.ckpt_path)
         session = prepare(cfg, ckpt_path)
     except CheckpointError as error:
-        hint = "" if ckpt_arg or "does not exist" not in str(error) else \
-            " (the default is the newest `make pretrain` run's; run it first or name a checkpoint)"
+        hint = (
+            ""
+            if ckpt_arg or "does not exist" not in str(error)
+            else " (the default is the newest `make pretrain` run's; run it first or name a checkpoint)"
+        )
         print(f"error: {one_line(error)}{hint}", file=sys.stderr)
         return 2
     except (*SETUP_ERRORS, PageError) as error:
@@ -104,11 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     app = build_app(session, float(cfg.mask_ratio), int(cfg.seed), str(cfg.compare_ckpt_path or ""))
     print(f"serving {ckpt_path} on http://{cfg.host}:{cfg.port} (Ctrl+C stops)", flush=True)
-    try:
-        app.launch(server_name=str(cfg.host), server_port=int(cfg.port), share=False, ssr_mode=False, theme=THEME,
-                   max_file_size=f"{4 * int(cfg.max_upload_mb)}mb", footer_links=[], quiet=True)
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        app.launch(
+            server_name=str(cfg.host),
+            server_port=int(cfg.port),
+            share=False,
+            ssr_mode=False,
+            theme=THEME,
+            max_file_size=f"{4 * int(cfg.max_upload_mb)}mb",
+            footer_links=[],
+            quiet=True,
+        )
     return 0
 
 

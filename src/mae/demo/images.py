@@ -30,8 +30,9 @@ def read_image(path: str | Path, max_bytes: int, max_pixels: int) -> Image.Image
     path = Path(path)
     size = path.stat().st_size
     if size > max_bytes:
-        raise ImageInputError(f"{path.name} is {size / 2**20:.1f} MiB; images up to {max_bytes / 2**20:.0f} MiB "
-                              "are accepted")
+        raise ImageInputError(
+            f"{path.name} is {size / 2**20:.1f} MiB; images up to {max_bytes / 2**20:.0f} MiB are accepted"
+        )
     try:
         with Image.open(path) as image:
             pixels = image.width * image.height
@@ -43,14 +44,20 @@ def read_image(path: str | Path, max_bytes: int, max_pixels: int) -> Image.Image
         # Pillow's own pixel limit fires in Image.open, before the check above: the same message, not "unreadable".
         size = header_size(path)
         found = re.search(r"\((\d+) pixels\)", str(error))
-        shown = (f"{size[0]}x{size[1]}" if size is not None else
-                 f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "larger than Pillow opens")
+        shown = (
+            f"{size[0]}x{size[1]}"
+            if size is not None
+            else f"{int(found.group(1)) / 1e6:.0f} megapixels"
+            if found
+            else "larger than Pillow opens"
+        )
         raise too_many_pixels(path, shown, max_pixels) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         if isinstance(error, ImageInputError):
             raise
-        raise ImageInputError(f"{path.name} is not an image this demo can read (PNG, JPEG, WebP, BMP, GIF, TIFF, "
-                              "...)") from None
+        raise ImageInputError(
+            f"{path.name} is not an image this demo can read (PNG, JPEG, WebP, BMP, GIF, TIFF, ...)"
+        ) from None
 
 
 def header_size(path: Path) -> tuple[int, int] | None:
@@ -67,7 +74,7 @@ def header_size(path: Path) -> tuple[int, int] | None:
             f.seek(0)
             try:
                 return factory(f, path.name).size
-            except Exception:  # noqa: BLE001 - not this format, as Image.open itself treats every plugin's failure
+            except Exception:
                 continue
     return None
 

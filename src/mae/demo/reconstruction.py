@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from mae.demo.images import to_display
+from mae.evaluation.reconstruction_grid import COLUMNS, reconstruct
 from mae.model_files.loading import load
 from mae.models import MaskedAutoencoderViT
 from mae.models.masking import check_trainable_mask_ratio, num_kept, seeded_noise
-from mae.evaluation.reconstruction_grid import COLUMNS, reconstruct
 
 
 @dataclass
@@ -33,10 +33,12 @@ class DemoModel:
 
     def describe(self) -> str:
         model = self.model
-        return (f"{Path(self.path).name}: {model.img_size} px, {model.in_chans} channel(s), "
-                f"patch {model.patch_size}, {model.embed_dim} wide x {len(model.blocks)} blocks, "
-                f"decoder {model.decoder_embed.out_features} wide x {len(model.decoder_blocks)}, "
-                f"norm_pix_loss={model.norm_pix_loss}")
+        return (
+            f"{Path(self.path).name}: {model.img_size} px, {model.in_chans} channel(s), "
+            f"patch {model.patch_size}, {model.embed_dim} wide x {len(model.blocks)} blocks, "
+            f"decoder {model.decoder_embed.out_features} wide x {len(model.decoder_blocks)}, "
+            f"norm_pix_loss={model.norm_pix_loss}"
+        )
 
 
 @dataclass
@@ -55,8 +57,9 @@ class DemoViews:
         return tuple(getattr(self, name) for name in COLUMNS)
 
 
-def load_demo_model(path: str | Path, mean: Sequence[float], std: Sequence[float], fallback=None,
-                    use_stated: bool = True) -> DemoModel:
+def load_demo_model(
+    path: str | Path, mean: Sequence[float], std: Sequence[float], fallback=None, use_stated: bool = True
+) -> DemoModel:
     """``path`` through :func:`mae.model_files.loading.load` with its decoder required (one-line errors otherwise)."""
     loaded = load(path, fallback=fallback, use_stated=use_stated, require_decoder=True)
     return DemoModel(loaded.model, str(path), loaded.architecture_from, tuple(mean), tuple(std))
@@ -75,5 +78,6 @@ def demo_views(demo: DemoModel, image: torch.Tensor, mask_ratio: float, seed: in
     noise = seeded_noise(1, num_patches, int(seed))
     views = reconstruct(demo.model, image, noise=noise, mask_ratio=mask_ratio)
     pictures = {name: to_display(getattr(views, name)[0], demo.mean, demo.std, display_size) for name in COLUMNS}
-    return DemoViews(**pictures, loss=views.loss, num_masked=num_patches - num_kept(num_patches, mask_ratio),
-                     num_patches=num_patches)
+    return DemoViews(
+        **pictures, loss=views.loss, num_masked=num_patches - num_kept(num_patches, mask_ratio), num_patches=num_patches
+    )

@@ -97,8 +97,10 @@ class DemoSession:
                 return str(resolved)
         except (OSError, ValueError):  # an unreadable folder on the way, a NUL byte: the same answer
             pass
-        raise PageError(f"the second checkpoint must be a file or model directory under {self.compare_root} "
-                        "(the demo's compare_root)")
+        raise PageError(
+            f"the second checkpoint must be a file or model directory under {self.compare_root} "
+            "(the demo's compare_root)"
+        )
 
     def compared_model(self, path: str, checked: bool = False) -> DemoModel:
         """The second checkpoint at ``path`` (loaded once), if it has a decoder and the first one's geometry; unless
@@ -116,8 +118,10 @@ class DemoSession:
         except (OSError, ValueError, TypeError) as error:  # CheckpointError is a ValueError
             raise PageError(one_line(error)) from None
         if model.geometry != self.primary.geometry:
-            raise PageError(f"{path} takes {describe_geometry(model.geometry)}, the first checkpoint "
-                            f"{describe_geometry(self.primary.geometry)}: the same image and mask need both alike")
+            raise PageError(
+                f"{path} takes {describe_geometry(model.geometry)}, the first checkpoint "
+                f"{describe_geometry(self.primary.geometry)}: the same image and mask need both alike"
+            )
         self._compared[path] = model
         while len(self._compared) > self.limits.max_compared:
             self._compared.popitem(last=False)
@@ -139,9 +143,11 @@ class DemoSession:
         except PageError as error:  # the first checkpoint's views still update
             return PageUpdate(views, None, description, f"Cannot compare: {error}")
         compared = demo_views(other, image, mask_ratio, seed, self.limits.display_size)
-        verdict = ("lower" if compared.loss < views.loss else "higher" if compared.loss > views.loss else "the same")
-        comparison = (f"first: loss {views.loss:.4f} ({self.primary.describe()})  \n"
-                      f"second: loss {compared.loss:.4f}, {verdict} ({other.describe()})")
+        verdict = "lower" if compared.loss < views.loss else "higher" if compared.loss > views.loss else "the same"
+        comparison = (
+            f"first: loss {views.loss:.4f} ({self.primary.describe()})  \n"
+            f"second: loss {compared.loss:.4f}, {verdict} ({other.describe()})"
+        )
         return PageUpdate(views, compared, description, comparison)
 
 

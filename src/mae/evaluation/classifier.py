@@ -25,5 +25,7 @@ def evaluate_classifier(trainer: L.Trainer, module: L.LightningModule, datamodul
 
 
 def summary_line(results: dict) -> str:
-    return (f"top-1 {results['top1']:.2f}% | top-5 {results['top5']:.2f}% | loss {results['loss']:.4f} | "
-            f"{results['num_images']} {results['split']} images")
+    return (
+        f"top-1 {results['top1']:.2f}% | top-5 {results['top5']:.2f}% | loss {results['loss']:.4f} | "
+        f"{results['num_images']} {results['split']} images"
+    )

@@ -51,8 +51,10 @@ def check_layers(layers: Sequence[int] | None, depth: int) -> list[int]:
     chosen = set()
     for index in layers:
         if isinstance(index, bool) or not isinstance(index, int) or not -depth <= index < depth:
-            raise ValueError(f"layers={list(layers)}: {index!r} is not a block index of this {depth}-block encoder "
-                             f"(use -{depth} to {depth - 1})")
+            raise ValueError(
+                f"layers={list(layers)}: {index!r} is not a block index of this {depth}-block encoder "
+                f"(use -{depth} to {depth - 1})"
+            )
         chosen.add(index % depth)
     return sorted(chosen)
 
@@ -72,8 +74,10 @@ def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
 def block_outputs(model: nn.Module, indices: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
     """While the block runs, each forward pass of ``model`` puts the output of ``model.blocks[i]`` under ``i``."""
     outputs: dict[int, torch.Tensor] = {}
-    hooks = [model.blocks[i].register_forward_hook(lambda _module, _args, out, i=i: outputs.__setitem__(i, out))
-             for i in indices]
+    hooks = [
+        model.blocks[i].register_forward_hook(lambda _module, _args, out, i=i: outputs.__setitem__(i, out))
+        for i in indices
+    ]
     try:
         yield outputs
     finally:
@@ -95,8 +99,9 @@ def image_batches(images: torch.Tensor | Iterable, batch_size: int) -> Iterator[
         elif isinstance(batch, Sequence) and batch and isinstance(batch[0], torch.Tensor):
             yield batch[0], (batch[1] if len(batch) > 1 else None)
         else:
-            raise TypeError(f"a batch of {type(batch).__name__}: expected an image tensor or an (images, labels, "
-                            "...) tuple")
+            raise TypeError(
+                f"a batch of {type(batch).__name__}: expected an image tensor or an (images, labels, ...) tuple"
+            )
 
 
 def extract_features(
@@ -145,5 +150,8 @@ def extract_features(
         raise ValueError("no images to extract features from")
     if labels and len(labels) != len(features):
         raise ValueError("some batches have labels and some do not")
-    return Features(torch.cat(features), torch.cat(labels) if labels else None,
-                    {i: torch.cat(chunks) for i, chunks in by_layer.items()})
+    return Features(
+        torch.cat(features),
+        torch.cat(labels) if labels else None,
+        {i: torch.cat(chunks) for i, chunks in by_layer.items()},
+    )

@@ -91,8 +91,10 @@ def knn_predict(
         chunk_size: queries handled at once, bounding the ``chunk_size x Nt`` similarity matrix.
     """
     if train_features.ndim != 2 or query_features.ndim != 2 or train_features.shape[1] != query_features.shape[1]:
-        raise ValueError(f"feature shapes {tuple(train_features.shape)} and {tuple(query_features.shape)} "
-                         "are not (N, D) with a common D")
+        raise ValueError(
+            f"feature shapes {tuple(train_features.shape)} and {tuple(query_features.shape)} "
+            "are not (N, D) with a common D"
+        )
     if train_labels.shape != (train_features.shape[0],):
         raise ValueError(f"train_labels has shape {tuple(train_labels.shape)}, expected ({train_features.shape[0]},)")
     if train_features.shape[0] == 0:
@@ -103,8 +105,9 @@ def knn_predict(
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be positive")
     if int(train_labels.min()) < 0 or int(train_labels.max()) >= num_classes:
-        raise ValueError(f"train labels span [{int(train_labels.min())}, {int(train_labels.max())}], "
-                         f"outside [0, {num_classes})")
+        raise ValueError(
+            f"train labels span [{int(train_labels.min())}, {int(train_labels.max())}], outside [0, {num_classes})"
+        )
 
     k = min(k, train_features.shape[0])
     bank = train_features.float().t()

@@ -44,15 +44,23 @@ def standardize(bank: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor
     return (bank - mean) / std, (queries - mean) / std
 
 
-def pixel_knn_top1(train_loader: Iterable, val_loader: Iterable, num_classes: int, mean: Sequence[float],
-                   std: Sequence[float], k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+def pixel_knn_top1(
+    train_loader: Iterable,
+    val_loader: Iterable,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    k: int = 20,
+    temperature: float = 0.07,
+) -> dict[str, float]:
     """kNN top-1 of raw and of standardised pixels, ``{"raw": ..., "standardized": ...}``, on the given loaders."""
     bank, bank_labels = raw_pixels(train_loader, mean, std)
     queries, query_labels = raw_pixels(val_loader, mean, std)
     scores = {}
     for name, (b, q) in zip(PIXEL_FEATURES, ((bank, queries), standardize(bank, queries))):
-        scores[name] = knn_top1(F.normalize(b, dim=1), bank_labels, F.normalize(q, dim=1), query_labels,
-                                num_classes, k, temperature)
+        scores[name] = knn_top1(
+            F.normalize(b, dim=1), bank_labels, F.normalize(q, dim=1), query_labels, num_classes, k, temperature
+        )
     return scores
 
 

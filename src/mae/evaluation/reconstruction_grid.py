@@ -18,13 +18,17 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
-from mae.runs.atomic_files import replaced_atomically
 from mae.models.loss import denormalize_patches
+from mae.runs.atomic_files import replaced_atomically
 from mae.runs.torch_state import eval_mode, model_device_and_dtype
 
 COLUMNS = ("original", "masked", "reconstruction", "pasted")
-COLUMN_LABELS = {"original": "original", "masked": "masked", "reconstruction": "reconstruction",
-                 "pasted": "recon. + visible"}
+COLUMN_LABELS = {
+    "original": "original",
+    "masked": "masked",
+    "reconstruction": "reconstruction",
+    "pasted": "recon. + visible",
+}
 """The header text of each column."""
 DEFAULT_MIN_CELL_SIZE = 112
 """Smallest side of a grid cell, in pixels, that small images are enlarged to (28-pixel images: 4x, 112 pixels)."""
@@ -185,8 +189,13 @@ def save_reconstruction_grid(
     """Reconstruct ``imgs`` and write their grid (see :func:`make_grid_image`) to ``path`` as a PNG; returns the
     path."""
     path = Path(path)
-    grid = make_grid_image(reconstruct(model, imgs, noise=noise, mask_ratio=mask_ratio), mean, std,
-                           min_cell_size=min_cell_size, labels=labels)
+    grid = make_grid_image(
+        reconstruct(model, imgs, noise=noise, mask_ratio=mask_ratio),
+        mean,
+        std,
+        min_cell_size=min_cell_size,
+        labels=labels,
+    )
     with replaced_atomically(path) as tmp:
         save_image(grid, tmp, format="png")
     return path

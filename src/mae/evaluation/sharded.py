@@ -30,12 +30,17 @@ def rank_share(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
     if batch_size is None:
         raise ValueError("the loader has no batch_size; feature extraction split over processes needs one")
     indices = list(range(rank, total, world_size))
-    batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+    batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
     longest = -(-len(range(0, total, world_size)) // batch_size)  # the batches of share 0
     if len(batches) < longest:
         batches.append(indices[-1:] or [0])
-    return DataLoader(dataset, batch_sampler=batches, num_workers=loader.num_workers,
-                      pin_memory=loader.pin_memory, collate_fn=loader.collate_fn)
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        collate_fn=loader.collate_fn,
+    )
 
 
 def interleave(gathered: torch.Tensor, total: int) -> torch.Tensor:
@@ -55,8 +60,9 @@ def gather_in_order(trainer: L.Trainer, local: torch.Tensor, total: int) -> torc
     return interleave(trainer.strategy.all_gather(padded), total)
 
 
-def sharded_features(trainer: L.Trainer, model: nn.Module, loader: DataLoader,
-                     pool: str) -> tuple[torch.Tensor, torch.Tensor]:
+def sharded_features(
+    trainer: L.Trainer, model: nn.Module, loader: DataLoader, pool: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`~mae.evaluation.knn.extract_features` of the whole ``loader``, computed by all processes of
     ``trainer`` together (every process must call it) and returned to each of them."""
     if trainer.world_size == 1:

@@ -17,11 +17,11 @@ from pathlib import Path
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mae.jobs.ablation_stages import check_stages, compose_stage
 from mae.jobs.downstream import downstream
+from mae.jobs.harness import SetupError, output_dir
 from mae.jobs.pretrain import pretrain
 from mae.runs.run_directory import RESULTS_FILE, config_file, last_checkpoint, merge_json
-from mae.jobs.harness import SetupError, output_dir
-from mae.jobs.ablation_stages import check_stages, compose_stage
 from mae.sweeps.records import PRETRAIN, read_results, stages_done
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,10 @@ def check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
         before = _plain(OmegaConf.select(earlier, key))
         now = _plain(OmegaConf.select(cfg, key))
         if before != now:
-            raise SetupError(f"{run_dir} holds a run with other {key} settings ({_first_difference(key, before, now)}); "
-                             "remove that directory or choose another sweep_name")
+            raise SetupError(
+                f"{run_dir} holds a run with other {key} settings ({_first_difference(key, before, now)}); "
+                "remove that directory or choose another sweep_name"
+            )
 
 
 def _pretrain_stage(cfg: DictConfig, run_dir: Path) -> dict:

@@ -23,8 +23,10 @@ DOWNSTREAM_STAGES = ("linprobe", "finetune")
 def check_stages(stages: list[str]) -> None:
     unknown = [stage for stage in stages if stage not in DOWNSTREAM_STAGES]
     if unknown:
-        raise SetupError(f"ablation.downstream={list(stages)}: unknown stage {unknown[0]!r}; the stages are "
-                         f"{', '.join(DOWNSTREAM_STAGES)}")
+        raise SetupError(
+            f"ablation.downstream={list(stages)}: unknown stage {unknown[0]!r}; the stages are "
+            f"{', '.join(DOWNSTREAM_STAGES)}"
+        )
 
 
 def stage_overrides(cfg: DictConfig, stage: str, run_dir: Path) -> list[str]:
@@ -68,5 +70,7 @@ def _primary_config_dir() -> str:
         for source in HydraConfig.get().runtime.config_sources:
             if source.provider == "main" and source.schema == "file":
                 return str(source.path)
-    raise SetupError("cannot compose the downstream configs: Hydra is not initialised and no config directory is "
-                     "known; run through train.py or compose the config with Hydra's compose API first")
+    raise SetupError(
+        "cannot compose the downstream configs: Hydra is not initialised and no config directory is "
+        "known; run through train.py or compose the config with Hydra's compose API first"
+    )

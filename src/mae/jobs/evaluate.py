@@ -14,15 +14,6 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mae.model_files.stored_config import RUN_CONFIG_KEY
-from mae.model_files.checkpoint import (
-    CheckpointError,
-    check_input_size,
-    check_state_dict_shapes,
-    load_checkpoint_file,
-    model_state_dict,
-)
-from mae.runs.config import instantiate_node
 from mae.evaluation.classifier import evaluate_classifier, summary_line
 from mae.jobs.harness import (
     SETUP_ERRORS,
@@ -35,8 +26,16 @@ from mae.jobs.harness import (
     set_float32_matmul_precision,
     write_config,
 )
+from mae.model_files.checkpoint import (
+    CheckpointError,
+    check_input_size,
+    check_state_dict_shapes,
+    load_checkpoint_file,
+    model_state_dict,
+)
+from mae.model_files.stored_config import MODEL_TARGETS, MODULE_TARGETS, RUN_CONFIG_KEY, trusted_node
+from mae.runs.config import instantiate_node
 from mae.runs.run_directory import check_writable
-from mae.model_files.stored_config import MODEL_TARGETS, MODULE_TARGETS, trusted_node
 
 
 def module_config(checkpoint: Mapping, cfg: DictConfig) -> tuple[DictConfig, DictConfig, dict[str, torch.Tensor]]:
@@ -44,8 +43,11 @@ def module_config(checkpoint: Mapping, cfg: DictConfig) -> tuple[DictConfig, Dic
     stored = checkpoint.get(RUN_CONFIG_KEY)
     if stored is not None:
         source = f"the run config stored in {cfg.ckpt_path}"
-        return (trusted_node(stored.get("model"), MODEL_TARGETS, source),
-                trusted_node(stored.get("module"), MODULE_TARGETS, source), dict(checkpoint["state_dict"]))
+        return (
+            trusted_node(stored.get("model"), MODEL_TARGETS, source),
+            trusted_node(stored.get("module"), MODULE_TARGETS, source),
+            dict(checkpoint["state_dict"]),
+        )
     # A classifier state_dict in timm's layout (reference fine-tuned .pth, timm file): the fine-tuning module's.
     state = {f"model.{key}": value for key, value in model_state_dict(checkpoint).items()}
     return cfg.model, cfg.module, state
@@ -68,13 +70,16 @@ def evaluate(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     set_float32_matmul_precision(cfg)
     if OmegaConf.is_missing(cfg, "ckpt_path"):
-        raise SetupError("ckpt_path is required: python eval.py ckpt_path=<fine-tuning or linear-probe checkpoint> "
-                         "[data=...]")
+        raise SetupError(
+            "ckpt_path is required: python eval.py ckpt_path=<fine-tuning or linear-probe checkpoint> [data=...]"
+        )
     try:
         check_writable(output_dir(cfg))
         if not Path(str(cfg.ckpt_path)).is_file():
-            raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not exist; give a fine-tuning or linear-probe "
-                                  "checkpoint, e.g. outputs/finetune/latest/checkpoints/last.ckpt")
+            raise CheckpointError(
+                f"ckpt_path={cfg.ckpt_path} does not exist; give a fine-tuning or linear-probe "
+                "checkpoint, e.g. outputs/finetune/latest/checkpoints/last.ckpt"
+            )
         datamodule = instantiate_node(cfg.data)
         prepare_data(cfg, datamodule)  # mean: auto takes the checkpoint's numbers
         module = restore_module(cfg, datamodule)
@@ -82,8 +87,9 @@ def evaluate(cfg: DictConfig) -> dict:
     except SETUP_ERRORS as error:
         raise one_line_setup_error(error) from error
     write_config(cfg, trainer)
-    results = merge_results(cfg, trainer, {"checkpoint": str(cfg.ckpt_path),
-                                           **evaluate_classifier(trainer, module, datamodule)})
+    results = merge_results(
+        cfg, trainer, {"checkpoint": str(cfg.ckpt_path), **evaluate_classifier(trainer, module, datamodule)}
+    )
     if trainer.is_global_zero:
         print(f"eval of {cfg.ckpt_path}: {summary_line(results)}")
     return results

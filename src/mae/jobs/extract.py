@@ -35,12 +35,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from mae.runs.atomic_files import replaced_atomically, write_text_atomically
-from mae.model_files.checkpoint import check_input_size
-from mae.runs.config import compose_in_repo, instantiate_node
 from mae.data.errors import CorruptDataError, check_int, one_line
 from mae.evaluation.features import check_layers, check_pool, extract_features
+from mae.model_files.checkpoint import check_input_size
 from mae.model_files.loading import load
+from mae.runs.atomic_files import replaced_atomically, write_text_atomically
+from mae.runs.config import compose_in_repo, instantiate_node
 
 SUFFIXES = (".safetensors", ".npy")
 SPLIT_LOADERS = {"train": "eval_train_dataloader", "val": "val_dataloader"}
@@ -70,7 +70,7 @@ def parts_dir(out: Path) -> Path:
 def output_files(out: Path, keys: list[str]) -> dict[str, Path]:
     """Where each tensor goes: all into OUT for ``.safetensors``, ``<stem>_<key>.npy`` beside it for ``.npy``."""
     if out.suffix == ".safetensors":
-        return {key: out for key in keys}
+        return dict.fromkeys(keys, out)
     return {key: out.with_name(f"{out.stem}_{key}.npy") for key in keys}
 
 
@@ -88,8 +88,14 @@ def choose_device(device: str | None) -> torch.device:
 
 def chunk_loader(loader: DataLoader, start: int, stop: int) -> DataLoader:
     """``loader``'s images ``start`` to ``stop`` (in order) with its batching, workers and collation."""
-    return DataLoader(Subset(loader.dataset, range(start, stop)), batch_size=loader.batch_size, shuffle=False,
-                      num_workers=loader.num_workers, pin_memory=loader.pin_memory, collate_fn=loader.collate_fn)
+    return DataLoader(
+        Subset(loader.dataset, range(start, stop)),
+        batch_size=loader.batch_size,
+        shuffle=False,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        collate_fn=loader.collate_fn,
+    )
 
 
 def counted(batches: DataLoader, bar: tqdm) -> Iterator[Any]:
@@ -110,8 +116,10 @@ def start_parts(parts: Path, settings: dict[str, Any]) -> None:
         found = json.loads(manifest.read_text())
         changed = next((key for key in sorted(set(found) | set(settings)) if found.get(key) != settings.get(key)), None)
         if changed is not None:
-            raise ValueError(f"{parts} holds chunks of another extraction ({changed}: {found.get(changed)!r} there, "
-                             f"{settings.get(changed)!r} now); run with its settings or delete it to start over")
+            raise ValueError(
+                f"{parts} holds chunks of another extraction ({changed}: {found.get(changed)!r} there, "
+                f"{settings.get(changed)!r} now); run with its settings or delete it to start over"
+            )
         return
     parts.mkdir(parents=True, exist_ok=True)
     write_text_atomically(manifest, json.dumps(settings, indent=2, sort_keys=True))
@@ -138,13 +146,22 @@ def chunk_name(index: int) -> str:
 
 def run_settings(cfg: DictConfig, ckpt_path: Path, layers: list[int], num_images: int) -> dict[str, Any]:
     """What decides the chunks' content: a resumed extraction must have the same (loader settings may change)."""
-    data = {key: value for key, value in OmegaConf.to_container(cfg.data, resolve=True).items()
-            if key not in LOADER_KEYS}
+    data = {
+        key: value for key, value in OmegaConf.to_container(cfg.data, resolve=True).items() if key not in LOADER_KEYS
+    }
     stat = ckpt_path.stat()
-    return {"checkpoint": str(ckpt_path.resolve()), "checkpoint_bytes": stat.st_size,
-            "checkpoint_mtime_ns": stat.st_mtime_ns, "data": data, "split": str(cfg.split), "pool": str(cfg.pool),
-            "layers": layers, "norm_layers": bool(cfg.norm_layers), "chunk_size": int(cfg.chunk_size),
-            "num_images": num_images}
+    return {
+        "checkpoint": str(ckpt_path.resolve()),
+        "checkpoint_bytes": stat.st_size,
+        "checkpoint_mtime_ns": stat.st_mtime_ns,
+        "data": data,
+        "split": str(cfg.split),
+        "pool": str(cfg.pool),
+        "layers": layers,
+        "norm_layers": bool(cfg.norm_layers),
+        "chunk_size": int(cfg.chunk_size),
+        "num_images": num_images,
+    }
 
 
 def encode_chunks(model: nn.Module, loader: DataLoader, parts: Path, cfg: DictConfig, layers: list[int]) -> int:
@@ -156,10 +173,14 @@ def encode_chunks(model: nn.Module, loader: DataLoader, parts: Path, cfg: DictCo
     with tqdm(total=num_images, initial=done, unit="img", desc=f"{cfg.split} features", mininterval=1.0) as bar:
         for index in missing:
             batches = chunk_loader(loader, starts[index], min(starts[index] + chunk_size, num_images))
-            result = extract_features(model, counted(batches, bar), pool=str(cfg.pool), layers=layers,
-                                      norm=bool(cfg.norm_layers))
-            tensors = {"features": result.features, "labels": result.labels,
-                       **{f"layer_{i}": value for i, value in result.layers.items()}}
+            result = extract_features(
+                model, counted(batches, bar), pool=str(cfg.pool), layers=layers, norm=bool(cfg.norm_layers)
+            )
+            tensors = {
+                "features": result.features,
+                "labels": result.labels,
+                **{f"layer_{i}": value for i, value in result.layers.items()},
+            }
             write_chunk(parts / chunk_name(index), tensors)
     return len(starts)
 
@@ -190,15 +211,25 @@ def extract(cfg: DictConfig, ckpt_path: Path, out: Path) -> dict[str, torch.Tens
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mae.jobs.extract", description=__doc__ + "\n\nSee conf/extract.yaml for the keys.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ckpt", type=Path, help="anything mae.load_model reads: this project's .ckpt or "
-                                                ".safetensors export, a reference MAE .pth, a timm ViT state_dict, "
-                                                "a transformers ViTMAE/ViT directory")
-    parser.add_argument("out", type=Path, help="the file to write: OUT.safetensors, or OUT.npy for OUT_features.npy "
-                                               "and OUT_labels.npy")
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data=cifar10 split=train pool=avg "
-                                                     "layers=[-4,-1] chunk_size=8192")
+        prog="python -m mae.jobs.extract",
+        description=__doc__ + "\n\nSee conf/extract.yaml for the keys.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "ckpt",
+        type=Path,
+        help="anything mae.load_model reads: this project's .ckpt or "
+        ".safetensors export, a reference MAE .pth, a timm ViT state_dict, "
+        "a transformers ViTMAE/ViT directory",
+    )
+    parser.add_argument(
+        "out", type=Path, help="the file to write: OUT.safetensors, or OUT.npy for OUT_features.npy and OUT_labels.npy"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides, e.g. data=cifar10 split=train pool=avg layers=[-4,-1] chunk_size=8192",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = compose_in_repo("extract", args.overrides)
@@ -207,12 +238,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: run the same command again to continue from the chunks in {parts_dir(args.out)}",
-              file=sys.stderr)
+        print(
+            f"interrupted: run the same command again to continue from the chunks in {parts_dir(args.out)}",
+            file=sys.stderr,
+        )
         return 130
     shape = "x".join(map(str, tensors["features"].shape))
-    print(f"wrote features ({shape}) and labels of the {cfg.split} split to "
-          f"{', '.join(sorted({str(path) for path in output_files(args.out, list(tensors)).values()}))}")
+    print(
+        f"wrote features ({shape}) and labels of the {cfg.split} split to "
+        f"{', '.join(sorted({str(path) for path in output_files(args.out, list(tensors)).values()}))}"
+    )
     return 0
 
 

@@ -18,15 +18,16 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mae.runs.atomic_files import write_text_atomically
 from mae.callbacks.preemption import Preempted, PreemptionCheckpoint
 from mae.callbacks.tracking import LogResolvedConfig
 from mae.callbacks.wandb_run import finish_wandb_run
-from mae.model_files.checkpoint import check_resume_checkpoint
-from mae.runs.config import instantiate_node, process_batch_size, validate_schedule
-from mae.runs.optional import MissingExtraError
 from mae.data.errors import CorruptDataError, TooFewImagesError
 from mae.data.transforms import AUTO
+from mae.model_files.checkpoint import check_resume_checkpoint
+from mae.model_files.stored_config import stored_normalization
+from mae.runs.atomic_files import write_text_atomically
+from mae.runs.config import instantiate_node, process_batch_size, validate_schedule
+from mae.runs.optional import MissingExtraError
 from mae.runs.run_directory import (
     BAD_IMAGES_FILE,
     CHECKPOINT_DIR,
@@ -39,7 +40,6 @@ from mae.runs.run_directory import (
     read_json_object,
     run_dir_of_checkpoint,
 )
-from mae.model_files.stored_config import stored_normalization
 from mae.training.scheduled import ScheduledModule
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,10 @@ def set_float32_matmul_precision(cfg: DictConfig) -> None:
     if value is None:
         return
     if value not in FLOAT32_MATMUL_PRECISIONS:
-        raise SetupError(f"float32_matmul_precision={value} must be one of {', '.join(FLOAT32_MATMUL_PRECISIONS)} "
-                         "(highest: full float32 matmuls, the reference's numbers)")
+        raise SetupError(
+            f"float32_matmul_precision={value} must be one of {', '.join(FLOAT32_MATMUL_PRECISIONS)} "
+            "(highest: full float32 matmuls, the reference's numbers)"
+        )
     torch.set_float32_matmul_precision(value)
 
 
@@ -144,9 +146,12 @@ class TrainingRun:
     trainer: L.Trainer
 
 
-def build_training_run(cfg: DictConfig, model: Callable[[], Any],
-                       module_arguments: Callable[[L.LightningDataModule], dict[str, Any]] = lambda datamodule: {},
-                       extra_callbacks: Sequence[L.Callback] = ()) -> TrainingRun:
+def build_training_run(
+    cfg: DictConfig,
+    model: Callable[[], Any],
+    module_arguments: Callable[[L.LightningDataModule], dict[str, Any]] = lambda datamodule: {},
+    extra_callbacks: Sequence[L.Callback] = (),
+) -> TrainingRun:
     """The data module, the task's ``module`` node around ``model()`` (with ``module_arguments(datamodule)``, e.g.
     the number of classes), and the trainer; every constructor's bad-input error becomes one :class:`SetupError`
     before anything is trained or written, as does a resume checkpoint that does not fit the module. Sets the
@@ -181,13 +186,18 @@ def prepare_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
     start = cfg.get("ckpt_path") or cfg.get("pretrained")
     stored = stored_normalization(start) if start is not None and Path(start).exists() else None
     if stored is not None and datamodule.mean is not None and not _same_numbers(stored, datamodule):
-        log.warning("%s was trained on images normalised with mean %s and std %s; this run normalises with %s and "
-                    "%s (data.mean=auto data.std=auto takes the file's)", start, stored.mean, stored.std,
-                    list(datamodule.mean), list(datamodule.std))
+        log.warning(
+            "%s was trained on images normalised with mean %s and std %s; this run normalises with %s and "
+            "%s (data.mean=auto data.std=auto takes the file's)",
+            start,
+            stored.mean,
+            stored.std,
+            list(datamodule.mean),
+            list(datamodule.std),
+        )
     resumed_run_dir = None if cfg.get("ckpt_path") is None else run_dir_of_checkpoint(cfg.ckpt_path)
     use_stored = stored is not None and datamodule.mean is None
-    prepare_run((stored.mean, stored.std) if use_stored else None, stored.source if use_stored else "",
-                resumed_run_dir)
+    prepare_run((stored.mean, stored.std) if use_stored else None, stored.source if use_stored else "", resumed_run_dir)
     if cfg.data.get("mean") == AUTO or cfg.data.get("std") == AUTO:
         with open_dict(cfg):
             cfg.data.update(datamodule.resolved_settings())
@@ -204,8 +214,7 @@ def data_for_model_file(data_node: DictConfig, path: str | Path, use_stored: boo
     them for the data's channels and ``use_stored``, else with the group's own."""
     stored = stored_normalization(path) if use_stored else None
     if stored is not None and len(stored.mean) == int(data_node.in_chans):
-        log.info("normalising images with the mean %s and std %s stored in %s", stored.mean, stored.std,
-                 stored.source)
+        log.info("normalising images with the mean %s and std %s stored in %s", stored.mean, stored.std, stored.source)
         return instantiate_node(data_node, mean=stored.mean, std=stored.std)
     return instantiate_node(data_node)
 
@@ -263,14 +272,19 @@ def fit(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodu
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except SIGTERMException as stop:
-        saved = [callback.preempted for callback in trainer.callbacks
-                 if isinstance(callback, PreemptionCheckpoint) and callback.preempted is not None]
-        raise (saved[0] if saved else Preempted(signal.SIGTERM, trainer.current_epoch, trainer.global_step,
-                                                None)) from stop
+        saved = [
+            callback.preempted
+            for callback in trainer.callbacks
+            if isinstance(callback, PreemptionCheckpoint) and callback.preempted is not None
+        ]
+        raise (
+            saved[0] if saved else Preempted(signal.SIGTERM, trainer.current_epoch, trainer.global_step, None)
+        ) from stop
     except TooFewImagesError as error:  # raised when the training loader is built, before the first step
         raise SetupError(str(error)) from error
     except CorruptDataError as error:
         # Checkpoints written so far stay; fix or remove the file and resume from last.ckpt.
-        raise SetupError(f"{data_error_message(error)} (checkpoints so far are in "
-                         f"{output_dir(cfg) / CHECKPOINT_DIR})") from error
+        raise SetupError(
+            f"{data_error_message(error)} (checkpoints so far are in {output_dir(cfg) / CHECKPOINT_DIR})"
+        ) from error
     return time.perf_counter() - started

@@ -8,7 +8,6 @@ import lightning as L
 from omegaconf import DictConfig
 
 from mae.callbacks.run_config import RunConfigInCheckpoint
-from mae.runs.config import instantiate_node
 from mae.jobs.harness import (
     TrainingRun,
     build_training_run,
@@ -20,6 +19,7 @@ from mae.jobs.harness import (
 )
 from mae.model_files.loading import load_mae_weights
 from mae.models import MaskedAutoencoderViT
+from mae.runs.config import instantiate_node
 
 __all__ = ["build", "initial_model", "pretrain"]
 
@@ -31,14 +31,19 @@ def initial_model(cfg: DictConfig) -> MaskedAutoencoderViT:
     from ``cfg.pretrained``'s weights."""
     pretrained = cfg.get("pretrained")
     if pretrained is not None and cfg.get("ckpt_path") is not None:
-        raise ValueError(f"pretrained={pretrained} and ckpt_path={cfg.ckpt_path} are both set: resuming (ckpt_path) "
-                         "restores a run's weights, optimizer and schedule, continued pre-training (pretrained) starts "
-                         "a new schedule from weights; give one of them")
+        raise ValueError(
+            f"pretrained={pretrained} and ckpt_path={cfg.ckpt_path} are both set: resuming (ckpt_path) "
+            "restores a run's weights, optimizer and schedule, continued pre-training (pretrained) starts "
+            "a new schedule from weights; give one of them"
+        )
     model = instantiate_node(cfg.model)
     if pretrained is not None:
         loaded = load_mae_weights(model, pretrained, model_name=f"model={cfg.model._target_.rsplit('.', 1)[-1]}")
-        log.info("Continued pre-training from %s (%s)", pretrained,
-                 "encoder and decoder" if loaded.decoder else "encoder; the decoder starts from random weights")
+        log.info(
+            "Continued pre-training from %s (%s)",
+            pretrained,
+            "encoder and decoder" if loaded.decoder else "encoder; the decoder starts from random weights",
+        )
     return model
 
 
@@ -54,11 +59,15 @@ def pretrain(cfg: DictConfig) -> dict:
     write_config(cfg, run.trainer, run.datamodule)
     train_seconds = fit(cfg, run.trainer, run.module, run.datamodule)
     metrics = {key: float(value) for key, value in run.trainer.callback_metrics.items() if value.numel() == 1}
-    results = merge_results(cfg, run.trainer, {
-        "pretrained": None if cfg.get("pretrained") is None else str(cfg.pretrained),
-        "train_loss_last_epoch": metrics.get("train/loss_epoch"),
-        "val_loss": metrics.get("val/loss"),
-        **training_record(run, train_seconds),
-    })
+    results = merge_results(
+        cfg,
+        run.trainer,
+        {
+            "pretrained": None if cfg.get("pretrained") is None else str(cfg.pretrained),
+            "train_loss_last_epoch": metrics.get("train/loss_epoch"),
+            "val_loss": metrics.get("val/loss"),
+            **training_record(run, train_seconds),
+        },
+    )
     point_latest_at(cfg, run.trainer)
     return results

@@ -86,60 +86,106 @@ FOLDER = ("pretrain_folder.json",)  # experiment=fashion_mnist_folder: the main 
 MEMORY = ("pretrain_memory.json",)  # the main job in memory, same session and machine as FOLDER
 CONTINUED = ("pretrain_continued.json",)  # continued pre-training from MEMORY's checkpoint, exported
 EARLIER = ("pretrain_per_sample_masks.json", "pretrain_per_sample_masks_rerun.json")
-KNN_BESIDE_BASELINES = (Column("kNN top-1, pre-trained (%)", percent("knn_top1_pretrained")),
-                        Column("random init (%)", percent("knn_top1_random_init")),
-                        Column("raw pixels, the better (%)", percent("knn_top1_pixels")))
-ACCURACY = (Column("top-1 (%)", recorded("top1")), Column("top-5 (%)", recorded("top5")),
-            Column("training (s)", recorded("train_seconds"), digits=0))
+KNN_BESIDE_BASELINES = (
+    Column("kNN top-1, pre-trained (%)", percent("knn_top1_pretrained")),
+    Column("random init (%)", percent("knn_top1_random_init")),
+    Column("raw pixels, the better (%)", percent("knn_top1_pixels")),
+)
+ACCURACY = (
+    Column("top-1 (%)", recorded("top1")),
+    Column("top-5 (%)", recorded("top5")),
+    Column("training (s)", recorded("train_seconds"), digits=0),
+)
 TABLES = (
-    Table("pretrain_run", "run", (
-        Column("epochs", recorded("epochs_trained"), digits=0),
-        Column("optimizer steps", recorded("optimizer_steps"), digits=0),
-        Column("last epoch's train loss", recorded("train_loss_last_epoch"), digits=4),
-        Column("training + kNN evaluation (s)", recorded("train_seconds"), digits=0),
-    ), (Row("`make pretrain`", PRETRAIN),)),
-    Table("pretrain_knn", "features (the same bank, queries, k and temperature)",
-          (Column("kNN top-1 (%)", row_key_percent),), (
-              Row("MAE pre-trained encoder (`make pretrain`)", PRETRAIN, "knn_top1_pretrained"),
-              Row("the same encoder at random initialisation", PRETRAIN, "knn_top1_random_init"),
-              Row("raw pixels in [0, 1]", PRETRAIN, "knn_top1_pixels_raw"),
-              Row("raw pixels, standardised per pixel (bank statistics)", PRETRAIN, "knn_top1_pixels_standardized"),
-          )),
-    Table("own_images", "run (12 epochs of the main job's recipe; kNN on the same bank and queries)", (
-        *KNN_BESIDE_BASELINES,
-        Column("held-out loss, last epoch", recorded("val_loss"), digits=4),
-        Column("training + kNN (s)", recorded("train_seconds"), digits=0),
-    ), (
-        Row("Fashion-MNIST as PNG folders, `data=unlabeled` (`make pretrain-folder`)", FOLDER),
-        Row("Fashion-MNIST in memory (`make pretrain`), the same session", MEMORY),
-        Row("`make pretrain`, the two earlier re-runs (earlier sessions, other CPUs)", EARLIER),
-    )),
-    Table("continued_pretraining", "encoder", (
-        *KNN_BESIDE_BASELINES,
-        Column("epochs", recorded("epochs_trained"), digits=0),
-    ), (
-        Row("before: `make pretrain`'s (the row above), exported as a transformers directory", MEMORY),
-        Row("after: 3 more epochs from that directory (`pretrained=<dir>`, blr 5e-4)", CONTINUED),
-    )),
-    Table("finetune", "initialisation", ACCURACY, (
-        Row("MAE pre-trained (`make finetune`)", seeds("finetune_pretrained", FINETUNE_SEEDS)),
-        Row("the same recipe from scratch (`pretrained=null`), equal budget", seeds("finetune_scratch", FINETUNE_SEEDS)),
-        Row("one epoch fewer (`schedule.epochs=15`), MAE pre-trained",
-            seeds("finetune_15_epochs_pretrained", FINETUNE_SEEDS)),
-        Row("previous recipe (12 epochs, blr 1e-3, layer decay 0.75, drop path 0.1), MAE pre-trained",
-            ("finetune_previous_recipe_pretrained.json",)),
-        Row("previous recipe, from scratch (`pretrained=null`)", ("finetune_previous_recipe_scratch.json",)),
-    )),
-    Table("linprobe", "features", ACCURACY, (
-        Row("MAE pre-trained, mean of the patch tokens (`make linprobe`)", ("linprobe_pretrained_mean.json",)),
-        Row("MAE pre-trained, cls token (`schedule.pool=cls`, the paper's)", ("linprobe_pretrained_cls.json",)),
-        Row("random initialisation, mean of the patch tokens (`pretrained=null`)", ("linprobe_random_mean.json",)),
-        Row("raw pixels (`experiment=linprobe_pixels`)", ("linprobe_pixels.json",)),
-    )),
-    Table("sweep_mask_ratio", "mask ratio", (
-        Column("kNN top-1 (%)", percent("knn_top1_pretrained")),
-        Column("pre-training + kNN (s)", recorded("pretrain_seconds"), digits=0),
-    ), tuple(Row(ratio, seeds(f"sweep_mask_ratio_{ratio}", SWEEP_SEEDS)) for ratio in MASK_RATIOS)),
+    Table(
+        "pretrain_run",
+        "run",
+        (
+            Column("epochs", recorded("epochs_trained"), digits=0),
+            Column("optimizer steps", recorded("optimizer_steps"), digits=0),
+            Column("last epoch's train loss", recorded("train_loss_last_epoch"), digits=4),
+            Column("training + kNN evaluation (s)", recorded("train_seconds"), digits=0),
+        ),
+        (Row("`make pretrain`", PRETRAIN),),
+    ),
+    Table(
+        "pretrain_knn",
+        "features (the same bank, queries, k and temperature)",
+        (Column("kNN top-1 (%)", row_key_percent),),
+        (
+            Row("MAE pre-trained encoder (`make pretrain`)", PRETRAIN, "knn_top1_pretrained"),
+            Row("the same encoder at random initialisation", PRETRAIN, "knn_top1_random_init"),
+            Row("raw pixels in [0, 1]", PRETRAIN, "knn_top1_pixels_raw"),
+            Row("raw pixels, standardised per pixel (bank statistics)", PRETRAIN, "knn_top1_pixels_standardized"),
+        ),
+    ),
+    Table(
+        "own_images",
+        "run (12 epochs of the main job's recipe; kNN on the same bank and queries)",
+        (
+            *KNN_BESIDE_BASELINES,
+            Column("held-out loss, last epoch", recorded("val_loss"), digits=4),
+            Column("training + kNN (s)", recorded("train_seconds"), digits=0),
+        ),
+        (
+            Row("Fashion-MNIST as PNG folders, `data=unlabeled` (`make pretrain-folder`)", FOLDER),
+            Row("Fashion-MNIST in memory (`make pretrain`), the same session", MEMORY),
+            Row("`make pretrain`, the two earlier re-runs (earlier sessions, other CPUs)", EARLIER),
+        ),
+    ),
+    Table(
+        "continued_pretraining",
+        "encoder",
+        (
+            *KNN_BESIDE_BASELINES,
+            Column("epochs", recorded("epochs_trained"), digits=0),
+        ),
+        (
+            Row("before: `make pretrain`'s (the row above), exported as a transformers directory", MEMORY),
+            Row("after: 3 more epochs from that directory (`pretrained=<dir>`, blr 5e-4)", CONTINUED),
+        ),
+    ),
+    Table(
+        "finetune",
+        "initialisation",
+        ACCURACY,
+        (
+            Row("MAE pre-trained (`make finetune`)", seeds("finetune_pretrained", FINETUNE_SEEDS)),
+            Row(
+                "the same recipe from scratch (`pretrained=null`), equal budget",
+                seeds("finetune_scratch", FINETUNE_SEEDS),
+            ),
+            Row(
+                "one epoch fewer (`schedule.epochs=15`), MAE pre-trained",
+                seeds("finetune_15_epochs_pretrained", FINETUNE_SEEDS),
+            ),
+            Row(
+                "previous recipe (12 epochs, blr 1e-3, layer decay 0.75, drop path 0.1), MAE pre-trained",
+                ("finetune_previous_recipe_pretrained.json",),
+            ),
+            Row("previous recipe, from scratch (`pretrained=null`)", ("finetune_previous_recipe_scratch.json",)),
+        ),
+    ),
+    Table(
+        "linprobe",
+        "features",
+        ACCURACY,
+        (
+            Row("MAE pre-trained, mean of the patch tokens (`make linprobe`)", ("linprobe_pretrained_mean.json",)),
+            Row("MAE pre-trained, cls token (`schedule.pool=cls`, the paper's)", ("linprobe_pretrained_cls.json",)),
+            Row("random initialisation, mean of the patch tokens (`pretrained=null`)", ("linprobe_random_mean.json",)),
+            Row("raw pixels (`experiment=linprobe_pixels`)", ("linprobe_pixels.json",)),
+        ),
+    ),
+    Table(
+        "sweep_mask_ratio",
+        "mask ratio",
+        (
+            Column("kNN top-1 (%)", percent("knn_top1_pretrained")),
+            Column("pre-training + kNN (s)", recorded("pretrain_seconds"), digits=0),
+        ),
+        tuple(Row(ratio, seeds(f"sweep_mask_ratio_{ratio}", SWEEP_SEEDS)) for ratio in MASK_RATIOS),
+    ),
 )
 
 
@@ -164,8 +210,10 @@ def render(table: Table, results_dir: Path = RESULTS_DIR) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in table.rows:
         runs = [load(results_dir, name) for name in row.files]
-        cells = [mean_and_spread([v for v in (column.value(run, row) for run in runs) if v is not None],
-                                 column.digits) for column in table.columns]
+        cells = [
+            mean_and_spread([v for v in (column.value(run, row) for run in runs) if v is not None], column.digits)
+            for column in table.columns
+        ]
         lines.append("| " + " | ".join([row.label, *cells]) + " |")
     return "\n".join(lines)
 
@@ -181,7 +229,7 @@ def update(text: str, results_dir: Path = RESULTS_DIR) -> str:
         pattern = marker_pattern(table.name)
         if pattern.search(text):
             rendered = render(table, results_dir)
-            text = pattern.sub(lambda match: match.group(1) + rendered + "\n" + match.group(3), text)
+            text = pattern.sub(lambda match, rendered=rendered: match.group(1) + rendered + "\n" + match.group(3), text)
     return text
 
 
@@ -211,10 +259,17 @@ def check_markers(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mae.jobs.results_tables", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("files", type=Path, nargs="*",
-                        help="the markdown files to render (default: README.md and docs/**/*.md with markers)")
+    parser = argparse.ArgumentParser(
+        prog="python -m mae.jobs.results_tables",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "files",
+        type=Path,
+        nargs="*",
+        help="the markdown files to render (default: README.md and docs/**/*.md with markers)",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--check", action="store_true", help="exit 1 if a file is not up to date")
     args = parser.parse_args(argv)

@@ -32,8 +32,12 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mae.model_files.checkpoint import check_input_size
-from mae.runs.config import CONF_DIR, compose_in_repo, register_resolvers
+from mae.evaluation.reconstruction_grid import (
+    ReconstructionViews,
+    reconstruct,
+    save_reconstruction_grid,
+    upscale_factor,
+)
 from mae.jobs.harness import (
     SETUP_ERRORS,
     SetupError,
@@ -41,14 +45,10 @@ from mae.jobs.harness import (
     one_line_setup_error,
     run_job,
 )
+from mae.model_files.checkpoint import check_input_size
 from mae.model_files.loading import load
 from mae.models.masking import seeded_noise
-from mae.evaluation.reconstruction_grid import (
-    ReconstructionViews,
-    reconstruct,
-    save_reconstruction_grid,
-    upscale_factor,
-)
+from mae.runs.config import CONF_DIR, compose_in_repo, register_resolvers
 from mae.runs.run_directory import check_writable
 
 log = logging.getLogger(__name__)
@@ -90,25 +90,33 @@ def prepare(cfg: DictConfig) -> Inspection:
     Bad input (see the module docstring) is a :class:`~mae.jobs.harness.SetupError` whose ``str()`` is one line.
     """
     if OmegaConf.is_missing(cfg, "ckpt_path"):
-        raise SetupError("ckpt_path is required: python -m mae.jobs.visualize ckpt_path=<checkpoint with decoder> "
-                         "[out=grid.png]")
+        raise SetupError(
+            "ckpt_path is required: python -m mae.jobs.visualize ckpt_path=<checkpoint with decoder> [out=grid.png]"
+        )
     try:
         if int(cfg.num_images) < 1:
             raise ValueError(f"num_images={cfg.num_images} must be at least 1")
         mask_ratio = check_mask_ratio(cfg.mask_ratio)
         upscale_factor(1, 1, int(cfg.min_cell_size))  # a negative min_cell_size fails before the model is loaded
         check_writable(Path(str(cfg.out)).parent)
-        loaded = load(cfg.ckpt_path, fallback=cfg.model, use_stated=bool(cfg.get("use_run_config", True)),
-                      require_decoder=True)
+        loaded = load(
+            cfg.ckpt_path, fallback=cfg.model, use_stated=bool(cfg.get("use_run_config", True)), require_decoder=True
+        )
         model, source = loaded.model, loaded.architecture_from
         datamodule = data_for_model_file(cfg.data, cfg.ckpt_path, use_stored=bool(cfg.get("use_run_config", True)))
         check_input_size((model.img_size, model.in_chans), datamodule, cfg.ckpt_path)
         imgs = datamodule.sample_images(int(cfg.num_images))
     except SETUP_ERRORS as error:
         raise one_line_setup_error(error) from error
-    return Inspection(model=model, architecture=source, imgs=imgs,
-                      noise=seeded_noise(imgs.shape[0], model.num_patches, cfg.seed), mask_ratio=mask_ratio,
-                      mean=tuple(datamodule.mean), std=tuple(datamodule.std))
+    return Inspection(
+        model=model,
+        architecture=source,
+        imgs=imgs,
+        noise=seeded_noise(imgs.shape[0], model.num_patches, cfg.seed),
+        mask_ratio=mask_ratio,
+        mean=tuple(datamodule.mean),
+        std=tuple(datamodule.std),
+    )
 
 
 def compose_config(ckpt_path: str | Path, overrides: Sequence[str] = (), **values: Any) -> DictConfig:
@@ -132,11 +140,21 @@ def compose_config(ckpt_path: str | Path, overrides: Sequence[str] = (), **value
 def visualize(cfg: DictConfig) -> Path:
     """The command's job: write the grid of ``cfg.ckpt_path`` to ``cfg.out`` and return its path."""
     inspection = prepare(cfg)
-    path = save_reconstruction_grid(inspection.model, inspection.imgs, cfg.out, inspection.mean, inspection.std,
-                                    noise=inspection.noise, mask_ratio=inspection.mask_ratio,
-                                    min_cell_size=int(cfg.min_cell_size), labels=bool(cfg.labels))
-    print(f"wrote {path} ({inspection.imgs.shape[0]} images x original / masked / reconstruction / pasted; "
-          f"{cfg.ckpt_path}, architecture from {inspection.architecture})")
+    path = save_reconstruction_grid(
+        inspection.model,
+        inspection.imgs,
+        cfg.out,
+        inspection.mean,
+        inspection.std,
+        noise=inspection.noise,
+        mask_ratio=inspection.mask_ratio,
+        min_cell_size=int(cfg.min_cell_size),
+        labels=bool(cfg.labels),
+    )
+    print(
+        f"wrote {path} ({inspection.imgs.shape[0]} images x original / masked / reconstruction / pasted; "
+        f"{cfg.ckpt_path}, architecture from {inspection.architecture})"
+    )
     return path
 
 

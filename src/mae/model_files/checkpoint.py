@@ -51,7 +51,8 @@ def load_checkpoint_file(path: str | Path) -> dict:
             raise CheckpointError(f"cannot read checkpoint {path}: {_unpickler_reason(error)}") from error
         raise UnsafeCheckpointError(
             f"checkpoint {path} asks for the global {found.group(1)}, which this project never loads (allowed: "
-            "tensors, plain containers and argparse.Namespace); nothing in the file was run") from error
+            "tensors, plain containers and argparse.Namespace); nothing in the file was run"
+        ) from error
     except Exception as error:  # torch raises many kinds for a truncated or foreign file
         raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(error)}") from error
 
@@ -72,37 +73,45 @@ def check_shapes(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, 
     """Raise on the first key both have whose shapes differ, naming the key and both shapes."""
     for key, tensor in state_dict.items():
         if key in expected and tuple(tensor.shape) != tuple(expected[key].shape):
-            raise CheckpointError(f"{source}: {key} has shape {tuple(tensor.shape)}, "
-                                  f"this model expects {tuple(expected[key].shape)}")
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(tensor.shape)}, this model expects {tuple(expected[key].shape)}"
+            )
 
 
-def check_state_dict_shapes(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
-                            source: str) -> None:
+def check_state_dict_shapes(
+    state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str
+) -> None:
     """Raise on the first key whose shape differs, and on missing or unexpected keys, naming them."""
     check_shapes(state_dict, expected, source)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{source} does not fit this model: missing keys {missing[:8]}"
-                              f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-                              f"{' ...' if len(unexpected) > 8 else ''}")
+        raise CheckpointError(
+            f"{source} does not fit this model: missing keys {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''}"
+        )
 
 
 def check_input_size(trained: tuple[int, int], datamodule, path: str | Path) -> None:
     """A checkpoint trained on ``(img_size, in_chans)`` images must be fed images the data module serves alike."""
     served = (datamodule.img_size, datamodule.in_chans)
     if tuple(trained) != served:
-        raise CheckpointError(f"checkpoint {path} takes {trained[0]} px images with {trained[1]} channels, but "
-                              f"the data serves {served[0]} px with {served[1]}; choose the data group it was "
-                              f"trained on (data=...) or set data.img_size={trained[0]} data.in_chans={trained[1]}")
+        raise CheckpointError(
+            f"checkpoint {path} takes {trained[0]} px images with {trained[1]} channels, but "
+            f"the data serves {served[0]} px with {served[1]}; choose the data group it was "
+            f"trained on (data=...) or set data.img_size={trained[0]} data.in_chans={trained[1]}"
+        )
 
 
 def check_resume_checkpoint(path: str | Path, module: torch.nn.Module) -> None:
     """Make sure a Lightning checkpoint can resume ``module`` before the trainer starts."""
     checkpoint = load_checkpoint_file(path)
     if "state_dict" not in checkpoint or "loops" not in checkpoint:
-        raise CheckpointError(f"checkpoint {path} is not a Lightning training checkpoint (no state_dict/loops); "
-                              "resume from <run dir>/checkpoints/last.ckpt")
+        raise CheckpointError(
+            f"checkpoint {path} is not a Lightning training checkpoint (no state_dict/loops); "
+            "resume from <run dir>/checkpoints/last.ckpt"
+        )
     check_state_dict_shapes(checkpoint["state_dict"], module.state_dict(), f"checkpoint {path}")
 
 
@@ -119,7 +128,9 @@ def model_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
     return dict(checkpoint)
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1
+) -> torch.Tensor:
     """Resize a ``(1, prefix + h*w, D)`` position table to another grid, keeping the prefix (cls) rows.
 
     The grid rows are resized bicubically (``align_corners=False``), as the reference does for fine-tuning at
@@ -138,8 +149,9 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], n
     return torch.cat([prefix, grid], dim=1)
 
 
-def load_encoder_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
-                         grid_size: tuple[int, int]) -> tuple[list[str], list[str]]:
+def load_encoder_weights(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, grid_size: tuple[int, int]
+) -> tuple[list[str], list[str]]:
     """Load the weights ``model`` has names for, resizing ``pos_embed`` to ``grid_size`` when it differs.
 
     Returns the model's keys the checkpoint lacks and the checkpoint's keys the model lacks, for the caller to
@@ -150,7 +162,11 @@ def load_encoder_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.
         state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], grid_size)
     expected = model.state_dict()
     decoder_table = state.get("decoder_pos_embed")
-    if decoder_table is not None and "decoder_pos_embed" in expected and decoder_table.shape != expected["decoder_pos_embed"].shape:
+    if (
+        decoder_table is not None
+        and "decoder_pos_embed" in expected
+        and decoder_table.shape != expected["decoder_pos_embed"].shape
+    ):
         # A fixed sin-cos table: the model's own one for the new grid is exact, so the file's is dropped.
         del state["decoder_pos_embed"]
     check_shapes(state, expected, source)

@@ -27,17 +27,22 @@ import yaml
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from mae.runs.atomic_files import replaced_atomically, write_text_atomically
 from mae.model_files.checkpoint import CheckpointError, export_timm_encoder
 from mae.model_files.loading import CONFIG_SUFFIX, load_model, model_architecture
-from mae.models import MaskedAutoencoderViT
 from mae.model_files.stored_config import StoredNormalization, stored_normalization
+from mae.models import MaskedAutoencoderViT
+from mae.runs.atomic_files import replaced_atomically, write_text_atomically
 
 FORMAT_NAME = "mae-lightning"
 
 
-def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path, kind: str,
-                     architecture: Mapping[str, Any], normalization: StoredNormalization | None = None) -> Path:
+def save_safetensors(
+    state: Mapping[str, torch.Tensor],
+    path: str | Path,
+    kind: str,
+    architecture: Mapping[str, Any],
+    normalization: StoredNormalization | None = None,
+) -> Path:
     """``state`` as ``path`` (``.safetensors``) and, beside it, ``{"format", "kind", "architecture"}`` as JSON, with
     ``"normalization": {"mean", "std"}`` when the model's input normalisation is known."""
     from safetensors.torch import save_file
@@ -59,12 +64,14 @@ def save_mae(model: MaskedAutoencoderViT, path: str | Path, normalization: Store
     return save_safetensors(model.state_dict(), path, "mae", model_architecture(model), normalization)
 
 
-def save_timm_encoder(model: MaskedAutoencoderViT, path: str | Path,
-                      normalization: StoredNormalization | None = None) -> Path:
+def save_timm_encoder(
+    model: MaskedAutoencoderViT, path: str | Path, normalization: StoredNormalization | None = None
+) -> Path:
     """The encoder as a timm ViT state_dict: safetensors (+ JSON) for ``.safetensors``, else a ``.pth``."""
     if Path(path).suffix == ".safetensors":
-        return save_safetensors(model.encoder_state_dict(), path, "timm_encoder", model_architecture(model),
-                                normalization)
+        return save_safetensors(
+            model.encoder_state_dict(), path, "timm_encoder", model_architecture(model), normalization
+        )
     return export_timm_encoder(model, path)
 
 
@@ -72,11 +79,19 @@ def classifier_architecture(vit: VisionTransformer) -> dict[str, Any]:
     """The ``timm.models.vision_transformer.VisionTransformer`` arguments that rebuild a fine-tuned classifier."""
     block = vit.blocks[0]
     norm = vit.fc_norm if isinstance(vit.fc_norm, nn.LayerNorm) else vit.norm
-    return {"img_size": list(vit.patch_embed.img_size), "patch_size": list(vit.patch_embed.patch_size),
-            "in_chans": vit.patch_embed.proj.in_channels, "num_classes": vit.num_classes,
-            "global_pool": vit.global_pool, "embed_dim": vit.embed_dim, "depth": len(vit.blocks),
-            "num_heads": block.attn.num_heads, "mlp_ratio": block.mlp.fc1.out_features / vit.embed_dim,
-            "qkv_bias": True, "layer_norm_eps": norm.eps}
+    return {
+        "img_size": list(vit.patch_embed.img_size),
+        "patch_size": list(vit.patch_embed.patch_size),
+        "in_chans": vit.patch_embed.proj.in_channels,
+        "num_classes": vit.num_classes,
+        "global_pool": vit.global_pool,
+        "embed_dim": vit.embed_dim,
+        "depth": len(vit.blocks),
+        "num_heads": block.attn.num_heads,
+        "mlp_ratio": block.mlp.fc1.out_features / vit.embed_dim,
+        "qkv_bias": True,
+        "layer_norm_eps": norm.eps,
+    }
 
 
 def save_timm_classifier(vit: VisionTransformer, path: str | Path) -> Path:
@@ -85,8 +100,9 @@ def save_timm_classifier(vit: VisionTransformer, path: str | Path) -> Path:
     return save_safetensors(vit.state_dict(), path, "timm_classifier", classifier_architecture(vit))
 
 
-def write(format_name: str, model: MaskedAutoencoderViT, out: Path,
-          normalization: StoredNormalization | None = None) -> Path:
+def write(
+    format_name: str, model: MaskedAutoencoderViT, out: Path, normalization: StoredNormalization | None = None
+) -> Path:
     """``model`` in ``format_name`` at ``out``; the input normalisation, when known, goes with it (the ``.json``
     beside a safetensors file, a transformers directory's ``preprocessor_config.json``)."""
     if format_name == "mae":
@@ -114,8 +130,11 @@ def overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mae.model_files.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mae.model_files.export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("format", choices=["mae", "timm", "transformers", "transformers-vit"])
     parser.add_argument("ckpt", type=Path, help="a checkpoint, .pth, .safetensors or transformers directory")
     parser.add_argument("out", type=Path, help="the file (mae, timm) or directory (transformers*) to write")

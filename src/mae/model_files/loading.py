@@ -55,27 +55,38 @@ def model_architecture(model: MaskedAutoencoderViT) -> dict[str, Any]:
     """The constructor arguments that rebuild ``model`` (what the ``.json`` beside an export holds)."""
     block, decoder_block = model.blocks[0], model.decoder_blocks[0]
     return {
-        "img_size": model.img_size, "patch_size": model.patch_size, "in_chans": model.in_chans,
-        "embed_dim": model.embed_dim, "depth": len(model.blocks), "num_heads": block.attn.num_heads,
-        "decoder_embed_dim": model.decoder_embed.out_features, "decoder_depth": len(model.decoder_blocks),
+        "img_size": model.img_size,
+        "patch_size": model.patch_size,
+        "in_chans": model.in_chans,
+        "embed_dim": model.embed_dim,
+        "depth": len(model.blocks),
+        "num_heads": block.attn.num_heads,
+        "decoder_embed_dim": model.decoder_embed.out_features,
+        "decoder_depth": len(model.decoder_blocks),
         "decoder_num_heads": decoder_block.attn.num_heads,
-        "mlp_ratio": block.mlp.fc1.out_features / model.embed_dim, "mask_ratio": model.mask_ratio,
-        "norm_pix_loss": model.norm_pix_loss, "layer_norm_eps": model.norm.eps,
+        "mlp_ratio": block.mlp.fc1.out_features / model.embed_dim,
+        "mask_ratio": model.mask_ratio,
+        "norm_pix_loss": model.norm_pix_loss,
+        "layer_norm_eps": model.norm.eps,
     }
 
 
 def _heads(width: int, name: str, source: str) -> int:
     if width not in HEADS_BY_WIDTH:
-        raise CheckpointError(f"{source} does not say its {name} and width {width} has no usual head count; pass "
-                              f"{name}=<heads> to load_model")
+        raise CheckpointError(
+            f"{source} does not say its {name} and width {width} has no usual head count; pass "
+            f"{name}=<heads> to load_model"
+        )
     return HEADS_BY_WIDTH[width]
 
 
 def check_has_encoder(state: Mapping[str, torch.Tensor], source: str) -> None:
     """One line when ``state`` holds no MAE or ViT encoder (no patch embedding), naming some keys it does hold."""
     if "patch_embed.proj.weight" not in state:
-        raise CheckpointError(f"{source} holds no MAE or ViT encoder (no patch_embed.proj.weight; its keys: "
-                              f"{', '.join(sorted(state)[:4])}{' ...' if len(state) > 4 else ''})")
+        raise CheckpointError(
+            f"{source} holds no MAE or ViT encoder (no patch_embed.proj.weight; its keys: "
+            f"{', '.join(sorted(state)[:4])}{' ...' if len(state) > 4 else ''})"
+        )
 
 
 def shape_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -84,7 +95,9 @@ def shape_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     ``decoder_embed_dim`` and ``decoder_depth`` when there are decoder weights (heads do not show in shapes)."""
     embed_dim, in_chans, patch_size, _ = (int(n) for n in state["patch_embed.proj.weight"].shape)
     arch: dict[str, Any] = {
-        "patch_size": patch_size, "in_chans": in_chans, "embed_dim": embed_dim,
+        "patch_size": patch_size,
+        "in_chans": in_chans,
+        "embed_dim": embed_dim,
         "depth": len({key.split(".")[1] for key in state if key.startswith("blocks.")}),
         "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
     }
@@ -96,8 +109,9 @@ def shape_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return arch
 
 
-def architecture_from_weights(state: Mapping[str, torch.Tensor], source: str,
-                              given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def architecture_from_weights(
+    state: Mapping[str, torch.Tensor], source: str, given: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The constructor arguments that weights in the reference layout imply, ``given`` ones kept (heads from
     :data:`HEADS_BY_WIDTH` unless given); without decoder weights, the decoder is the paper's (512 wide, 8 deep)."""
     check_has_encoder(state, source)
@@ -188,8 +202,17 @@ def has_decoder(state: Mapping[str, torch.Tensor]) -> bool:
 SINCOS_ATOL = 1e-5
 """How close a stored position table must be to the 2-D sin-cos table of its grid to count as that table."""
 
-MATCHING_NUMBERS = ("patch_size", "in_chans", "embed_dim", "depth", "mlp_ratio", "num_heads", "decoder_embed_dim",
-                    "decoder_depth", "decoder_num_heads")
+MATCHING_NUMBERS = (
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "mlp_ratio",
+    "num_heads",
+    "decoder_embed_dim",
+    "decoder_depth",
+    "decoder_num_heads",
+)
 """The architecture numbers a file must share with the model it continues (all but the image size)."""
 
 
@@ -205,8 +228,13 @@ class LoadedWeights:
     """Keys of the file the MAE has no use for (a classifier's head)."""
 
 
-def check_same_architecture(state: Mapping[str, torch.Tensor], stated: DictConfig | Mapping[str, Any] | None,
-                            model: MaskedAutoencoderViT, source: str, model_name: str) -> None:
+def check_same_architecture(
+    state: Mapping[str, torch.Tensor],
+    stated: DictConfig | Mapping[str, Any] | None,
+    model: MaskedAutoencoderViT,
+    source: str,
+    model_name: str,
+) -> None:
     """One line naming every number (file's and model's) where the weights' shapes, or the heads the file states,
     differ from ``model``; decoder numbers only count when the file has a decoder, the image size never does."""
     found = shape_architecture(state)
@@ -220,15 +248,17 @@ def check_same_architecture(state: Mapping[str, torch.Tensor], stated: DictConfi
         raise CheckpointError(
             f"{source} has {', '.join(f'{name}={found[name]}' for name in differing)} but {model_name} builds "
             f"{', '.join(f'{name}={built[name]}' for name in differing)}; choose the model group that matches the "
-            "file (or set those numbers, e.g. model.embed_dim=...)")
+            "file (or set those numbers, e.g. model.embed_dim=...)"
+        )
 
 
 def _is_sincos(table: torch.Tensor, side: int) -> bool:
     return torch.allclose(table[0].float(), sincos_2d(table.shape[-1], side), atol=SINCOS_ATOL)
 
 
-def position_tables_on_grid(state: Mapping[str, torch.Tensor], grid: tuple[int, int],
-                            source: str) -> tuple[dict[str, torch.Tensor], tuple[int, int] | None]:
+def position_tables_on_grid(
+    state: Mapping[str, torch.Tensor], grid: tuple[int, int], source: str
+) -> tuple[dict[str, torch.Tensor], tuple[int, int] | None]:
     """``state`` with ``pos_embed`` and ``decoder_pos_embed`` on ``grid``, and the file's grid if it was another.
 
     A table that is the fixed sin-cos one of its own grid is replaced by the exact sin-cos table of ``grid``;
@@ -249,13 +279,17 @@ def position_tables_on_grid(state: Mapping[str, torch.Tensor], grid: tuple[int, 
             how.append(f"{name}: interpolated bicubically")
         resized_from = (side, side)
     if resized_from is not None:
-        log.info("%s: position tables resized from the file's %dx%d patch grid to the model's %dx%d (%s)", source,
-                 *resized_from, *grid, "; ".join(how))
+        log.info(
+            "%s: position tables resized from the file's %dx%d patch grid to the model's %dx%d (%s)",
+            source,
+            *resized_from,
+            *grid,
+            "; ".join(how),
+        )
     return state, resized_from
 
 
-def load_mae_weights(model: MaskedAutoencoderViT, path: str | Path,
-                     model_name: str = "the model") -> LoadedWeights:
+def load_mae_weights(model: MaskedAutoencoderViT, path: str | Path, model_name: str = "the model") -> LoadedWeights:
     """Start ``model``'s encoder and decoder from ``path`` (continued pre-training), in place.
 
     ``path`` is any source :func:`read_source` reads. The file must have the model's patch size, channels, widths,
@@ -267,8 +301,10 @@ def load_mae_weights(model: MaskedAutoencoderViT, path: str | Path,
     """
     source = f"pretrained={path}"
     if not Path(path).exists():
-        raise CheckpointError(f"{source} does not exist; give this project's checkpoint or export, a reference MAE "
-                              ".pth or a transformers ViTMAE directory, or pretrained=null for random weights")
+        raise CheckpointError(
+            f"{source} does not exist; give this project's checkpoint or export, a reference MAE "
+            ".pth or a transformers ViTMAE directory, or pretrained=null for random weights"
+        )
     found = read_source(path)
     check_has_encoder(found.state, source)
     check_same_architecture(found.state, found.architecture, model, source, model_name)
@@ -278,13 +314,19 @@ def load_mae_weights(model: MaskedAutoencoderViT, path: str | Path,
     missing, decoder = sorted(set(expected) - set(state)), has_decoder(state)
     # A reference fine-tuned classifier pools the patch tokens and normalises them with fc_norm instead.
     classifier = "fc_norm.weight" in state and {"norm.weight", "norm.bias"} <= set(missing)
-    lacking = [key for key in missing if (decoder or not key.startswith(DECODER_PREFIXES))
-               and not (classifier and key.startswith("norm."))]
+    lacking = [
+        key
+        for key in missing
+        if (decoder or not key.startswith(DECODER_PREFIXES)) and not (classifier and key.startswith("norm."))
+    ]
     if lacking:
         raise CheckpointError(f"{source} lacks weights {lacking[:8]}{' ...' if len(lacking) > 8 else ''}")
     if not decoder:
-        kept = ("the decoder and the final norm (a fine-tuned classifier has fc_norm instead) keep" if classifier
-                else "the decoder keeps")
+        kept = (
+            "the decoder and the final norm (a fine-tuned classifier has fc_norm instead) keep"
+            if classifier
+            else "the decoder keeps"
+        )
         log.warning("%s holds an encoder only: %s the model's initialisation", source, kept)
     unused = sorted(set(state) - set(expected))
     if unused:
@@ -310,11 +352,14 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> dict[str, list[
     encoder_keys = set(model.encoder_state_dict())
     missing_encoder = sorted(key for key in missing if key in encoder_keys)
     if len(missing_encoder) == len(encoder_keys):
-        raise CheckpointError(f"checkpoint {path} holds none of the encoder's weights (it has keys "
-                              f"{_listed(sorted(state))}); expected e.g. patch_embed.proj.weight, blocks.0.*")
+        raise CheckpointError(
+            f"checkpoint {path} holds none of the encoder's weights (it has keys "
+            f"{_listed(sorted(state))}); expected e.g. patch_embed.proj.weight, blocks.0.*"
+        )
     if missing_encoder:
-        log.warning("checkpoint %s lacks encoder weights %s; they keep their initialisation", path,
-                    _listed(missing_encoder))
+        log.warning(
+            "checkpoint %s lacks encoder weights %s; they keep their initialisation", path, _listed(missing_encoder)
+        )
     if unexpected:
         log.info("checkpoint %s: keys the encoder does not use: %s", path, _listed(unexpected))
     return {"missing": missing_encoder, "unexpected": unexpected}
@@ -334,8 +379,14 @@ class LoadedModel:
     architecture_from: str
 
 
-def load(path: str | Path, *, fallback: DictConfig | None = None, use_stated: bool = True,
-         require_decoder: bool = False, overrides: Mapping[str, Any] | None = None) -> LoadedModel:
+def load(
+    path: str | Path,
+    *,
+    fallback: DictConfig | None = None,
+    use_stated: bool = True,
+    require_decoder: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+) -> LoadedModel:
     """:func:`load_model` for the commands: the architecture is the one ``path`` states (unless ``use_stated`` is
     false), else the ``fallback`` model node (a Hydra model group), else the one the weights imply; then
     ``overrides``. ``require_decoder`` refuses a file without decoder weights (:class:`NoDecoderError`) or one
@@ -345,8 +396,10 @@ def load(path: str | Path, *, fallback: DictConfig | None = None, use_stated: bo
     state, overrides = found.state, dict(overrides or {})
     check_has_encoder(state, source)
     if require_decoder and not has_decoder(state):
-        raise NoDecoderError(f"{source} has no decoder weights (an encoder-only or fine-tuned file): "
-                             "reconstructions need a pre-training checkpoint or a full MAE export")
+        raise NoDecoderError(
+            f"{source} has no decoder weights (an encoder-only or fine-tuned file): "
+            "reconstructions need a pre-training checkpoint or a full MAE export"
+        )
     if found.architecture is not None and use_stated:
         architecture, architecture_from = found.architecture, found.architecture_from
     elif fallback is not None:
@@ -360,15 +413,20 @@ def load(path: str | Path, *, fallback: DictConfig | None = None, use_stated: bo
     missing_encoder = [key for key in missing if not key.startswith(DECODER_PREFIXES)]
     if missing_encoder == ["norm.bias", "norm.weight"] and "fc_norm.weight" in state:
         # A reference fine-tuned classifier pools the patch tokens and normalises them with fc_norm instead.
-        log.warning("%s is a fine-tuned classifier (fc_norm, no final norm): the final norm keeps its "
-                    "initialisation", source)
+        log.warning(
+            "%s is a fine-tuned classifier (fc_norm, no final norm): the final norm keeps its initialisation", source
+        )
         missing_encoder = []
     if missing_encoder:
-        raise CheckpointError(f"{source} lacks encoder weights {missing_encoder[:8]}"
-                              f"{' ...' if len(missing_encoder) > 8 else ''} (architecture from {architecture_from})")
+        raise CheckpointError(
+            f"{source} lacks encoder weights {missing_encoder[:8]}"
+            f"{' ...' if len(missing_encoder) > 8 else ''} (architecture from {architecture_from})"
+        )
     if missing and require_decoder:
-        raise CheckpointError(f"{source} lacks decoder weights {missing[:8]}{' ...' if len(missing) > 8 else ''} "
-                              f"(architecture from {architecture_from})")
+        raise CheckpointError(
+            f"{source} lacks decoder weights {missing[:8]}{' ...' if len(missing) > 8 else ''} "
+            f"(architecture from {architecture_from})"
+        )
     if missing:
         log.info("%s has no decoder weights; the decoder keeps its initialisation", source)
     unused = sorted(set(state) - set(expected))

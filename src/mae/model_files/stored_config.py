@@ -22,22 +22,26 @@ RUN_CONFIG_KEY = "mae_run_config"
 """Checkpoint entry holding the resolved ``model`` and ``module`` nodes, the task name and ``data`` (image size,
 channels, mean and std), written by :class:`mae.callbacks.run_config.RunConfigInCheckpoint`."""
 
-MODEL_TARGETS = frozenset({
-    "mae.models.MaskedAutoencoderViT",
-    "mae.models.mae_vit_base_patch16",
-    "mae.models.mae_vit_large_patch16",
-    "mae.models.mae_vit_huge_patch14",
-    "mae.models.mae_vit_tiny_patch4",
-    "mae.models.mae_vit_tiny_patch7",
-    "mae.models.mae_vit_small_patch4",
-})
+MODEL_TARGETS = frozenset(
+    {
+        "mae.models.MaskedAutoencoderViT",
+        "mae.models.mae_vit_base_patch16",
+        "mae.models.mae_vit_large_patch16",
+        "mae.models.mae_vit_huge_patch14",
+        "mae.models.mae_vit_tiny_patch4",
+        "mae.models.mae_vit_tiny_patch7",
+        "mae.models.mae_vit_small_patch4",
+    }
+)
 """What a stored ``model`` node may build: the MAE class and its presets."""
 
-MODULE_TARGETS = frozenset({
-    "mae.training.MAEPretrainModule",
-    "mae.training.FinetuneModule.from_encoder",
-    "mae.training.LinearProbeModule",
-})
+MODULE_TARGETS = frozenset(
+    {
+        "mae.training.MAEPretrainModule",
+        "mae.training.FinetuneModule.from_encoder",
+        "mae.training.LinearProbeModule",
+    }
+)
 """What a stored ``module`` node may build: the three task modules."""
 
 
@@ -61,12 +65,15 @@ def trusted_node(node: Any, allowed: frozenset[str], source: str) -> DictConfig:
         node = OmegaConf.to_container(node, resolve=True)
     if not isinstance(node, Mapping) or node.get("_target_") not in allowed:
         target = node.get("_target_") if isinstance(node, Mapping) else type(node).__name__
-        raise UnsafeCheckpointError(f"{source} asks to build {target!r}, which is not one of this project's "
-                                    f"models or modules (allowed: {', '.join(sorted(allowed))})")
+        raise UnsafeCheckpointError(
+            f"{source} asks to build {target!r}, which is not one of this project's "
+            f"models or modules (allowed: {', '.join(sorted(allowed))})"
+        )
     nested = _nested_targets({key: value for key, value in node.items() if key != "_target_"})
     if nested:
-        raise UnsafeCheckpointError(f"{source} asks to build {nested[0]!r} inside {node['_target_']}; stored "
-                                    "configs may only hold plain values")
+        raise UnsafeCheckpointError(
+            f"{source} asks to build {nested[0]!r} inside {node['_target_']}; stored configs may only hold plain values"
+        )
     return OmegaConf.create(dict(node))
 
 
@@ -94,8 +101,11 @@ class StoredNormalization:
 
 
 def _numbers(value: Any) -> list[float] | None:
-    if isinstance(value, (list, tuple, ListConfig)) and value and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if (
+        isinstance(value, (list, tuple, ListConfig))
+        and value
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         return [float(v) for v in value]
     return None
 

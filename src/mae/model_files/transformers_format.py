@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import safetensors.torch
 import torch
 
-from mae.runs.atomic_files import replaced_atomically, write_text_atomically
 from mae.model_files.checkpoint import CheckpointError, check_state_dict_shapes
+from mae.model_files.stored_config import PREPROCESSOR_CONFIG
 from mae.models.mae import MaskedAutoencoderViT
 from mae.models.pos_embed import sincos_2d
-from mae.model_files.stored_config import PREPROCESSOR_CONFIG
+from mae.runs.atomic_files import replaced_atomically, write_text_atomically
 from mae.runs.optional import require
 
 if TYPE_CHECKING:
@@ -79,17 +79,32 @@ _STACKS_TO_5X = {
     "decoder.decoder_encoder.layer": "decoder.decoder_layers",  # what 5.x's save_pretrained writes
 }
 _STACKS_5X_TO_4X = {"vit.layers": "vit.encoder.layer", "decoder.decoder_layers": "decoder.decoder_layers"}
-_LAYER_KEY = re.compile(r"^(?P<stack>" + "|".join(re.escape(s) for s in _STACKS_TO_5X)
-                        + r")\.(?P<index>\d+)\.(?P<module>.+)\.(?P<param>weight|bias)$")
+_LAYER_KEY = re.compile(
+    r"^(?P<stack>"
+    + "|".join(re.escape(s) for s in _STACKS_TO_5X)
+    + r")\.(?P<index>\d+)\.(?P<module>.+)\.(?P<param>weight|bias)$"
+)
 _FIXED_TABLES = ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed")
 """Fixed sin-cos tables: a file may leave them out, the model's own ones are then exact."""
 
 # ViTMAEConfig's defaults, for keys a config.json leaves out (the test checks them against transformers').
 VITMAE_CONFIG_DEFAULTS: dict[str, Any] = {
-    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-    "hidden_act": "gelu", "layer_norm_eps": 1e-12, "image_size": 224, "patch_size": 16, "num_channels": 3,
-    "qkv_bias": True, "decoder_num_attention_heads": 16, "decoder_hidden_size": 512, "decoder_num_hidden_layers": 8,
-    "decoder_intermediate_size": 2048, "mask_ratio": 0.75, "norm_pix_loss": False,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12,
+    "image_size": 224,
+    "patch_size": 16,
+    "num_channels": 3,
+    "qkv_bias": True,
+    "decoder_num_attention_heads": 16,
+    "decoder_hidden_size": 512,
+    "decoder_num_hidden_layers": 8,
+    "decoder_intermediate_size": 2048,
+    "mask_ratio": 0.75,
+    "norm_pix_loss": False,
 }
 
 
@@ -117,12 +132,19 @@ def _encoder_geometry(model: MaskedAutoencoderViT) -> dict[str, Any]:
     """The config fields a ViT encoder shares between ``ViTConfig`` and ``ViTMAEConfig``."""
     block = model.blocks[0]
     return dict(
-        image_size=model.img_size, patch_size=model.patch_size, num_channels=model.in_chans,
-        hidden_size=model.embed_dim, num_hidden_layers=len(model.blocks), num_attention_heads=block.attn.num_heads,
+        image_size=model.img_size,
+        patch_size=model.patch_size,
+        num_channels=model.in_chans,
+        hidden_size=model.embed_dim,
+        num_hidden_layers=len(model.blocks),
+        num_attention_heads=block.attn.num_heads,
         intermediate_size=block.mlp.fc1.out_features,
         # The model's own epsilon (the reference's 1e-6), never transformers' default of 1e-12.
         layer_norm_eps=model.norm.eps,
-        hidden_act="gelu", qkv_bias=True, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        hidden_act="gelu",
+        qkv_bias=True,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
 
 
@@ -132,9 +154,12 @@ def vitmae_config(model: MaskedAutoencoderViT) -> transformers.ViTMAEConfig:
     block = model.decoder_blocks[0]
     config = _transformers().ViTMAEConfig(
         **_encoder_geometry(model),
-        decoder_hidden_size=model.decoder_embed.out_features, decoder_num_hidden_layers=len(model.decoder_blocks),
-        decoder_num_attention_heads=block.attn.num_heads, decoder_intermediate_size=block.mlp.fc1.out_features,
-        mask_ratio=model.mask_ratio, norm_pix_loss=model.norm_pix_loss,
+        decoder_hidden_size=model.decoder_embed.out_features,
+        decoder_num_hidden_layers=len(model.decoder_blocks),
+        decoder_num_attention_heads=block.attn.num_heads,
+        decoder_intermediate_size=block.mlp.fc1.out_features,
+        mask_ratio=model.mask_ratio,
+        norm_pix_loss=model.norm_pix_loss,
     )
     config.architectures = ["ViTMAEForPreTraining"]
     return config
@@ -147,8 +172,9 @@ def vit_config(model: MaskedAutoencoderViT) -> transformers.ViTConfig:
     return config
 
 
-def _blocks_to_transformers(state: Mapping[str, torch.Tensor], prefix: str, depth: int,
-                            stack: str) -> dict[str, torch.Tensor]:
+def _blocks_to_transformers(
+    state: Mapping[str, torch.Tensor], prefix: str, depth: int, stack: str
+) -> dict[str, torch.Tensor]:
     """Blocks ``prefix.N.*`` (timm) as transformers 5.x layers ``stack.N.*``, the fused qkv split in three."""
     out: dict[str, torch.Tensor] = {}
     for index in range(depth):
@@ -164,8 +190,11 @@ def _blocks_to_transformers(state: Mapping[str, torch.Tensor], prefix: str, dept
 
 def _encoder_to_transformers(model: MaskedAutoencoderViT, root: str) -> dict[str, torch.Tensor]:
     state = model.state_dict()
-    out = {f"{root}{_renamed(key, _ENCODER_NAMES)}": tensor for key, tensor in state.items()
-           if _renamed(key, _ENCODER_NAMES) is not None}
+    out = {
+        f"{root}{_renamed(key, _ENCODER_NAMES)}": tensor
+        for key, tensor in state.items()
+        if _renamed(key, _ENCODER_NAMES) is not None
+    }
     out.update(_blocks_to_transformers(state, "blocks", len(model.blocks), f"{root}layers"))
     return out
 
@@ -190,8 +219,13 @@ def to_transformers_state_dict(model: MaskedAutoencoderViT, layout: Layout = "5.
         raise ValueError(f"layout={layout!r} is not one of '5.x', '4.x'")
     state = model.state_dict()
     out = _encoder_to_transformers(model, "vit.")
-    out.update({_renamed(key, _DECODER_NAMES): tensor for key, tensor in state.items()
-                if _renamed(key, _DECODER_NAMES) is not None})
+    out.update(
+        {
+            _renamed(key, _DECODER_NAMES): tensor
+            for key, tensor in state.items()
+            if _renamed(key, _DECODER_NAMES) is not None
+        }
+    )
     out.update(_blocks_to_transformers(state, "decoder_blocks", len(model.decoder_blocks), "decoder.decoder_layers"))
     return to_legacy_names(out) if layout == "4.x" else out
 
@@ -234,10 +268,17 @@ def save_transformers_vit(model: MaskedAutoencoderViT, out_dir: str | Path) -> P
 def write_preprocessor_config(out_dir: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float]) -> Path:
     """``preprocessor_config.json`` for ``ViTImageProcessor``: resize to ``img_size``, scale to [0, 1], normalise
     with the model's training ``mean`` and ``std`` (which :func:`mae.model_files.stored_config.stored_normalization` reads back)."""
-    config = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
-              "size": {"height": int(img_size), "width": int(img_size)}, "resample": 3, "do_rescale": True,
-              "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [float(v) for v in mean],
-              "image_std": [float(v) for v in std]}
+    config = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": int(img_size), "width": int(img_size)},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [float(v) for v in mean],
+        "image_std": [float(v) for v in std],
+    }
     path = Path(out_dir) / PREPROCESSOR_CONFIG
     write_text_atomically(path, json.dumps(config, indent=2) + "\n")
     return path
@@ -266,15 +307,24 @@ def mae_kwargs_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
     mlp_ratio = c["intermediate_size"] / c["hidden_size"]
     decoder_ratio = c["decoder_intermediate_size"] / c["decoder_hidden_size"]
     if decoder_ratio != mlp_ratio or int(c["hidden_size"] * mlp_ratio) != c["intermediate_size"]:
-        raise ValueError(f"intermediate_size={c['intermediate_size']} (hidden_size={c['hidden_size']}) and "
-                         f"decoder_intermediate_size={c['decoder_intermediate_size']} (decoder_hidden_size="
-                         f"{c['decoder_hidden_size']}) need one MLP ratio shared by encoder and decoder")
+        raise ValueError(
+            f"intermediate_size={c['intermediate_size']} (hidden_size={c['hidden_size']}) and "
+            f"decoder_intermediate_size={c['decoder_intermediate_size']} (decoder_hidden_size="
+            f"{c['decoder_hidden_size']}) need one MLP ratio shared by encoder and decoder"
+        )
     return dict(
-        img_size=_side(c["image_size"], "image_size"), patch_size=_side(c["patch_size"], "patch_size"),
-        in_chans=c["num_channels"], embed_dim=c["hidden_size"], depth=c["num_hidden_layers"],
-        num_heads=c["num_attention_heads"], decoder_embed_dim=c["decoder_hidden_size"],
-        decoder_depth=c["decoder_num_hidden_layers"], decoder_num_heads=c["decoder_num_attention_heads"],
-        mlp_ratio=mlp_ratio, mask_ratio=c["mask_ratio"], norm_pix_loss=bool(c["norm_pix_loss"]),
+        img_size=_side(c["image_size"], "image_size"),
+        patch_size=_side(c["patch_size"], "patch_size"),
+        in_chans=c["num_channels"],
+        embed_dim=c["hidden_size"],
+        depth=c["num_hidden_layers"],
+        num_heads=c["num_attention_heads"],
+        decoder_embed_dim=c["decoder_hidden_size"],
+        decoder_depth=c["decoder_num_hidden_layers"],
+        decoder_num_heads=c["decoder_num_attention_heads"],
+        mlp_ratio=mlp_ratio,
+        mask_ratio=c["mask_ratio"],
+        norm_pix_loss=bool(c["norm_pix_loss"]),
         layer_norm_eps=c["layer_norm_eps"],
     )
 
@@ -292,8 +342,9 @@ def to_current_names(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
     return names
 
 
-def _blocks_from_transformers(state: Mapping[str, torch.Tensor], stack: str, depth: int,
-                              prefix: str) -> dict[str, torch.Tensor]:
+def _blocks_from_transformers(
+    state: Mapping[str, torch.Tensor], stack: str, depth: int, prefix: str
+) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for index in range(depth):
         src, dst = f"{stack}.{index}.", f"{prefix}.{index}."
@@ -328,8 +379,9 @@ def load_transformers_weights(model: MaskedAutoencoderViT, state: Mapping[str, t
     expected = to_transformers_state_dict(model)
     for key, name in names.items():
         if name in expected and tuple(state[key].shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"{source}: {key} has shape {tuple(state[key].shape)}, "
-                                  f"this model expects {tuple(expected[name].shape)}")
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(state[key].shape)}, this model expects {tuple(expected[name].shape)}"
+            )
     current = {name: state[key] for key, name in names.items()}
     required = {k: v for k, v in expected.items() if k in current or k not in _FIXED_TABLES}
     check_state_dict_shapes(current, required, source)
@@ -349,8 +401,11 @@ def _warn_unless_sincos(table: torch.Tensor, name: str, source: str) -> None:
         return
     grid = int(round((table.shape[1] - 1) ** 0.5))
     if not torch.allclose(table[0].float().cpu(), sincos_2d(table.shape[-1], grid), atol=1e-5):
-        zeros = " (all zeros: transformers 5.x leaves it so in a model initialised from a config)" \
-            if not table.any() else ""
+        zeros = (
+            " (all zeros: transformers 5.x leaves it so in a model initialised from a config)"
+            if not table.any()
+            else ""
+        )
         log.warning("%s: %s is not the fixed 2-D sin-cos table%s; kept as it is", source, name, zeros)
 
 
@@ -369,8 +424,11 @@ def _read_directory(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
             state.update(load_file(str(path / shard)))
         return config, state
-    pickled = " (its pytorch_model.bin is a pickle, which this project never loads)" \
-        if (path / "pytorch_model.bin").is_file() else ""
+    pickled = (
+        " (its pytorch_model.bin is a pickle, which this project never loads)"
+        if (path / "pytorch_model.bin").is_file()
+        else ""
+    )
     raise CheckpointError(f"{path} has no model.safetensors{pickled}")
 
 
@@ -388,7 +446,9 @@ def from_transformers(source: str | Path | transformers.ViTMAEForPreTraining) ->
     elif hasattr(source, "config") and hasattr(source, "state_dict"):
         config, state, name = source.config.to_dict(), source.state_dict(), type(source).__name__
     else:
-        raise ValueError(f"expected a transformers model directory or ViTMAEForPreTraining, got {type(source).__name__}")
+        raise ValueError(
+            f"expected a transformers model directory or ViTMAEForPreTraining, got {type(source).__name__}"
+        )
     model = MaskedAutoencoderViT(**mae_kwargs_from_config(config))
     load_transformers_weights(model, state, name)
     return model.eval()

@@ -29,20 +29,44 @@ def mae_vit_huge_patch14(**kwargs: Any) -> MaskedAutoencoderViT:
 
 def mae_vit_tiny_patch4(**kwargs: Any) -> MaskedAutoencoderViT:
     """CPU-sized: ViT-Ti width (192, 3 heads), 6 blocks, patch 4 for 28-32 px images; 128x2 decoder."""
-    args = dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3,
-                decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
+    args = dict(
+        img_size=32,
+        patch_size=4,
+        embed_dim=192,
+        depth=6,
+        num_heads=3,
+        decoder_embed_dim=128,
+        decoder_depth=2,
+        decoder_num_heads=4,
+    )
     return MaskedAutoencoderViT(**{**args, **kwargs})
 
 
 def mae_vit_tiny_patch7(**kwargs: Any) -> MaskedAutoencoderViT:
     """CPU-sized for 28 px images (Fashion-MNIST): the tiny encoder on a 4x4 grid of 7x7 patches."""
-    args = dict(img_size=28, patch_size=7, embed_dim=192, depth=6, num_heads=3,
-                decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
+    args = dict(
+        img_size=28,
+        patch_size=7,
+        embed_dim=192,
+        depth=6,
+        num_heads=3,
+        decoder_embed_dim=128,
+        decoder_depth=2,
+        decoder_num_heads=4,
+    )
     return MaskedAutoencoderViT(**{**args, **kwargs})
 
 
 def mae_vit_small_patch4(**kwargs: Any) -> MaskedAutoencoderViT:
     """CPU-sized: ViT-S width (384, 6 heads), 12 blocks, patch 4 for 28-32 px images; 256x4 decoder."""
-    args = dict(img_size=32, patch_size=4, embed_dim=384, depth=12, num_heads=6,
-                decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8)
+    args = dict(
+        img_size=32,
+        patch_size=4,
+        embed_dim=384,
+        depth=12,
+        num_heads=6,
+        decoder_embed_dim=256,
+        decoder_depth=4,
+        decoder_num_heads=8,
+    )
     return MaskedAutoencoderViT(**{**args, **kwargs})

@@ -38,19 +38,40 @@ class MAEOutput:
     """``(N, L)`` indices that put the shuffled token sequence back into original order."""
 
 
-def _check_config(img_size: int, patch_size: int, in_chans: int, embed_dim: int, depth: int, num_heads: int,
-                  decoder_embed_dim: int, decoder_depth: int, decoder_num_heads: int, mlp_ratio: float,
-                  mask_ratio: float, layer_norm_eps: float) -> None:
+def _check_config(
+    img_size: int,
+    patch_size: int,
+    in_chans: int,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    decoder_embed_dim: int,
+    decoder_depth: int,
+    decoder_num_heads: int,
+    mlp_ratio: float,
+    mask_ratio: float,
+    layer_norm_eps: float,
+) -> None:
     """Every rule the constructor's arguments must meet, each broken one a one-line ``ValueError`` naming it."""
-    for name, value in (("img_size", img_size), ("patch_size", patch_size), ("in_chans", in_chans),
-                        ("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads),
-                        ("decoder_embed_dim", decoder_embed_dim), ("decoder_depth", decoder_depth),
-                        ("decoder_num_heads", decoder_num_heads)):
+    for name, value in (
+        ("img_size", img_size),
+        ("patch_size", patch_size),
+        ("in_chans", in_chans),
+        ("embed_dim", embed_dim),
+        ("depth", depth),
+        ("num_heads", num_heads),
+        ("decoder_embed_dim", decoder_embed_dim),
+        ("decoder_depth", decoder_depth),
+        ("decoder_num_heads", decoder_num_heads),
+    ):
         if value < 1:
             raise ValueError(f"{name}={value} must be at least 1")
     if img_size % patch_size:
         raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}")
-    for name, width, heads in (("embed_dim", embed_dim, num_heads), ("decoder_embed_dim", decoder_embed_dim, decoder_num_heads)):
+    for name, width, heads in (
+        ("embed_dim", embed_dim, num_heads),
+        ("decoder_embed_dim", decoder_embed_dim, decoder_num_heads),
+    ):
         if width % heads:
             raise ValueError(f"{name}={width} is not divisible by its number of heads ({heads})")
         if width % 4:
@@ -97,8 +118,20 @@ class MaskedAutoencoderViT(nn.Module):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        _check_config(img_size, patch_size, in_chans, embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth,
-                      decoder_num_heads, mlp_ratio, mask_ratio, layer_norm_eps)
+        _check_config(
+            img_size,
+            patch_size,
+            in_chans,
+            embed_dim,
+            depth,
+            num_heads,
+            decoder_embed_dim,
+            decoder_depth,
+            decoder_num_heads,
+            mlp_ratio,
+            mask_ratio,
+            layer_norm_eps,
+        )
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
@@ -217,7 +250,9 @@ class MaskedAutoencoderViT(nn.Module):
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return masked_mse_loss(pred, self.reconstruction_target(imgs), mask)
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None) -> MAEOutput:
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+    ) -> MAEOutput:
         """Mask, encode, decode and score a batch of images.
 
         Args:

@@ -20,8 +20,10 @@ def check_trainable_mask_ratio(mask_ratio: float, num_patches: int) -> None:
     kept = num_kept(num_patches, mask_ratio)
     if not 1 <= kept < num_patches:
         highest = math.floor((1 - 1 / num_patches) * 1e4) / 1e4
-        raise ValueError(f"mask_ratio={mask_ratio} keeps {kept} of the {num_patches} patches visible; training needs "
-                         f"at least one masked and one visible patch: 0 < mask_ratio <= {highest}")
+        raise ValueError(
+            f"mask_ratio={mask_ratio} keeps {kept} of the {num_patches} patches visible; training needs "
+            f"at least one masked and one visible patch: 0 < mask_ratio <= {highest}"
+        )
 
 
 def random_masking(

@@ -16,7 +16,9 @@ def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(n, (h // p) * (w // p), p * p * c)
 
 
-def unpatchify(patches: torch.Tensor, patch_size: int, channels: int, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+def unpatchify(
+    patches: torch.Tensor, patch_size: int, channels: int, grid_size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Inverse of :func:`patchify`: ``(N, L, p*p*C)`` to ``(N, C, H, W)`` (a square grid unless given)."""
     n, length, dim = patches.shape
     p = patch_size

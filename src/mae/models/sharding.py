@@ -20,8 +20,10 @@ def remember_unsharded_layout(model: nn.Module) -> None:
     """Keep a copy of ``model`` with its parameters on the meta device (no memory for them); call it just before
     sharding ``model`` with FSDP2's ``fully_shard``, which forbids deep copies, so that :func:`unsharded_copy` can
     still build plain copies of it."""
-    memo = {id(param): nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
-            for param in model.parameters()}
+    memo = {
+        id(param): nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+        for param in model.parameters()
+    }
     _UNSHARDED_LAYOUTS[model] = copy.deepcopy(model, memo)
 
 
@@ -32,16 +34,19 @@ def unsharded_copy(model: nn.Module) -> nn.Module:
         return copy.deepcopy(model).cpu()
     layout = _UNSHARDED_LAYOUTS.get(model)
     if layout is None:
-        raise TypeError(f"{type(model).__name__} is sharded with FSDP2, which cannot be copied; call "
-                        "remember_unsharded_layout(model) before fully_shard")
+        raise TypeError(
+            f"{type(model).__name__} is sharded with FSDP2, which cannot be copied; call "
+            "remember_unsharded_layout(model) before fully_shard"
+        )
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     # Gathered on every process (offloading to the CPU here would give the full weights to rank 0 only).
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     copied = copy.deepcopy(layout)
     # assign: the gathered tensors replace the meta parameters (copied, so that nothing aliases the model).
-    copied.load_state_dict({name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()},
-                           strict=True, assign=True)
+    copied.load_state_dict(
+        {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}, strict=True, assign=True
+    )
     return copied
 
 

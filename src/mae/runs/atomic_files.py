@@ -24,8 +24,10 @@ class StorageFullError(RunFailure):
         path = Path(path)
         reason = os.strerror(error.errno) if error.errno is not None else str(error)
         where = f"in {path}" if path.is_dir() else f"{path.name} in {path.parent}"
-        super().__init__(f"cannot write {where}: {reason.lower()} (free space there, or set hydra.run.dir=<folder> "
-                         "on another disk, and resume from the last checkpoint)")
+        super().__init__(
+            f"cannot write {where}: {reason.lower()} (free space there, or set hydra.run.dir=<folder> "
+            "on another disk, and resume from the last checkpoint)"
+        )
         self.path = path
         self.reason = reason
 

@@ -47,7 +47,9 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("product"):  # e.g. the processes of a job: devices x nodes
         OmegaConf.register_new_resolver("product", lambda *factors: math.prod(int(factor) for factor in factors))
     if not OmegaConf.has_resolver("wandb_offline"):
-        OmegaConf.register_new_resolver("wandb_offline", lambda: os.environ.get("WANDB_MODE") != "online" and not wandb_logged_in())
+        OmegaConf.register_new_resolver(
+            "wandb_offline", lambda: os.environ.get("WANDB_MODE") != "online" and not wandb_logged_in()
+        )
 
 
 def compose_in_repo(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -95,24 +97,39 @@ def validate_schedule(schedule: DictConfig) -> None:
     """Check the schedule group, which no object validates on construction (model and data check their own)."""
     _require(schedule.batch_size >= 1, f"schedule.batch_size={schedule.batch_size} must be at least 1")
     global_batch = schedule.get("global_batch_size")
-    _require(global_batch is None or global_batch >= 1,
-             f"schedule.global_batch_size={global_batch} must be at least 1, or null to use schedule.batch_size")
-    _require(schedule.accumulate_grad_batches >= 1,
-             f"schedule.accumulate_grad_batches={schedule.accumulate_grad_batches} must be at least 1")
+    _require(
+        global_batch is None or global_batch >= 1,
+        f"schedule.global_batch_size={global_batch} must be at least 1, or null to use schedule.batch_size",
+    )
+    _require(
+        schedule.accumulate_grad_batches >= 1,
+        f"schedule.accumulate_grad_batches={schedule.accumulate_grad_batches} must be at least 1",
+    )
     _require(schedule.epochs >= 1, f"schedule.epochs={schedule.epochs} must be at least 1")
-    _require(0 <= schedule.warmup_epochs <= schedule.epochs,
-             f"schedule.warmup_epochs={schedule.warmup_epochs} must be in [0, schedule.epochs={schedule.epochs}]")
-    _require(schedule.blr > 0 or (schedule.lr is not None and schedule.lr > 0),
-             f"schedule.blr={schedule.blr} must be positive (or give schedule.lr)")
+    _require(
+        0 <= schedule.warmup_epochs <= schedule.epochs,
+        f"schedule.warmup_epochs={schedule.warmup_epochs} must be in [0, schedule.epochs={schedule.epochs}]",
+    )
+    _require(
+        schedule.blr > 0 or (schedule.lr is not None and schedule.lr > 0),
+        f"schedule.blr={schedule.blr} must be positive (or give schedule.lr)",
+    )
     _require(schedule.min_lr >= 0, f"schedule.min_lr={schedule.min_lr} must be non-negative")
-    _require(schedule.clip_grad is None or schedule.clip_grad > 0,
-             f"schedule.clip_grad={schedule.clip_grad} must be positive or null")
+    _require(
+        schedule.clip_grad is None or schedule.clip_grad > 0,
+        f"schedule.clip_grad={schedule.clip_grad} must be positive or null",
+    )
     # On one device; more devices only raise the peak (the lr scales with the global batch).
-    peak = schedule.lr if schedule.lr is not None else (
-        schedule.blr * schedule.batch_size * schedule.accumulate_grad_batches / 256)
-    _require(schedule.min_lr <= peak,
-             f"schedule.min_lr={schedule.min_lr} is above the peak lr {peak:.4g} (schedule.lr, or schedule.blr x "
-             "batch_size x accumulate_grad_batches / 256); the cosine schedule decays from the peak to min_lr")
+    peak = (
+        schedule.lr
+        if schedule.lr is not None
+        else (schedule.blr * schedule.batch_size * schedule.accumulate_grad_batches / 256)
+    )
+    _require(
+        schedule.min_lr <= peak,
+        f"schedule.min_lr={schedule.min_lr} is above the peak lr {peak:.4g} (schedule.lr, or schedule.blr x "
+        "batch_size x accumulate_grad_batches / 256); the cosine schedule decays from the peak to min_lr",
+    )
     for key, allowed, rule in _SCHEDULE_RANGES:
         if schedule.get(key) is not None:
             _require(allowed(schedule[key]), f"schedule.{key}={schedule[key]} must be {rule}")
@@ -128,9 +145,11 @@ def process_batch_size(schedule: DictConfig, world_size: int) -> int | None:
     if global_batch is None:
         return None
     parts = world_size * schedule.accumulate_grad_batches
-    _require(global_batch % parts == 0,
-             f"schedule.global_batch_size={global_batch} is not divisible by {world_size} processes x "
-             f"accumulate_grad_batches={schedule.accumulate_grad_batches}; use a multiple of {parts}")
+    _require(
+        global_batch % parts == 0,
+        f"schedule.global_batch_size={global_batch} is not divisible by {world_size} processes x "
+        f"accumulate_grad_batches={schedule.accumulate_grad_batches}; use a multiple of {parts}",
+    )
     return global_batch // parts
 
 

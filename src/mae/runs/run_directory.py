@@ -20,7 +20,6 @@ from typing import Any
 
 from mae.runs.atomic_files import write_text_atomically
 
-
 RESULTS_FILE = "results.json"
 """The name of every run directory's results file."""
 CONFIG_FILE = "config_resolved.yaml"
@@ -82,7 +81,7 @@ def merge_json(path: Path, values: dict[str, Any]) -> dict[str, Any]:
     try:
         merged = read_json_object(path)
     except ValueError as error:
-        warnings.warn(f"{error}; writing a new one")
+        warnings.warn(f"{error}; writing a new one", stacklevel=2)
         merged = {}
     if "status" in values:
         for key in ATTEMPT_KEYS:
@@ -103,14 +102,18 @@ def check_writable(directory: str | Path) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"output directory {directory} cannot be created: {existing} is a file; set "
-                         "hydra.run.dir=<folder> (or paths.log_dir=<folder>)")
+        raise ValueError(
+            f"output directory {directory} cannot be created: {existing} is a file; set "
+            "hydra.run.dir=<folder> (or paths.log_dir=<folder>)"
+        )
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise ValueError(f"output directory {directory} is not writable ({existing}: {error.strerror}); set "
-                         "hydra.run.dir=<folder> (or paths.log_dir=<folder>)") from error
+        raise ValueError(
+            f"output directory {directory} is not writable ({existing}: {error.strerror}); set "
+            "hydra.run.dir=<folder> (or paths.log_dir=<folder>)"
+        ) from error
 
 
 def bad_images(run_dir: Path) -> list[str]:

@@ -63,15 +63,18 @@ def lock_run_directory(directory: str | Path) -> IO[str]:
     if directory in _held:
         return _held[directory]
     directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / LOCK_FILE, "a+", encoding="utf-8")  # "a+": never truncates the holder's pid
+    # "a+": never truncates the holder's pid. Kept open (no context manager) for as long as the run holds the lock.
+    handle = open(directory / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise RunDirectoryBusy(f"run directory {directory} is in use by another run (pid {holder}); wait for it to "
-                               "end, or set hydra.run.dir=<another folder>") from None
+        raise RunDirectoryBusy(
+            f"run directory {directory} is in use by another run (pid {holder}); wait for it to "
+            "end, or set hydra.run.dir=<another folder>"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")

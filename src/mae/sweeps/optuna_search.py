@@ -97,8 +97,9 @@ class Parameter:
             return any(value == choice and type(value) is type(choice) for choice in self.choices)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
             return False
-        return self.step is None or math.isclose((value - self.low) / self.step, round((value - self.low) / self.step),
-                                                 abs_tol=1e-6)
+        return self.step is None or math.isclose(
+            (value - self.low) / self.step, round((value - self.low) / self.step), abs_tol=1e-6
+        )
 
     def boundary_values(self) -> list[Any]:
         return list(self.choices) if self.choices is not None else [self.low, self.high]
@@ -118,8 +119,14 @@ class Search:
 
     def trial_command(self, values: dict[str, Any]) -> list[str]:
         """train.py's command line for a trial with ``values`` (by parameter name)."""
-        return [sys.executable, str(REPO_DIR / "train.py"), *self.base_overrides, *self.parameter_overrides(values),
-                *self.trial_overrides, f"hydra.run.dir={override_value(str(self.trial_dir(values)))}"]
+        return [
+            sys.executable,
+            str(REPO_DIR / "train.py"),
+            *self.base_overrides,
+            *self.parameter_overrides(values),
+            *self.trial_overrides,
+            f"hydra.run.dir={override_value(str(self.trial_dir(values)))}",
+        ]
 
     def parameter_overrides(self, values: dict[str, Any]) -> list[str]:
         return [f"{parameter.key}={override_value(values[parameter.name])}" for parameter in self.parameters]
@@ -135,6 +142,7 @@ def _optuna() -> Any:
 
 
 # Settings -----------------------------------------------------------------------------------------------------------
+
 
 def search_keys() -> set[str]:
     """The top-level keys of conf/optuna_search.yaml: arguments starting with one of them set the search."""
@@ -178,8 +186,9 @@ def _parameter(name: str, node: Any) -> Parameter:
     spec = OmegaConf.to_container(node, resolve=True)
     unknown = sorted(set(spec) - {"key", "low", "high", "step", "log", "choices"})
     if unknown:
-        raise SearchError(f"{where} has unknown field(s) {', '.join(unknown)} (known: key, low, high, step, log, "
-                          "choices)")
+        raise SearchError(
+            f"{where} has unknown field(s) {', '.join(unknown)} (known: key, low, high, step, log, choices)"
+        )
     key = spec.get("key")
     if not isinstance(key, str) or not key:
         raise SearchError(f"{where}.key={key!r} must name a key of the trial config, e.g. model.mask_ratio")
@@ -198,12 +207,15 @@ def _parameter(name: str, node: Any) -> Parameter:
             raise SearchError(f"{where}.{field_name}={value!r} must be a number (or give choices)")
     if not low < high:
         raise SearchError(f"{where}: low={low} must be below high={high}")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= high - low):
+    if step is not None and (
+        isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= high - low
+    ):
         raise SearchError(f"{where}.step={step!r} must be positive and at most high - low, or null")
     if not isinstance(log_scale, bool) or (log_scale and (low <= 0 or step is not None)):
         raise SearchError(f"{where}.log={log_scale!r} must be true or false; true needs low > 0 and no step")
-    return Parameter(name, key, low=float(low), high=float(high), step=None if step is None else float(step),
-                     log=log_scale)
+    return Parameter(
+        name, key, low=float(low), high=float(high), step=None if step is None else float(step), log=log_scale
+    )
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -218,24 +230,40 @@ def prepare(argv: Sequence[str]) -> Search:
     settings = compose_in_repo(CONFIG_NAME, search_overrides)
     parameters = check_settings(settings)
     log_dir = Path(settings.log_dir).resolve() if settings.log_dir is not None else Path.cwd() / "outputs"
-    base = [f"experiment={settings.experiment}", f"sweep_name={settings.sweep_name}",
-            f"paths.log_dir={override_value(str(log_dir))}"]
+    base = [
+        f"experiment={settings.experiment}",
+        f"sweep_name={settings.sweep_name}",
+        f"paths.log_dir={override_value(str(log_dir))}",
+    ]
     trial_cfg = compose_in_repo("train", [*base, *trial_overrides])
     given = {override.split("=", 1)[0].lstrip("+~") for override in trial_overrides}
     for parameter in parameters:
         if parameter.key in given:
-            raise SearchError(f"{parameter.key} is searched (params.{parameter.name}) and also given as an override; "
-                              f"drop the override or the parameter (~params.{parameter.name})")
+            raise SearchError(
+                f"{parameter.key} is searched (params.{parameter.name}) and also given as an override; "
+                f"drop the override or the parameter (~params.{parameter.name})"
+            )
         if OmegaConf.select(trial_cfg, parameter.key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
-            raise SearchError(f"params.{parameter.name}.key={parameter.key} is not a key of the trial config "
-                              f"(experiment={settings.experiment})")
+            raise SearchError(
+                f"params.{parameter.name}.key={parameter.key} is not a key of the trial config "
+                f"(experiment={settings.experiment})"
+            )
     objective = OmegaConf.select(trial_cfg, "ablation.objective", default=None)
     if not objective:
-        raise SearchError(f"experiment={settings.experiment} is no ablation point: its config has no "
-                          "ablation.objective for the search to optimise")
+        raise SearchError(
+            f"experiment={settings.experiment} is no ablation point: its config has no "
+            "ablation.objective for the search to optimise"
+        )
     _check_values(parameters, base, trial_overrides)
-    return Search(settings, trial_overrides, parameters, log_dir / "sweeps" / str(settings.sweep_name), log_dir,
-                  str(objective), base)
+    return Search(
+        settings,
+        trial_overrides,
+        parameters,
+        log_dir / "sweeps" / str(settings.sweep_name),
+        log_dir,
+        str(objective),
+        base,
+    )
 
 
 def _check_values(parameters: list[Parameter], base: list[str], trial_overrides: list[str]) -> None:
@@ -252,6 +280,7 @@ def _check_values(parameters: list[Parameter], base: list[str], trial_overrides:
 
 
 # The study ------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class EarlierTrials:
@@ -286,14 +315,20 @@ def create_study(search: Search, earlier: EarlierTrials) -> optuna.Study:
     offset by the trials read back."""
     optuna = _optuna()
     settings = search.settings
-    sampler = optuna.samplers.TPESampler(seed=int(settings.sampler.seed) + len(earlier.finished),
-                                         n_startup_trials=int(settings.sampler.n_startup_trials))
-    study = optuna.create_study(study_name=str(settings.sweep_name), direction=str(settings.direction),
-                                sampler=sampler)
+    sampler = optuna.samplers.TPESampler(
+        seed=int(settings.sampler.seed) + len(earlier.finished), n_startup_trials=int(settings.sampler.n_startup_trials)
+    )
+    study = optuna.create_study(study_name=str(settings.sweep_name), direction=str(settings.direction), sampler=sampler)
     distributions = {parameter.name: parameter.distribution() for parameter in search.parameters}
     for values, value in earlier.finished:
-        study.add_trial(optuna.trial.create_trial(params=values, distributions=distributions, value=value,
-                                                  user_attrs={"dir": search.trial_dir(values).name}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=values,
+                distributions=distributions,
+                value=value,
+                user_attrs={"dir": search.trial_dir(values).name},
+            )
+        )
     for values in earlier.unfinished:
         study.enqueue_trial(values)
     return study
@@ -306,8 +341,10 @@ def run_trial(search: Search, values: dict[str, Any]) -> tuple[int, float | None
     process = subprocess.Popen(command, cwd=os.getcwd())
     # SIGTERM/SIGUSR1 (a scheduler's preemption) go on to the trial, which saves its checkpoint and stops; the
     # search then stops with its exit code.
-    forwarded = {number: signal.signal(number, lambda received, _frame: process.send_signal(received))
-                 for number in FORWARDED_SIGNALS}
+    forwarded = {
+        number: signal.signal(number, lambda received, _frame: process.send_signal(received))
+        for number in FORWARDED_SIGNALS
+    }
     try:
         code = process.wait()
     except KeyboardInterrupt:  # Ctrl+C reached the trial too: let it stop
@@ -341,20 +378,29 @@ def search_loop(search: Search) -> optuna.Study:
         if code == 2:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             write_files(search, study)
-            raise SearchError(f"trial {trial.number} ({search.trial_dir(values).name}) stopped on bad input (its "
-                              "error: line above); no further trial was run")
+            raise SearchError(
+                f"trial {trial.number} ({search.trial_dir(values).name}) stopped on bad input (its "
+                "error: line above); no further trial was run"
+            )
         if code > 128 or code < 0:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             write_files(search, study)
             raise Interrupted(code if code > 0 else 128 - code, trial.number)
         if value is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            log.warning("trial %d (%s) failed (exit code %d%s)", trial.number, search.trial_dir(values).name, code,
-                        "" if code else f", no {search.objective} in its results.json")
+            log.warning(
+                "trial %d (%s) failed (exit code %d%s)",
+                trial.number,
+                search.trial_dir(values).name,
+                code,
+                "" if code else f", no {search.objective} in its results.json",
+            )
             if code == 0:
                 write_files(search, study)
-                raise SearchError(f"trial {trial.number} finished without {search.objective} in its results.json: "
-                                  "ablation.objective must name a result the trial's stages record")
+                raise SearchError(
+                    f"trial {trial.number} finished without {search.objective} in its results.json: "
+                    "ablation.objective must name a result the trial's stages record"
+                )
         else:
             study.tell(trial, value)
             done += 1
@@ -367,12 +413,15 @@ class Interrupted(Exception):
     """A trial was stopped by a signal; the search stops with the trial's exit code."""
 
     def __init__(self, exit_code: int, number: int) -> None:
-        super().__init__(f"trial {number} was stopped (exit code {exit_code}); run the same command again to resume "
-                         "from the finished trials")
+        super().__init__(
+            f"trial {number} was stopped (exit code {exit_code}); run the same command again to resume "
+            "from the finished trials"
+        )
         self.exit_code = exit_code
 
 
 # Files ---------------------------------------------------------------------------------------------------------------
+
 
 def write_files(search: Search, study: optuna.Study) -> None:
     """trials.csv, optimization_results.yaml (the best finished trial) and the sweep summary."""
@@ -381,10 +430,13 @@ def write_files(search: Search, study: optuna.Study) -> None:
     best = best_trial(study)
     if best is not None:
         record = {
-            "name": str(search.settings.sweep_name), "direction": str(search.settings.direction),
-            "objective": search.objective, "best_value": best.value,
+            "name": str(search.settings.sweep_name),
+            "direction": str(search.settings.direction),
+            "objective": search.objective,
+            "best_value": best.value,
             "best_params": {parameter.key: best.params[parameter.name] for parameter in search.parameters},
-            "best_trial": best.number, "best_dir": best.user_attrs.get("dir"),
+            "best_trial": best.number,
+            "best_dir": best.user_attrs.get("dir"),
             "finished_trials": sum(trial.state.name == "COMPLETE" for trial in study.trials),
         }
         write_text_atomically(search.sweep_dir / BEST_FILE, yaml.safe_dump(record, sort_keys=False))
@@ -404,12 +456,20 @@ def trials_table(search: Search, study: optuna.Study) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["number", *[parameter.key for parameter in search.parameters], search.objective, "state", "dir"])
     for trial in study.trials:
-        writer.writerow([trial.number, *[trial.params.get(parameter.name) for parameter in search.parameters],
-                         trial.value, trial.state.name.lower(), trial.user_attrs.get("dir", "")])
+        writer.writerow(
+            [
+                trial.number,
+                *[trial.params.get(parameter.name) for parameter in search.parameters],
+                trial.value,
+                trial.state.name.lower(),
+                trial.user_attrs.get("dir", ""),
+            ]
+        )
     return buffer.getvalue()
 
 
 # Command line ----------------------------------------------------------------------------------------------------------
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -433,9 +493,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: run the same command again to resume from the finished trials", file=sys.stderr)
         return 130
     best = best_trial(study)
-    print(f"best {search.objective}: {best.value} with "
-          f"{', '.join(f'{p.key}={best.params[p.name]}' for p in search.parameters)} ({best.user_attrs.get('dir')}); "
-          f"{search.sweep_dir / BEST_FILE}, {search.sweep_dir / TRIALS_FILE}, {search.sweep_dir / 'summary.md'}")
+    print(
+        f"best {search.objective}: {best.value} with "
+        f"{', '.join(f'{p.key}={best.params[p.name]}' for p in search.parameters)} ({best.user_attrs.get('dir')}); "
+        f"{search.sweep_dir / BEST_FILE}, {search.sweep_dir / TRIALS_FILE}, {search.sweep_dir / 'summary.md'}"
+    )
     return 0
 
 

@@ -39,8 +39,9 @@ class Point:
     std: float
 
 
-def curves(rows: list[dict[str, Any]], parameter: str, parameters: list[str],
-           metrics: list[str]) -> dict[tuple[str, tuple], list[Point]]:
+def curves(
+    rows: list[dict[str, Any]], parameter: str, parameters: list[str], metrics: list[str]
+) -> dict[tuple[str, tuple], list[Point]]:
     """The points to draw, by (metric, the other swept ``parameters``' values), each curve ordered along ``parameter``;
     rows without a mean or without a value of ``parameter`` have nothing to place."""
     others = [key for key in parameters if key != parameter]
@@ -56,8 +57,9 @@ def curves(rows: list[dict[str, Any]], parameter: str, parameters: list[str],
     return dict(series)
 
 
-def parameter_figure(rows: list[dict[str, Any]], parameter: str, parameters: list[str], metrics: list[str],
-                     labels: dict[str, str]) -> Figure | None:
+def parameter_figure(
+    rows: list[dict[str, Any]], parameter: str, parameters: list[str], metrics: list[str], labels: dict[str, str]
+) -> Figure | None:
     """``metrics`` of ``rows`` against ``parameter``, mean ± std: one curve per metric and per combination of the other
     swept ``parameters``' values; ``None`` when no row has a value to plot. The caller saves and closes it."""
     series = curves(rows, parameter, parameters, metrics)
@@ -70,8 +72,14 @@ def parameter_figure(rows: list[dict[str, Any]], parameter: str, parameters: lis
     figure, axes = _pyplot().subplots(figsize=(6, 4), dpi=100)
     for (metric, group), points in sorted(series.items(), key=lambda item: (item[0][0], str(item[0][1]))):
         label = labels.get(metric, metric) + "".join(f", {key}={value}" for key, value in zip(others, group))
-        axes.errorbar([position[point.x] for point in points], [point.mean for point in points],
-                      yerr=[point.std for point in points], marker="o", capsize=3, label=label)
+        axes.errorbar(
+            [position[point.x] for point in points],
+            [point.mean for point in points],
+            yerr=[point.std for point in points],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
     axes.set_xticks([position[x] for x in xs], [str(x) for x in xs])
     axes.set_xlabel(parameter)
     axes.set_ylabel("top-1 accuracy (%), mean ± std over seeds")
@@ -81,8 +89,14 @@ def parameter_figure(rows: list[dict[str, Any]], parameter: str, parameters: lis
     return figure
 
 
-def plot_parameter(rows: list[dict[str, Any]], parameter: str, parameters: list[str], metrics: list[str],
-                   labels: dict[str, str], path: Path) -> Path | None:
+def plot_parameter(
+    rows: list[dict[str, Any]],
+    parameter: str,
+    parameters: list[str],
+    metrics: list[str],
+    labels: dict[str, str],
+    path: Path,
+) -> Path | None:
     """:func:`parameter_figure` written to ``path``; ``None`` and no file when there is nothing to plot."""
     figure = parameter_figure(rows, parameter, parameters, metrics, labels)
     if figure is None:

@@ -34,8 +34,8 @@ from typing import Any
 
 from mae.runs.atomic_files import replaced_atomically, write_text_atomically
 from mae.runs.optional import MissingExtraError
-from mae.sweeps.sweep_runs import Job, load_jobs, swept_parameters
 from mae.sweeps.plots import plot_parameter
+from mae.sweeps.sweep_runs import Job, load_jobs, swept_parameters
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +114,17 @@ class NoiseCheck:
 def summarize(sweep_dir: Path) -> Summary:
     jobs = load_jobs(sweep_dir)
     if not jobs:
-        raise SweepError(f"{sweep_dir} has no job directories (each holds .hydra/overrides.yaml or "
-                         "config_resolved.yaml); pass a sweep directory such as outputs/sweeps/<sweep_name>")
+        raise SweepError(
+            f"{sweep_dir} has no job directories (each holds .hydra/overrides.yaml or "
+            "config_resolved.yaml); pass a sweep directory such as outputs/sweeps/<sweep_name>"
+        )
     run_parameters = swept_parameters(sweep_dir, jobs)
     parameters = [key for key in run_parameters if key != SEED]
     metrics = [metric for metric in METRICS if any(job.results.get(metric.key) is not None for job in jobs)]
-    runs = sorted((_run_row(job, run_parameters, metrics) for job in jobs),
-                  key=lambda row: (*_sort_key(row, run_parameters), row["job"]))
+    runs = sorted(
+        (_run_row(job, run_parameters, metrics) for job in jobs),
+        key=lambda row: (*_sort_key(row, run_parameters), row["job"]),
+    )
     return Summary(parameters, run_parameters, metrics, runs, group_runs(runs, parameters, metrics))
 
 
@@ -169,8 +173,12 @@ def write_summary(sweep_dir: Path) -> list[Path]:
     accuracies = [metric.column for metric in summary.metrics if metric.column in ACCURACIES]
     labels = {metric.column: metric.header for metric in summary.metrics}
     try:
-        plots = [plot_parameter(summary.points, parameter, summary.parameters, accuracies, labels,
-                                sweep_dir / _plot_name(parameter)) for parameter in summary.parameters]
+        plots = [
+            plot_parameter(
+                summary.points, parameter, summary.parameters, accuracies, labels, sweep_dir / _plot_name(parameter)
+            )
+            for parameter in summary.parameters
+        ]
     except MissingExtraError as missing:  # the tables need no plotting library: write them, say what is missing
         log.warning("%s; summary.csv and summary.md are written without plots", missing)
         plots = []
@@ -186,15 +194,26 @@ def markdown(summary: Summary, title: str, plots: list[Path], runs_file: str = "
     """The points' table (missing values blank), a count of finished runs, the noise check of each accuracy, then the
     plots as images."""
     headers = [*summary.parameters, *(m.header for m in summary.metrics), "seeds", "status"]
-    rows = [[*(_cell(point[p]) for p in summary.parameters),
-             *(_mean_std_cell(m, point[m.mean], point[m.std]) for m in summary.metrics),
-             str(point["n_seeds"]), point["status"]] for point in summary.points]
+    rows = [
+        [
+            *(_cell(point[p]) for p in summary.parameters),
+            *(_mean_std_cell(m, point[m.mean], point[m.std]) for m in summary.metrics),
+            str(point["n_seeds"]),
+            point["status"],
+        ]
+        for point in summary.points
+    ]
     finished = sum(run["status"] == "done" for run in summary.runs)
-    lines = [f"# Sweep `{title}`", "",
-             f"{finished} of {len(summary.runs)} runs done. Each row is a point: mean ± sample standard deviation "
-             f"(ddof=1; none for a single run) over its finished runs, one per seed; every run in "
-             f"[{runs_file}]({runs_file}).", "",
-             *_markdown_table(headers, rows), *_noise_lines(summary)]
+    lines = [
+        f"# Sweep `{title}`",
+        "",
+        f"{finished} of {len(summary.runs)} runs done. Each row is a point: mean ± sample standard deviation "
+        f"(ddof=1; none for a single run) over its finished runs, one per seed; every run in "
+        f"[{runs_file}]({runs_file}).",
+        "",
+        *_markdown_table(headers, rows),
+        *_noise_lines(summary),
+    ]
     lines += [line for path in plots for line in ("", f"![{path.stem}]({path.name})")]
     return "\n".join(lines) + "\n"
 
@@ -204,8 +223,9 @@ class SweepError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mae.sweeps.summary", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mae.sweeps.summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("sweep_dir", type=Path, help="a sweep's directory, e.g. outputs/sweeps/mask_ratio")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
@@ -230,8 +250,9 @@ def _point(runs: list[dict[str, Any]], parameters: list[str], metrics: list[Metr
     finished = [run for run in runs if run["status"] == "done"]
     point: dict[str, Any] = {key: runs[0][key] for key in parameters}
     for metric in metrics:
-        point[metric.mean], point[metric.std] = mean_std([run[metric.column] for run in finished
-                                                          if run[metric.column] is not None])
+        point[metric.mean], point[metric.std] = mean_std(
+            [run[metric.column] for run in finished if run[metric.column] is not None]
+        )
     return {**point, "n_seeds": len(finished), "status": f"{len(finished)}/{len(runs)} done"}
 
 
@@ -243,22 +264,40 @@ def _sort_key(row: dict[str, Any], parameters: list[str]) -> tuple:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return (0, float(value), "")
         return (1, 0.0, str(value))
+
     return tuple(key(row[parameter]) for parameter in parameters)
 
 
 def _points_table(summary: Summary) -> tuple[list[str], list[list[str]]]:
-    header = [*summary.parameters, *(column for m in summary.metrics for column in (m.mean, m.std)),
-              "n_seeds", "status"]
-    rows = [[*(_cell(point[p]) for p in summary.parameters),
-             *(m.format(point[column]) for m in summary.metrics for column in (m.mean, m.std)),
-             str(point["n_seeds"]), point["status"]] for point in summary.points]
+    header = [
+        *summary.parameters,
+        *(column for m in summary.metrics for column in (m.mean, m.std)),
+        "n_seeds",
+        "status",
+    ]
+    rows = [
+        [
+            *(_cell(point[p]) for p in summary.parameters),
+            *(m.format(point[column]) for m in summary.metrics for column in (m.mean, m.std)),
+            str(point["n_seeds"]),
+            point["status"],
+        ]
+        for point in summary.points
+    ]
     return header, rows
 
 
 def _runs_table(summary: Summary) -> tuple[list[str], list[list[str]]]:
     header = [*summary.run_parameters, *(m.column for m in summary.metrics), "status", "job"]
-    rows = [[*(_cell(run[p]) for p in summary.run_parameters), *(m.format(run[m.column]) for m in summary.metrics),
-             run["status"], run["job"]] for run in summary.runs]
+    rows = [
+        [
+            *(_cell(run[p]) for p in summary.run_parameters),
+            *(m.format(run[m.column]) for m in summary.metrics),
+            run["status"],
+            run["job"],
+        ]
+        for run in summary.runs
+    ]
     return header, rows
 
 
@@ -270,19 +309,28 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[list[str]]) -> None
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def _noise_lines(summary: Summary) -> list[str]:
     """The rule, then one line per accuracy whose points can be compared; nothing when none can."""
-    checks = [(metric, noise_check(summary.points, metric)) for metric in summary.metrics
-              if metric.column in ACCURACIES]
+    checks = [
+        (metric, noise_check(summary.points, metric)) for metric in summary.metrics if metric.column in ACCURACIES
+    ]
     lines = [_noise_line(summary, metric, check) for metric, check in checks if check is not None]
     if not lines:
         return []
-    return ["", "Against the best point, a point differs beyond the noise when |mean - best mean| > its std + the "
-                "best's std (a point with fewer than 2 finished seeds has no std and is not compared):", "", *lines]
+    return [
+        "",
+        "Against the best point, a point differs beyond the noise when |mean - best mean| > its std + the "
+        "best's std (a point with fewer than 2 finished seeds has no std and is not compared):",
+        "",
+        *lines,
+    ]
 
 
 def _noise_line(summary: Summary, metric: Metric, check: NoiseCheck) -> str:
@@ -290,11 +338,15 @@ def _noise_line(summary: Summary, metric: Metric, check: NoiseCheck) -> str:
         return ", ".join(_point_name(summary.points[index], summary.parameters) for index in indices)
 
     best = summary.points[check.best]
-    verdicts = [("differ beyond the noise", check.beyond), ("within the noise", check.within),
-                ("not compared (fewer than 2 seeds)", check.not_compared)]
+    verdicts = [
+        ("differ beyond the noise", check.beyond),
+        ("within the noise", check.within),
+        ("not compared (fewer than 2 seeds)", check.not_compared),
+    ]
     best_value = _mean_std_cell(metric, best[metric.mean], best[metric.std])
-    return (f"- {metric.header}: best {names([check.best])} ({best_value})"
-            + "".join(f"; {verdict}: {names(indices)}" for verdict, indices in verdicts if indices))
+    return f"- {metric.header}: best {names([check.best])} ({best_value})" + "".join(
+        f"; {verdict}: {names(indices)}" for verdict, indices in verdicts if indices
+    )
 
 
 def _point_name(point: dict[str, Any], parameters: list[str]) -> str:

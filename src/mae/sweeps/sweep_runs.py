@@ -63,8 +63,13 @@ def load_job(path: Path) -> Job:
     resolved = config_file(path)
     config = yaml.safe_load(resolved.read_text()) if resolved.is_file() else None
     downstream = ((config or {}).get("ablation") or {}).get("downstream") or []
-    return Job(name=path.name, overrides=_overrides(path), config=config, results=read_results(path),
-               planned=[PRETRAIN, *downstream])
+    return Job(
+        name=path.name,
+        overrides=_overrides(path),
+        config=config,
+        results=read_results(path),
+        planned=[PRETRAIN, *downstream],
+    )
 
 
 def swept_parameters(sweep_dir: Path, jobs: list[Job]) -> list[str]:

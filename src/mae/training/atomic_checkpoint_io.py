@@ -31,11 +31,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)  # Lightning's handling of both
         path = Path(path)
         try:
-            with replaced_atomically(path) as tmp:
-                with open(tmp, "wb") as f:
-                    torch.save(checkpoint, f)
-                    f.flush()
-                    os.fsync(f.fileno())
+            with replaced_atomically(path) as tmp, open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
             fsync_directory(path.parent)
         except OSError as error:
             if is_storage_full(error):

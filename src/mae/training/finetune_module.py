@@ -30,10 +30,24 @@ class FinetuneModule(ClassificationModule):
         compile: ``torch.compile`` the classifier in place before training (parameter names unchanged).
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, blr: float = 5e-4, lr: float | None = None,
-                 min_lr: float = 1e-6, weight_decay: float = 0.05, layer_decay: float = 0.65,
-                 warmup_epochs: float = 5, epochs: int = 100, mixup: float = 0.8, cutmix: float = 1.0,
-                 label_smoothing: float = 0.1, seed: int = 0, fused: bool = True, compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        blr: float = 5e-4,
+        lr: float | None = None,
+        min_lr: float = 1e-6,
+        weight_decay: float = 0.05,
+        layer_decay: float = 0.65,
+        warmup_epochs: float = 5,
+        epochs: int = 100,
+        mixup: float = 0.8,
+        cutmix: float = 1.0,
+        label_smoothing: float = 0.1,
+        seed: int = 0,
+        fused: bool = True,
+        compile: bool = False,
+    ) -> None:
         super().__init__()
         self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
         if not 0.0 < layer_decay <= 1.0:
@@ -42,14 +56,23 @@ class FinetuneModule(ClassificationModule):
             raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
         self.save_hyperparameters(ignore=["model"])
         self.model = model
-        self.mixup = (Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
-                            num_classes=num_classes) if mixup > 0 or cutmix > 0 else None)
+        self.mixup = (
+            Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=num_classes)
+            if mixup > 0 or cutmix > 0
+            else None
+        )
         self.soft_target_loss = SoftTargetCrossEntropy()  # mixed targets already carry the smoothing
         self.add_metrics(num_classes)
 
     @classmethod
-    def from_encoder(cls, encoder: MaskedAutoencoderViT, num_classes: int, global_pool: str = "avg",
-                     drop_path_rate: float = 0.1, **hparams) -> FinetuneModule:
+    def from_encoder(
+        cls,
+        encoder: MaskedAutoencoderViT,
+        num_classes: int,
+        global_pool: str = "avg",
+        drop_path_rate: float = 0.1,
+        **hparams,
+    ) -> FinetuneModule:
         """Fine-tune ``encoder`` as a timm ViT classifier (see :func:`vit_classifier_from_mae`)."""
         model = vit_classifier_from_mae(encoder, num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)
         return cls(model, num_classes, **hparams)
@@ -61,9 +84,12 @@ class FinetuneModule(ClassificationModule):
         return [self.model]
 
     def configure_optimizers(self):
-        groups = param_groups_layer_decay(self.model, weight_decay=self.hparams.weight_decay,
-                                          no_weight_decay_list=self.model.no_weight_decay(),
-                                          layer_decay=self.hparams.layer_decay)
+        groups = param_groups_layer_decay(
+            self.model,
+            weight_decay=self.hparams.weight_decay,
+            no_weight_decay_list=self.model.no_weight_decay(),
+            layer_decay=self.hparams.layer_decay,
+        )
         peak = self.peak_lr
         for group in groups:
             group["lr"] = peak * group.pop("lr_scale", 1.0)  # the schedule then scales every group alike
@@ -77,6 +103,5 @@ class FinetuneModule(ClassificationModule):
         else:
             loss = F.cross_entropy(self(imgs), labels, label_smoothing=self.hparams.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
-        self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups), on_step=True,
-                 on_epoch=False)
+        self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups), on_step=True, on_epoch=False)
         return loss

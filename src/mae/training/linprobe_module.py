@@ -23,8 +23,10 @@ def lars_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """LARS groups as in the reference: weight decay and trust-ratio adaptation on weights (ndim > 1) only."""
     weights = [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
     others = [p for p in module.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": weights, "weight_decay": weight_decay, "always_adapt": True},
-            {"params": others, "weight_decay": 0.0, "always_adapt": False}]
+    return [
+        {"params": weights, "weight_decay": weight_decay, "always_adapt": True},
+        {"params": others, "weight_decay": 0.0, "always_adapt": False},
+    ]
 
 
 class LinearProbeModule(ClassificationModule):
@@ -43,10 +45,22 @@ class LinearProbeModule(ClassificationModule):
             is a method, not ``__call__``, so the blocks are what a compiled call reaches; names unchanged).
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, blr: float = 0.1, lr: float | None = None,
-                 min_lr: float = 0.0, weight_decay: float = 0.0, warmup_epochs: float = 10, epochs: int = 90,
-                 momentum: float = 0.9, trust_coefficient: float = 0.001, seed: int = 0,
-                 pool: str = "cls", compile: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        blr: float = 0.1,
+        lr: float | None = None,
+        min_lr: float = 0.0,
+        weight_decay: float = 0.0,
+        warmup_epochs: float = 10,
+        epochs: int = 90,
+        momentum: float = 0.9,
+        trust_coefficient: float = 0.001,
+        seed: int = 0,
+        pool: str = "cls",
+        compile: bool = False,
+    ) -> None:
         super().__init__()
         self.check_schedule(blr, lr, min_lr, weight_decay, warmup_epochs, epochs)
         if num_classes < 2:
@@ -70,8 +84,12 @@ class LinearProbeModule(ClassificationModule):
         self.encoder.eval()  # frozen: nothing in it may change, normalisation statistics included
 
     def configure_optimizers(self):
-        optimizer = Lars(lars_param_groups(self.head, self.hparams.weight_decay), lr=self.peak_lr,
-                         momentum=self.hparams.momentum, trust_coeff=self.hparams.trust_coefficient)
+        optimizer = Lars(
+            lars_param_groups(self.head, self.hparams.weight_decay),
+            lr=self.peak_lr,
+            momentum=self.hparams.momentum,
+            trust_coeff=self.hparams.trust_coefficient,
+        )
         return self.with_schedule(optimizer)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

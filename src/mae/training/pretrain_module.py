@@ -11,7 +11,6 @@ from mae.models.sharding import shard_blocks
 from mae.training.optim import param_groups_weight_decay
 from mae.training.scheduled import ScheduledModule
 
-
 MASK_STREAM = 1
 """Mixed into a sample's seed for its mask, so that mask and augmentation draw from unrelated streams."""
 
@@ -63,9 +62,11 @@ class MAEPretrainModule(ScheduledModule):
             tensor_parallel = self.device_mesh["tensor_parallel"].size()
             if tensor_parallel > 1:
                 # With no tensor-parallel plan, each rank of a tensor-parallel group would train its own copy.
-                raise ValueError(f"tensor_parallel_size={tensor_parallel}: the MAE has no tensor parallelism; set "
-                                 "the strategy's tensor_parallel_size to 1 and data_parallel_size to the number of "
-                                 "processes")
+                raise ValueError(
+                    f"tensor_parallel_size={tensor_parallel}: the MAE has no tensor parallelism; set "
+                    "the strategy's tensor_parallel_size to 1 and data_parallel_size to the number of "
+                    "processes"
+                )
             shard_blocks(self.model, self.device_mesh["data_parallel"])
             self._sharded = True
         if self.hparams.compile and not getattr(self, "_compiled", False):
@@ -75,8 +76,9 @@ class MAEPretrainModule(ScheduledModule):
 
     def configure_optimizers(self):
         groups = param_groups_weight_decay(self.model, self.hparams.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=self.peak_lr, betas=tuple(self.hparams.betas),
-                                      fused=self.hparams.fused)
+        optimizer = torch.optim.AdamW(
+            groups, lr=self.peak_lr, betas=tuple(self.hparams.betas), fused=self.hparams.fused
+        )
         return self.with_schedule(optimizer)
 
     # -- steps -------------------------------------------------------------------------------------
@@ -94,7 +96,9 @@ class MAEPretrainModule(ScheduledModule):
         imgs = batch[0]
         loss = self.model(imgs, noise=self.training_noise(batch)).loss
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; stopping")
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; stopping"
+            )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss

@@ -24,10 +24,15 @@ class ScheduledModule(L.LightningModule):
     """
 
     @staticmethod
-    def check_schedule(blr: float, lr: float | None, min_lr: float, weight_decay: float, warmup_epochs: float,
-                       epochs: int) -> None:
-        for name, value in (("blr", blr), ("min_lr", min_lr), ("weight_decay", weight_decay),
-                            ("warmup_epochs", warmup_epochs)):
+    def check_schedule(
+        blr: float, lr: float | None, min_lr: float, weight_decay: float, warmup_epochs: float, epochs: int
+    ) -> None:
+        for name, value in (
+            ("blr", blr),
+            ("min_lr", min_lr),
+            ("weight_decay", weight_decay),
+            ("warmup_epochs", warmup_epochs),
+        ):
             if value < 0:
                 raise ValueError(f"{name}={value} must be non-negative")
         if epochs < 1 or warmup_epochs > epochs:
@@ -53,8 +58,9 @@ class ScheduledModule(L.LightningModule):
         # Step 0 needs no epoch length: the scheduler asks for it when built, and asking the trainer then would
         # build the training loader before a resumed run's position is restored (see mae.data.loaders).
         epoch = 0.0 if step == 0 else step / (self.trainer.estimated_stepping_batches / self.trainer.max_epochs)
-        return warmup_cosine_lr(epoch, self.peak_lr, self.hparams.min_lr,
-                                self.hparams.warmup_epochs, self.hparams.epochs)
+        return warmup_cosine_lr(
+            epoch, self.peak_lr, self.hparams.min_lr, self.hparams.warmup_epochs, self.hparams.epochs
+        )
 
     def with_schedule(self, optimizer: torch.optim.Optimizer) -> dict:
         """``configure_optimizers``' answer: ``optimizer`` (built at ``peak_lr``, times any per-group scale) with

@@ -76,9 +76,11 @@ def check_item_format(index_path: Path, shown_as: str) -> None:
         raise ValueError(f"{shown_as} is not a litdata index ({type(error).__name__}: {error})") from error
     unsafe = sorted({str(name) for name in formats} - set(ITEM_FORMATS))
     if unsafe:
-        raise ValueError(f"{shown_as} stores items as {', '.join(unsafe)}, which can run code when read; this "
-                         f"project reads only {' and '.join(ITEM_FORMATS)} items (what python -m mae.data.shards "
-                         "writes)")
+        raise ValueError(
+            f"{shown_as} stores items as {', '.join(unsafe)}, which can run code when read; this "
+            f"project reads only {' and '.join(ITEM_FORMATS)} items (what python -m mae.data.shards "
+            "writes)"
+        )
 
 
 def parse_shard_info(path: Path, shown_as: str, make: str) -> ShardInfo:
@@ -89,8 +91,10 @@ def parse_shard_info(path: Path, shown_as: str, make: str) -> ShardInfo:
     except (ValueError, TypeError) as error:
         raise ValueError(f"{shown_as} is not a shard info file ({error}); {make}") from error
     if info.format_version not in READABLE_VERSIONS:
-        raise ValueError(f"{shown_as} has format_version={info.format_version}, this version reads "
-                         f"{' and '.join(str(version) for version in READABLE_VERSIONS)}; {make}")
+        raise ValueError(
+            f"{shown_as} has format_version={info.format_version}, this version reads "
+            f"{' and '.join(str(version) for version in READABLE_VERSIONS)}; {make}"
+        )
     if not info.labelled and info.classes:
         raise ValueError(f"{shown_as} says labelled=false but lists {len(info.classes)} classes; {make}")
     return info

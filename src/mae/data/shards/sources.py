@@ -4,7 +4,6 @@ image, with its label (-1 for a folder without labels) and its position in the s
 from __future__ import annotations
 
 import os
-from typing import Union
 
 import torch
 from torch.utils.data import Dataset
@@ -13,7 +12,7 @@ from mae.data.base import InMemoryImages
 from mae.data.transfer_datasets.base import ListedImages
 from mae.data.unlabeled import NO_LABEL, UnlabeledImages
 
-SourceItem = tuple[int, Union[str, torch.Tensor], int]
+SourceItem = tuple[int, str | torch.Tensor, int]
 """``(index, image file path or (C, H, W) uint8 image, label)``."""
 
 

@@ -53,11 +53,14 @@ def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
     if not any(out_dir.iterdir()):
         return
     if not overwrite:
-        raise FileExistsError(f"{out_dir} is not empty; choose a new directory, or overwrite=true to replace the "
-                              "shards it holds")
+        raise FileExistsError(
+            f"{out_dir} is not empty; choose a new directory, or overwrite=true to replace the shards it holds"
+        )
     if not holds_shards(out_dir):
-        raise FileExistsError(f"{out_dir} is not empty and holds no shards ({INFO_FILE} or <split>/index.json); "
-                              "overwrite=true only replaces shards: choose a new directory")
+        raise FileExistsError(
+            f"{out_dir} is not empty and holds no shards ({INFO_FILE} or <split>/index.json); "
+            "overwrite=true only replaces shards: choose a new directory"
+        )
     shutil.rmtree(out_dir)
 
 
@@ -74,8 +77,9 @@ def module_normalization(module, channels: int) -> tuple[list[float] | None, lis
     return [float(value) for value in mean], [float(value) for value in std]
 
 
-def write_shards(module, out_dir: str | Path, *, chunk_bytes: str, num_workers: int, overwrite: bool,
-                 source: str) -> ShardInfo:
+def write_shards(
+    module, out_dir: str | Path, *, chunk_bytes: str, num_workers: int, overwrite: bool, source: str
+) -> ShardInfo:
     """Write ``module``'s training and evaluation splits under ``out_dir``/train and /val (items in the split's
     order, ``chunk_bytes`` per chunk, ``num_workers`` processes) and ``mae_shards.json``; return what it says.
     A module without labels (``has_labels`` False) gets no classes and label -1 on every item."""
@@ -91,14 +95,28 @@ def write_shards(module, out_dir: str | Path, *, chunk_bytes: str, num_workers: 
         report.touch()
         for split in SPLITS:
             log.info("writing %d %s images to %s", len(items[split]), split, out / split)
-            optimize(fn=partial(encode_item, report_file=str(report)), inputs=items[split],
-                     output_dir=str(out / split), chunk_bytes=chunk_bytes, num_workers=num_workers,
-                     keep_data_ordered=True, mode=None)
+            optimize(
+                fn=partial(encode_item, report_file=str(report)),
+                inputs=items[split],
+                output_dir=str(out / split),
+                chunk_bytes=chunk_bytes,
+                num_workers=num_workers,
+                keep_data_ordered=True,
+                mode=None,
+            )
         unreadable = sorted(line for line in report.read_text().splitlines() if line)
     labelled = bool(getattr(module, "has_labels", True))
     mean, std = module_normalization(module, channels)
-    info = ShardInfo(classes=[str(name) for name in module.classes] if labelled else [], channels=channels,
-                     image_size=image_size, num_samples={split: count_items(out / split) for split in SPLITS},
-                     source=source, unreadable=unreadable, labelled=labelled, mean=mean, std=std)
+    info = ShardInfo(
+        classes=[str(name) for name in module.classes] if labelled else [],
+        channels=channels,
+        image_size=image_size,
+        num_samples={split: count_items(out / split) for split in SPLITS},
+        source=source,
+        unreadable=unreadable,
+        labelled=labelled,
+        mean=mean,
+        std=std,
+    )
     info.write(out)
     return info

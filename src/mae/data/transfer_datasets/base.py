@@ -18,7 +18,6 @@ from torch.utils.data import Dataset
 from mae.data.base import ImageDataModule
 from mae.data.decoding import ImageLoader
 
-
 log = logging.getLogger(__name__)
 
 
@@ -88,15 +87,26 @@ class TransferDataModule(ImageDataModule):
     release_classes: int | None = None
     """Classes of the official release: ``num_classes`` while a download is pending (the model is built first)."""
 
-    def __init__(self, *, root: str, download: bool, eval_resize_ratio: float, decoder: str, on_bad_image: str,
-                 max_bad_fraction: float, **settings: Any) -> None:
+    def __init__(
+        self,
+        *,
+        root: str,
+        download: bool,
+        eval_resize_ratio: float,
+        decoder: str,
+        on_bad_image: str,
+        max_bad_fraction: float,
+        **settings: Any,
+    ) -> None:
         super().__init__(**settings)
         self.read_image_files(decoder, eval_resize_ratio, on_bad_image, max_bad_fraction)
         self.root = Path(root)
         self.download = bool(download)
         if self.download and self.source is not None:
-            raise ValueError(f"data.download=true: torchvision cannot download {self.dataset_name} in its official "
-                             f"layout; get it from {self.source} into {self.root}")
+            raise ValueError(
+                f"data.download=true: torchvision cannot download {self.dataset_name} in its official "
+                f"layout; get it from {self.source} into {self.root}"
+            )
         self._classes: list[str] | None = None
         missing = self.missing_paths()
         if not missing:
@@ -158,6 +168,11 @@ class TransferDataModule(ImageDataModule):
             return
         classes = self.classes  # also reports files still missing
         train, val = self.read_splits(self.image_loader)
-        log.info("%s: %d training and %d validation images in %d classes", self.dataset_name, len(train), len(val),
-                 len(classes))
+        log.info(
+            "%s: %d training and %d validation images in %d classes",
+            self.dataset_name,
+            len(train),
+            len(val),
+            len(classes),
+        )
         self.set_splits(train, val, *self.transforms(self.eval_resize_ratio))

@@ -77,8 +77,11 @@ class _CIFARDataModule(TransferDataModule):
             found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
             raise corrupt(path, f"'data' must be a uint8 array (N, {PIXELS}), found {found}")
         if labels.shape != (len(data),) or (len(labels) and labels.dtype.kind not in "iu"):
-            raise corrupt(path, f"{self.label_key!r} must hold one integer per image ({len(data)}), "
-                                f"found {labels.dtype} {labels.shape}")
+            raise corrupt(
+                path,
+                f"{self.label_key!r} must hold one integer per image ({len(data)}), "
+                f"found {labels.dtype} {labels.shape}",
+            )
         bad = labels[(labels < 0) | (labels >= self.num_classes)]
         if len(bad):
             raise corrupt(path, f"label {bad[0]} outside 0-{self.num_classes - 1}")

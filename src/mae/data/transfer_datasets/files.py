@@ -36,13 +36,19 @@ def _numpy_global(module: str, name: str) -> Any:
     raise pickle.UnpicklingError(f"numpy has no {module}.{name}")
 
 
-ARRAY_GLOBALS = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("_codecs", "encode"),
-})
+ARRAY_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
 """The only globals a dataset pickle may name: what numpy arrays, numpy scalars and (protocol 2, written by Python
 3) bytes are rebuilt from. None of them runs code named in the file; everything else a pickle can hold (dicts,
 lists, strings, bytes, numbers) needs no global at all."""
@@ -54,8 +60,10 @@ class DataUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in ARRAY_GLOBALS:
-            raise pickle.UnpicklingError(f"it asks for the global {module}.{name}; dataset pickles may hold only "
-                                         "arrays, lists, strings, bytes and numbers")
+            raise pickle.UnpicklingError(
+                f"it asks for the global {module}.{name}; dataset pickles may hold only "
+                "arrays, lists, strings, bytes and numbers"
+            )
         if module == "_codecs":
             return codecs.encode
         return _numpy_global(module, name)
@@ -150,8 +158,10 @@ def check_labels(path: Path, rows: list[tuple[int, str, int]], num_classes: int,
     """Every label of ``rows`` (from :func:`labelled_rows`) must name one of the ``num_classes`` classes."""
     for number, _, label in rows:
         if label >= num_classes:
-            raise corrupt(path, f"line {number}: class {label + label_offset} outside "
-                                f"{label_offset}-{num_classes - 1 + label_offset}")
+            raise corrupt(
+                path,
+                f"line {number}: class {label + label_offset} outside {label_offset}-{num_classes - 1 + label_offset}",
+            )
 
 
 def names_by_label(path: Path, named: list[tuple[int, str, int]], label_offset: int = 0) -> list[str]:
@@ -166,6 +176,7 @@ def names_by_label(path: Path, named: list[tuple[int, str, int]], label_offset: 
         raise corrupt(path, "no classes listed")
     absent = sorted(set(range(len(names))) - set(names))
     if absent:
-        raise corrupt(path, f"classes numbered up to {max(names) + label_offset} but class "
-                            f"{absent[0] + label_offset} is absent")
+        raise corrupt(
+            path, f"classes numbered up to {max(names) + label_offset} but class {absent[0] + label_offset} is absent"
+        )
     return [names[label] for label in range(len(names))]

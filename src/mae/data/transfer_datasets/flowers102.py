@@ -97,8 +97,11 @@ class Flowers102DataModule(TransferDataModule):
         bad = [image_id for image_id in ids if not 1 <= image_id <= len(labels)]
         if bad:
             raise corrupt(path, f"image id {bad[0]} outside 1-{len(labels)} (the images {LABELS_FILE} labels)")
-        return ListedImages([f"{self.base}/jpg/image_{image_id:05d}.jpg" for image_id in ids],
-                            [labels[image_id - 1] for image_id in ids], loader)
+        return ListedImages(
+            [f"{self.base}/jpg/image_{image_id:05d}.jpg" for image_id in ids],
+            [labels[image_id - 1] for image_id in ids],
+            loader,
+        )
 
     def read_splits(self, loader: ImageLoader) -> tuple[ListedImages, ListedImages]:
         labels = self.image_labels()

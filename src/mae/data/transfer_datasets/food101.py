@@ -23,7 +23,8 @@ FOLDER = "food-101"
 def is_listing(document: object) -> bool:
     """Whether a parsed JSON document has the shape of ``meta/{train,test}.json``: class -> list of names."""
     return isinstance(document, dict) and all(
-        isinstance(entries, list) and all(isinstance(entry, str) for entry in entries) for entries in document.values())
+        isinstance(entries, list) and all(isinstance(entry, str) for entry in entries) for entries in document.values()
+    )
 
 
 class Food101DataModule(TransferDataModule):

@@ -76,8 +76,9 @@ class INaturalistDataModule(TransferDataModule):
             names = {category["id"]: str(category["name"]) for category in categories}
             ids = sorted(names)
         except (KeyError, TypeError) as error:  # a category without id or name; ids that do not compare
-            raise corrupt(self.train_file, f"every category needs an 'id' and a 'name', ids of one type "
-                                           f"({error!r})") from error
+            raise corrupt(
+                self.train_file, f"every category needs an 'id' and a 'name', ids of one type ({error!r})"
+            ) from error
         if not ids:
             raise corrupt(self.train_file, "no categories listed")
         self._label_of = {category_id: label for label, category_id in enumerate(ids)}
@@ -97,8 +98,11 @@ class INaturalistDataModule(TransferDataModule):
                 if category is None:
                     raise corrupt(path, f"image id {image['id']} has no annotation")
                 if category not in self._label_of:
-                    raise corrupt(path, f"image id {image['id']} has category_id {category}, which "
-                                        f"{self.train_file.name} does not list")
+                    raise corrupt(
+                        path,
+                        f"image id {image['id']} has category_id {category}, which "
+                        f"{self.train_file.name} does not list",
+                    )
                 paths.append(str(self.root / image["file_name"]))
                 labels.append(self._label_of[category])
         except (KeyError, TypeError) as error:  # a record without its field, a file_name that is not a string

@@ -51,15 +51,17 @@ class OxfordPetsDataModule(TransferDataModule):
     def read_classes(self) -> list[str]:
         path = self.list_file("trainval")
         rows = labelled_rows(path, LIST_FIELDS, label_offset=1)
-        return names_by_label(path, [(number, breed_name(image_id), label) for number, image_id, label in rows],
-                              label_offset=1)
+        return names_by_label(
+            path, [(number, breed_name(image_id), label) for number, image_id, label in rows], label_offset=1
+        )
 
     def read_split(self, split: str, loader: ImageLoader) -> ListedImages:
         path = self.list_file(split)
         rows = labelled_rows(path, LIST_FIELDS, label_offset=1)
         check_labels(path, rows, self.num_classes, label_offset=1)
-        return ListedImages([f"{self.base}/images/{image_id}.jpg" for _, image_id, _ in rows],
-                            [label for _, _, label in rows], loader)
+        return ListedImages(
+            [f"{self.base}/images/{image_id}.jpg" for _, image_id, _ in rows], [label for _, _, label in rows], loader
+        )
 
     def read_splits(self, loader: ImageLoader) -> tuple[ListedImages, ListedImages]:
         return self.read_split("trainval", loader), self.read_split("test", loader)

@@ -44,8 +44,9 @@ class Places365DataModule(TransferDataModule):
 
     def __init__(self, *, small: bool, **settings: Any) -> None:
         self.small = bool(small)
-        self.layout = (f"{{{CATEGORIES},{TRAIN_LIST},{VAL_LIST},{TRAIN_FOLDERS[self.small][0]}/,"
-                       f"{VAL_FOLDERS[self.small]}/}}")
+        self.layout = (
+            f"{{{CATEGORIES},{TRAIN_LIST},{VAL_LIST},{TRAIN_FOLDERS[self.small][0]}/,{VAL_FOLDERS[self.small]}/}}"
+        )
         super().__init__(**settings)
 
     @property
@@ -56,7 +57,9 @@ class Places365DataModule(TransferDataModule):
 
     def required_paths(self) -> list[Path]:
         return [self.root / name for name in (CATEGORIES, TRAIN_LIST, VAL_LIST)] + [
-            self.train_folder, self.root / VAL_FOLDERS[self.small]]
+            self.train_folder,
+            self.root / VAL_FOLDERS[self.small],
+        ]
 
     def read_classes(self) -> list[str]:
         path = self.root / CATEGORIES
@@ -67,12 +70,15 @@ class Places365DataModule(TransferDataModule):
         rows = labelled_rows(path, 2)
         check_labels(path, rows, self.num_classes)
         # String joins, not Path objects: the training list has 1.8M lines.
-        return ListedImages([f"{folder}/{image.lstrip('/')}" for _, image, _ in rows],
-                            [label for _, _, label in rows], loader)
+        return ListedImages(
+            [f"{folder}/{image.lstrip('/')}" for _, image, _ in rows], [label for _, _, label in rows], loader
+        )
 
     def read_splits(self, loader: ImageLoader) -> tuple[ListedImages, ListedImages]:
-        return (self.read_list(TRAIN_LIST, self.train_folder, loader),
-                self.read_list(VAL_LIST, self.root / VAL_FOLDERS[self.small], loader))
+        return (
+            self.read_list(TRAIN_LIST, self.train_folder, loader),
+            self.read_list(VAL_LIST, self.root / VAL_FOLDERS[self.small], loader),
+        )
 
     def fetch(self) -> None:
         for split in ("train-standard", "val"):
