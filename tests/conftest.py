@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,29 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 register_resolvers()
+
+
+def run_script(
+    run_dir: Path,
+    *overrides: str,
+    script: str = "train.py",
+    import_paths: Sequence[Path] = (),
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
+    """``python <script>`` of this repository as a user runs it, in its own process: the run directory and the
+    outputs folder beside it under ``run_dir``'s parent, unbuffered output captured, ``import_paths`` (e.g. a
+    tests folder holding a callback the overrides name) put on ``PYTHONPATH``."""
+    paths = [*map(str, import_paths), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    command = [
+        sys.executable,
+        str(ROOT / script),
+        f"hydra.run.dir={run_dir}",
+        f"paths.log_dir={run_dir.parent / 'outputs'}",
+    ]
+    return subprocess.run(
+        [*command, *overrides], cwd=run_dir.parent, capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def compose_config(

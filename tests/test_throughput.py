@@ -185,3 +185,10 @@ def test_monitor_in_a_plain_trainer_sets_flops_per_batch():
     )
     trainer.fit(module, datamodule=Data())
     assert module.flops_per_batch == flops_per_batch(module, 4)
+
+
+def test_a_probe_on_an_encoder_that_is_not_a_vit_logs_rates_without_flops():
+    """The raw-pixel baseline probes an identity encoder: no ViT to count, so no FLOPs (and no error)."""
+    probe = L.LightningModule()
+    probe.encoder, probe.head = torch.nn.Flatten(), torch.nn.Linear(784, 10)
+    assert image_flops(probe) is None

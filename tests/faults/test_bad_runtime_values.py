@@ -3,17 +3,15 @@ ends train.py with one ``error:`` line and exit code 2, before any training step
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 from omegaconf import OmegaConf
 
 from mae.jobs.harness import SEED_RANGE, SetupError, check_seed
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "model.embed_dim=32",
     "model.depth=1",
@@ -30,21 +28,7 @@ TINY = [
 
 
 def train_py(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            f"hydra.run.dir={tmp_path / 'run'}",
-            f"paths.log_dir={tmp_path / 'outputs'}",
-            *TINY,
-            *overrides,
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    return run_script(tmp_path / "run", *TINY, *overrides)
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_script
 
 import mae.training.atomic_checkpoint_io as checkpoint_io
 from mae.runs.atomic_files import StorageFullError
@@ -23,7 +24,6 @@ from mae.runs.run_directory import merge_json
 from mae.runs.run_lock import LOCK_FILE, RunDirectoryBusy, is_launching_process, lock_run_directory
 from mae.training.atomic_checkpoint_io import AtomicCheckpointIO
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 RUN = [
@@ -45,26 +45,7 @@ RUN = [
 
 
 def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-    }
-    return subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            f"hydra.run.dir={run_dir}",
-            f"paths.log_dir={run_dir.parent / 'outputs'}",
-            *RUN,
-            *overrides,
-        ],
-        cwd=run_dir.parent,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    return run_script(run_dir, *RUN, *overrides, import_paths=[HERE])
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:

@@ -71,6 +71,8 @@ def image_flops(pl_module: L.LightningModule) -> ImageFlops | None:
     or a frozen ``encoder`` and a ``head``); None for a module of another kind."""
     encoder, head = getattr(pl_module, "encoder", None), getattr(pl_module, "head", None)
     if isinstance(encoder, nn.Module) and isinstance(head, nn.Module):  # linear probing: the encoder is frozen
+        if not (hasattr(encoder, "patch_embed") and hasattr(encoder, "blocks")):
+            return None  # not a ViT (the raw-pixel baseline's identity encoder): rates without FLOPs
         forward = encoder_forward_flops(encoder)
         return ImageFlops(train=forward + train_flops(head_flops(head)), eval=forward + head_flops(head))
     model = getattr(pl_module, "model", None)
