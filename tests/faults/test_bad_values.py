@@ -117,6 +117,23 @@ def test_schedule_and_model_values_of_the_composed_config(tmp_path, overrides, m
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.devices=0"], "devices=0"),
+        (["trainer.accelerator=abacus"], "abacus"),
+        (["trainer.precision=bogus"], "bogus"),
+    ],
+)
+def test_trainer_values_lightning_refuses_are_one_line(tmp_path, overrides, message):
+    """Values that only Lightning's Trainer checks reach the user as one line too, before anything is written."""
+    cfg = compose_config(overrides, output_dir=tmp_path / "run")
+    with pytest.raises(SetupError) as error:
+        build_training_run(cfg, lambda: instantiate_node(cfg.model))
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
 def test_empty_class_folder_is_named_before_training(tmp_path):
     root = tmp_path / "imagenet"
     for split in ("train", "val"):

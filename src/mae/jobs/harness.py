@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mae.callbacks.preemption import Preempted, PreemptionCheckpoint
@@ -44,7 +44,8 @@ from mae.training.scheduled import ScheduledModule
 
 log = logging.getLogger(__name__)
 
-SETUP_ERRORS = (ValueError, FileNotFoundError, TypeError)
+# Lightning reports a bad trainer value (devices=0, an accelerator this machine lacks) as MisconfigurationException.
+SETUP_ERRORS = (ValueError, FileNotFoundError, TypeError, MisconfigurationException)
 """What constructors raise for bad input; turned into :class:`SetupError` before any work starts."""
 
 
