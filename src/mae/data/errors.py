@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from numbers import Integral
 
+from mae.runs.failures import one_line as one_line  # re-exported: the data modules' messages use it
+
 
 class CorruptDataError(ValueError):
     """A data file exists but cannot be read; ``str()`` is one line that names the file."""
@@ -12,11 +14,6 @@ class CorruptDataError(ValueError):
 class TooFewImagesError(ValueError):
     """The training set cannot fill one global batch, so an epoch would train on nothing; raised when the training
     loader is built (the start of ``fit``), before any step."""
-
-
-def one_line(text: object) -> str:
-    """Collapse whitespace (newlines included) so a third-party reason fits in a one-line message."""
-    return " ".join(str(text).split())
 
 
 def check_int(name: str, value: int, minimum: int) -> int:

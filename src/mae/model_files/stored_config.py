@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mae.model_files.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint_file
+from mae.runs.failures import one_line
 from mae.runs.run_directory import config_file, run_dir_of_checkpoint
 
 RUN_CONFIG_KEY = "mae_run_config"
@@ -54,7 +55,7 @@ def read_config_file(path: Path) -> Any:
             return json.loads(path.read_text(encoding="utf-8"))
         return OmegaConf.load(path)
     except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
-        raise CheckpointError(f"cannot read {path}: {' '.join(str(error).split())}") from error
+        raise CheckpointError(f"cannot read {path}: {one_line(error)}") from error
 
 
 def trusted_node(node: Any, allowed: frozenset[str], source: str) -> DictConfig:

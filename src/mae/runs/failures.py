@@ -7,3 +7,8 @@ from __future__ import annotations
 
 class RunFailure(Exception):
     """A failure met while a job runs; ``str()`` is one line naming what failed and what to do."""
+
+
+def one_line(text: object) -> str:
+    """Collapse whitespace (newlines included) so a third-party reason fits in a one-line message."""
+    return " ".join(str(text).split())
