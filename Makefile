@@ -79,14 +79,14 @@ OUT ?= data/fashion_mnist_shards
 shards: setup
 	$(BIN)/python -m mae.data.shards $(SRC) $(OUT) $(ARGS)
 
-## fashion-mnist-png: Fashion-MNIST's training and test images as PNG folders without labels (data/fashion_mnist_png,
-## data/fashion_mnist_png_test), the folders `python train.py experiment=fashion_mnist_folder` pre-trains on
-fashion-mnist-png: data/fashion_mnist_png data/fashion_mnist_png_test
+## fashion-mnist-png: Fashion-MNIST's training and held-out images as PNG folders without labels (data/fashion_mnist_png,
+## data/fashion_mnist_png_val), the folders `python train.py experiment=fashion_mnist_folder` pre-trains on
+fashion-mnist-png: data/fashion_mnist_png data/fashion_mnist_png_val
 
 data/fashion_mnist_png: | setup
 	$(BIN)/python -m mae.data.png_folder $@ data=fashion_mnist
 
-data/fashion_mnist_png_test: | setup
+data/fashion_mnist_png_val: | setup
 	$(BIN)/python -m mae.data.png_folder $@ data=fashion_mnist --split val
 
 ## pretrain-folder: the main job on those PNG folders (data=unlabeled), kNN on the labelled Fashion-MNIST

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from mae.evaluation import random_init_copy
+from mae.evaluation import random_init_model
 
 
 class ShardRecorder(L.Callback):
@@ -39,7 +39,7 @@ class ShardRecorder(L.Callback):
         )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        baseline = random_init_copy(pl_module.model, seed=0)  # every process: a sharded model is gathered
+        baseline = random_init_model(pl_module.model, seed=0)  # every process: a sharded model is gathered
         torch.save(
             {"plain": all(type(p) is nn.Parameter for p in baseline.parameters()), "state": baseline.state_dict()},
             self.out_dir / f"baseline_rank{trainer.global_rank}.pt",

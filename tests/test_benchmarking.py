@@ -248,6 +248,39 @@ def test_committed_results_have_no_share_above_100_percent():
         assert row["pct_of_peak"] is not None or row["peak_note"], row
 
 
+def test_committed_results_md_is_what_results_json_renders_to():
+    # benchmarks/results.md is rendered from results.json, never typed: if this fails, re-render it with
+    # `python -m mae.benchmarking --render-only` (or re-run `make bench`), do not edit it.
+    assert report.render_check(ROOT / "benchmarks"), "benchmarks/results.md differs from what results.json renders to"
+    assert benchmark_main(["--check", "--out", str(ROOT / "benchmarks")]) == json.loads(
+        (ROOT / "benchmarks" / "results.json").read_text()
+    )
+
+
+def test_a_number_edited_by_hand_in_results_md_fails_the_check(tmp_path):
+    for name in ("results.json", "results.md"):
+        (tmp_path / name).write_text((ROOT / "benchmarks" / name).read_text())
+    committed = (tmp_path / "results.md").read_text()
+    assert report.render_check(tmp_path) and report.note_of(committed)
+    cell = "| 153.1 |"  # the committed fp32 matmul peak, as rendered
+    assert committed.count(cell) == 1
+    (tmp_path / "results.md").write_text(committed.replace(cell, "| 163.1 |"))
+    assert not report.render_check(tmp_path)
+    with pytest.raises(SystemExit, match="is not what .* renders to"):
+        benchmark_main(["--render-only", "--check", "--out", str(tmp_path)])
+    assert (tmp_path / "results.md").read_text() != committed  # a check writes nothing
+    json_before = (tmp_path / "results.json").read_text()
+    benchmark_main(["--render-only", "--out", str(tmp_path)])  # re-rendered from results.json, its note kept
+    assert (tmp_path / "results.md").read_text() == committed and report.render_check(tmp_path)
+    assert (tmp_path / "results.json").read_text() == json_before
+    # A number changed in results.json is a stale results.md until it is re-rendered.
+    (tmp_path / "results.json").write_text(json_before.replace("153.11446527696862", "163.11446527696862", 1))
+    assert not report.render_check(tmp_path)
+    assert report.render(tmp_path) and "| 163.1 |" in (tmp_path / "results.md").read_text()
+    assert report.render_check(tmp_path) and not report.render(tmp_path)
+    assert not report.render_check(tmp_path / "absent")  # no results.md: nothing to match
+
+
 def test_peak_is_the_best_size_and_layout():
     result = measure_peak(torch.float32, torch.device("cpu"), sizes=(16, 32), repeats=1)
     assert set(result.by_layout) == set(LAYOUTS) and all(set(rates) == {16, 32} for rates in result.by_layout.values())
@@ -257,7 +290,7 @@ def test_peak_is_the_best_size_and_layout():
 
 
 def test_a_steps_layout_mix_runs_at_the_harmonic_mean():
-    # Emulated bf16 on this CPU's fallback GEMM: 3, 4 and 24 GFLOP/s; a third of the FLOPs in each takes
+    # Say emulated bf16 on a CPU's fallback GEMM at 3, 4 and 24 GFLOP/s: a third of the FLOPs in each takes
     # (1/3 + 1/4 + 1/24) / 3 s per GFLOP, i.e. 4.8 GFLOP/s, far from the best layout's 24.
     assert layout_mix_gflops({"nn": 3.0, "nt": 4.0, "tn": 24.0}) == pytest.approx(4.8)
     assert layout_mix_gflops({"nn": 150.0}) == pytest.approx(150.0)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import mae.callbacks.knn as knn_callback_module
 from mae.callbacks import KNNEvaluationCallback, ReconstructionGridCallback
 from mae.callbacks.reconstruction import epoch_is_due
-from mae.evaluation import random_init_copy
+from mae.evaluation import random_init_model
 from mae.evaluation.reconstruction_grid import COLUMN_LABELS, COLUMNS, header_row
 from mae.models import MaskedAutoencoderViT
 
@@ -54,12 +54,14 @@ class FakeDataModule(L.LightningDataModule):
         super().__init__()
         self.train = TensorDataset(*two_class_images(32, seed=0))
         self.val = TensorDataset(*two_class_images(16, seed=1))
+        self.test = TensorDataset(*two_class_images(16, seed=2))
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train, batch_size=8, shuffle=True)
 
-    def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
-        return DataLoader(self.train, batch_size=16), DataLoader(self.val, batch_size=16)
+    def knn_dataloaders(self, split: str = "val") -> tuple[DataLoader, DataLoader]:
+        queries = self.val if split == "val" else self.test
+        return DataLoader(self.train, batch_size=16), DataLoader(queries, batch_size=16)
 
     def sample_images(self, n: int) -> torch.Tensor:
         return self.val.tensors[0][:n]
@@ -262,7 +264,7 @@ def test_knn_scores_a_random_copy_and_leaves_the_model_and_rng_alone(tmp_path, m
     assert torch.equal(pretrained["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
     assert not torch.equal(baseline["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
     # The baseline is the architecture's initialisation drawn from the callback's seed.
-    expected = random_init_copy(module.model, seed=callback.seed).state_dict()
+    expected = random_init_model(module.model, seed=callback.seed).state_dict()
     assert all(torch.equal(baseline[k], v) for k, v in expected.items())
     assert set(callback.last_results) >= {"knn_top1_pretrained", "knn_top1_random_init"}
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from timm.optim import param_groups_layer_decay
 
 from mae.models import MaskedAutoencoderViT
 from mae.models.classifier import vit_classifier_from_mae
+from mae.training.optim import layer_decay_param_groups
 
 
 def small_mae() -> MaskedAutoencoderViT:
@@ -55,9 +55,7 @@ def test_avg_pool_classifier_uses_fc_norm_on_mean_patch_tokens():
 @pytest.mark.parametrize("decay", [0.65, 0.75])
 def test_layer_decay_scales_equal_the_reference_rule(decay):
     vit = vit_classifier_from_mae(small_mae(), num_classes=4)
-    groups = param_groups_layer_decay(
-        vit, weight_decay=0.05, no_weight_decay_list=vit.no_weight_decay(), layer_decay=decay
-    )
+    groups = layer_decay_param_groups(vit, weight_decay=0.05, layer_decay=decay)
     names = {id(p): n for n, p in vit.named_parameters()}
     seen = set()
     for group in groups:

@@ -109,8 +109,8 @@ def test_every_schedule_is_valid(config_factory, option):
     else:  # every recipe number reaches the module and the data
         assert cfg.module.blr == cfg.schedule.blr and cfg.module.epochs == cfg.schedule.epochs
         assert tuple(cfg.data.crop_scale) == tuple(cfg.schedule.crop_scale)
-        # Fine-tuning watches a fifth of the evaluation split per epoch; the final evaluation covers it all anyway.
-        assert cfg.trainer.limit_val_batches == (0.2 if task == "finetune" else 1.0)
+        # Every epoch is watched on the whole validation split (held-out training images), never on the test split.
+        assert cfg.trainer.limit_val_batches == 1.0 and cfg.data.val_size == 5000
 
 
 def test_tasks_name_their_job_and_default_to_the_latest_pretraining(config_factory, tmp_path):

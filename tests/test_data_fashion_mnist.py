@@ -65,7 +65,8 @@ def data_fmnist_root(tmp_path, data_no_system_dirs):
 
 
 def module(root, **overrides) -> FashionMNISTDataModule:
-    args = dict(root=str(root), batch_size=4, seed=0, knn_train_samples=None, knn_val_samples=None)
+    # No held-out images by default: the tiny fakes are checked against the files split by split.
+    args = dict(root=str(root), batch_size=4, seed=0, knn_train_samples=None, knn_val_samples=None, val_size=0)
     return data_module("fashion_mnist", **{**args, **overrides})
 
 
@@ -186,19 +187,49 @@ def test_download_needs_a_root_when_nothing_is_found(data_no_system_dirs):
         data_module("fashion_mnist", root=None, download=True)
 
 
-def test_debian_package_is_the_default_source():
+def test_debian_package_is_the_default_source_with_5000_training_images_held_out():
     dm = data_module("fashion_mnist", root=None, batch_size=256, knn_train_samples=None, knn_val_samples=None)
     dm.setup()
-    train, val = dm.splits.train_eval, dm.splits.val
-    assert len(train) == 60000 and len(val) == 10000 and dm.num_classes == 10
-    pixels = train.dataset.images
+    splits = dm.splits
+    assert len(splits.train) == len(splits.train_eval) == 55000 and len(splits.val) == 5000
+    assert len(splits.test) == 10000 and dm.num_classes == 10 and not splits.val_is_test
+    pixels = splits.train_eval.dataset.dataset.images  # the held-out subset is cut from all 60000 training images
     assert pixels.shape == (60000, 1, 28, 28) and pixels.dtype == torch.uint8
-    assert sorted(set(train.dataset.labels)) == list(range(10)) and sorted(set(val.dataset.labels)) == list(range(10))
-    # The default normalisation constants are this training set's statistics.
+    trained, held_out = set(splits.train_eval.dataset.indices), set(splits.val.dataset.indices)
+    assert not trained & held_out and len(trained | held_out) == 60000  # disjoint, together the training split
+    assert set(splits.train.dataset.indices) == trained  # the augmented training images are the same ones
+    assert sorted({splits.val.dataset.dataset.labels[i] for i in held_out}) == list(range(10))
+    assert sorted(set(splits.test.dataset.labels)) == list(range(10))
+    # The default normalisation constants are the whole training set's statistics.
     scaled = pixels.float() / 255
     assert scaled.mean().item() == pytest.approx(dm.mean[0], abs=5e-4)
     assert scaled.std().item() == pytest.approx(dm.std[0], abs=5e-4)
-    assert len(dm.train_dataloader()) == 60000 // 256
+    assert len(dm.train_dataloader()) == 55000 // 256
+    assert "5000 training images held out" in dm.validation_split()
+
+
+def test_the_held_out_images_depend_on_the_split_seed_only(data_fmnist_root):
+    root, _ = data_fmnist_root
+    held = {}
+    for seed, split_seed in ((0, 0), (1, 0), (0, 1)):
+        dm = module(root, seed=seed, val_size=6, val_split_seed=split_seed)
+        dm.setup()
+        held[seed, split_seed] = list(dm.splits.val.dataset.indices)
+        assert len(dm.splits.train_eval) == len(dm.splits.val.dataset.dataset) - 6
+    assert held[0, 0] == held[1, 0] != held[0, 1]  # the run seed moves nothing; the split seed does
+
+
+def test_a_fraction_holds_out_that_share_and_bad_sizes_are_one_line(data_fmnist_root):
+    root, arrays = data_fmnist_root
+    dm = module(root, val_size=0.25)
+    dm.setup()
+    total = len(arrays["train_labels"])
+    assert len(dm.splits.val) == round(0.25 * total) and len(dm.splits.train_eval) == total - round(0.25 * total)
+    for bad, message in ((1.5, "val_size=1.5 must be a fraction in"), (-1, "val_size=-1 must be an integer")):
+        with pytest.raises(ValueError, match=message):
+            module(root, val_size=bad)
+    with pytest.raises(ValueError, match=f"val_size={total} holds out {total} of the {total} training images"):
+        module(root, val_size=total).setup()
 
 
 # -- what the module serves ------------------------------------------------------------------------------------

@@ -381,7 +381,7 @@ def test_the_command_line_says_it_in_one_line_with_exit_code_2(tmp_path):
 # -- Fashion-MNIST as a folder -----------------------------------------------------------------------------------
 def test_the_png_folder_holds_the_in_memory_pixels(tmp_path):
     out = tmp_path / "fm"
-    assert png_folder_main([str(out), "--split", "val"]) == 0
+    assert png_folder_main([str(out), "--split", "test"]) == 0
     assert image_path(out, 1234, 10000) == out / "1" / "1234.png"
     files = list_image_files(out)
     assert len(files) == 10000 and files[:2] == ["0/0000.png", "0/0001.png"] and files[-1] == "9/9999.png"
@@ -389,4 +389,4 @@ def test_the_png_folder_holds_the_in_memory_pixels(tmp_path):
     for index in (0, 4321, 9999):
         decoded = ImageLoader("L")(str(out / files[index]))
         assert torch.equal(decoded, memory.images[index])
-    assert png_folder_main([str(out), "--split", "val"]) == 2  # an existing folder is never written into
+    assert png_folder_main([str(out), "--split", "test"]) == 2  # an existing folder is never written into

@@ -10,8 +10,8 @@ from mae.evaluation import (
     extract_features,
     knn_predict,
     knn_top1,
-    random_init_copy,
 )
+from mae.evaluation.knn import random_init_model
 from mae.models import MaskedAutoencoderViT
 
 
@@ -192,19 +192,117 @@ def test_evaluate_encoder_matches_the_pieces():
     assert 0.0 <= accuracy <= 1.0 and accuracy == expected
 
 
-def test_random_init_copy_is_a_seeded_fresh_model_that_leaves_everything_else_alone():
-    model = tiny_mae()
+FIXED_BY_CONSTRUCTION = {"pos_embed", "decoder_pos_embed"}
+"""The MAE parameters that no seed changes: the sin-cos position tables, frozen (``requires_grad=False``) and
+computed from the grid, so a trained model and its baseline rightly hold the same values."""
+
+
+def trained_tiny_mae(**kwargs) -> MaskedAutoencoderViT:
+    """A tiny MAE whose every learnable parameter, the patch projection's bias included, has moved off its
+    initial value, as training would move it; the frozen tables stay as they are, as training leaves them."""
+    model = tiny_mae(**kwargs)
     with torch.no_grad():
         for param in model.parameters():
-            param.add_(1.0)  # stands in for training
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    rng = torch.get_rng_state()
-    baseline = random_init_copy(model, seed=3)
-    assert torch.equal(torch.get_rng_state(), rng)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    assert not torch.equal(baseline.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
-    assert torch.equal(baseline.pos_embed, tiny_mae().pos_embed)  # the fixed sin-cos table, without the +1
-    again = random_init_copy(model, seed=3)
-    other = random_init_copy(model, seed=4)
-    assert all(torch.equal(a, b) for a, b in zip(baseline.parameters(), again.parameters()))
-    assert not torch.equal(baseline.cls_token, other.cls_token)
+            if param.requires_grad:
+                param.add_(0.5)
+    return model
+
+
+def tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return dict(model.named_parameters()) | dict(model.named_buffers())
+
+
+def test_the_frozen_parameters_are_exactly_the_ones_fixed_by_construction():
+    frozen = {name for name, param in tiny_mae().named_parameters() if not param.requires_grad}
+    assert frozen == FIXED_BY_CONSTRUCTION
+
+
+def test_random_init_baseline_shares_and_keeps_nothing_of_the_trained_model():
+    model = trained_tiny_mae().train()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    baseline = random_init_model(model, seed=3)
+    assert type(baseline) is MaskedAutoencoderViT and baseline is not model
+    assert not any(module.training for module in baseline.modules())
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    trained, fresh = tensors(model), tensors(baseline)
+    assert fresh.keys() == trained.keys()
+    trained_storages = {tensor.untyped_storage().data_ptr() for tensor in trained.values()}
+    assert not trained_storages & {tensor.untyped_storage().data_ptr() for tensor in fresh.values()}
+    for name, param in baseline.named_parameters():
+        assert torch.equal(param, trained[name]) == (name in FIXED_BY_CONSTRUCTION), name
+    # What the old re-initialisation in place missed: the projection's bias is the Conv2d default again.
+    bound = 1 / (model.patch_size**2 * model.in_chans) ** 0.5
+    assert baseline.patch_embed.proj.bias.abs().max() <= bound < model.patch_embed.proj.bias.abs().min()
+
+
+def test_random_init_baseline_is_the_architecture_built_from_the_seed():
+    model = trained_tiny_mae(mlp_ratio=2.0, mask_ratio=0.5, norm_pix_loss=True, layer_norm_eps=1e-5)
+    baseline = random_init_model(model, seed=3)
+    assert baseline.init_kwargs == model.init_kwargs and baseline.norm_pix_loss and baseline.norm.eps == 1e-5
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        expected = tiny_mae(mlp_ratio=2.0, mask_ratio=0.5, norm_pix_loss=True, layer_norm_eps=1e-5)
+    assert all(torch.equal(tensor, tensors(expected)[name]) for name, tensor in tensors(baseline).items())
+
+
+def test_random_init_baseline_depends_on_the_seed_alone():
+    model = trained_tiny_mae()
+    baseline = tensors(random_init_model(model, seed=3))
+    again = tensors(random_init_model(trained_tiny_mae(), seed=3))  # another trained model, the same seed
+    other = tensors(random_init_model(model, seed=4))
+    assert all(torch.equal(tensor, again[name]) for name, tensor in baseline.items())
+    for name, tensor in baseline.items():
+        if name not in FIXED_BY_CONSTRUCTION and tensor.unique().numel() > 1:  # not a constant (ones, zeros)
+            assert not torch.equal(tensor, other[name]), name
+
+
+def test_random_init_baseline_leaves_every_random_stream_alone(monkeypatch):
+    def reseeds_a_gpu(*args, **kwargs):
+        raise AssertionError("the baseline reseeded the GPU generators (torch.manual_seed does)")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeds_a_gpu)
+    monkeypatch.setattr(torch.cuda, "manual_seed", reseeds_a_gpu)
+    model = trained_tiny_mae()
+    state = torch.get_rng_state()
+    gpu_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    random_init_model(model, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(map(torch.equal, torch.cuda.get_rng_state_all() if gpu_states else [], gpu_states))
+
+
+def test_random_init_baseline_of_a_compiled_model_is_a_plain_one():
+    model = trained_tiny_mae()
+    expected = tensors(random_init_model(model, seed=3))
+    wrapped = torch.compile(model)  # an OptimizedModule around the model; nothing is compiled until called
+    assert wrapped is not model
+    baseline = random_init_model(wrapped, seed=3)
+    assert type(baseline) is MaskedAutoencoderViT
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in tensors(baseline).items())
+    model.compile()  # in place, as the pre-training module compiles: the same class, a compiled __call__
+    in_place = random_init_model(model, seed=3)
+    assert in_place._compiled_call_impl is None
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in tensors(in_place).items())
+
+
+def test_random_init_baseline_takes_each_tensors_dtype_from_the_trained_model():
+    model = trained_tiny_mae().to(torch.bfloat16)
+    model.norm.float()  # a mixed-precision model: one module kept in float32
+    reference = tensors(random_init_model(trained_tiny_mae(), seed=3))
+    for name, tensor in tensors(random_init_model(model, seed=3)).items():
+        assert tensor.dtype == (torch.float32 if name.startswith("norm.") else torch.bfloat16), name
+        assert torch.equal(tensor, reference[name].to(tensor.dtype)), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_random_init_baseline_is_built_on_the_cpu_and_moved_to_the_models_gpu():
+    reference = tensors(random_init_model(trained_tiny_mae(), seed=3))
+    gpu_states = torch.cuda.get_rng_state_all()
+    baseline = random_init_model(trained_tiny_mae().cuda(), seed=3)
+    assert all(map(torch.equal, torch.cuda.get_rng_state_all(), gpu_states))
+    for name, tensor in tensors(baseline).items():
+        assert tensor.device.type == "cuda" and torch.equal(tensor.cpu(), reference[name]), name
+
+
+def test_a_model_without_its_constructor_arguments_has_no_random_init_baseline():
+    with pytest.raises(TypeError, match="Linear keeps no init_kwargs"):
+        random_init_model(torch.nn.Linear(2, 2))

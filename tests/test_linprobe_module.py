@@ -7,7 +7,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mae.models import MaskedAutoencoderViT
 from mae.runs.torch_state import eval_mode
-from mae.training.linprobe_module import LinearProbeModule, lars_param_groups, linear_probe_head
+from mae.training.linprobe_module import LinearProbeModule, linear_probe_head
+from mae.training.optim import LARS
 
 
 def bright_or_dark(n: int, seed: int) -> TensorDataset:
@@ -62,11 +63,28 @@ def test_head_is_batchnorm_without_affine_and_small_linear():
     assert 0.005 < head[1].weight.std().item() < 0.015 and torch.count_nonzero(head[1].bias) == 0
 
 
-def test_lars_adapts_and_decays_only_weights():
-    groups = lars_param_groups(linear_probe_head(8, 3), weight_decay=0.1)
-    weights, others = groups
-    assert [p.ndim for p in weights["params"]] == [2] and weights["always_adapt"] and weights["weight_decay"] == 0.1
-    assert [p.ndim for p in others["params"]] == [1] and not others["always_adapt"] and others["weight_decay"] == 0.0
+def test_probe_optimises_the_head_with_the_reference_lars():
+    # The reference's LARS (tested in test_optim) adapts and decays only the Linear's weight, by its ndim.
+    module = LinearProbeModule(
+        encoder(),
+        num_classes=3,
+        lr=0.5,
+        weight_decay=0.1,
+        momentum=0.8,
+        trust_coefficient=0.002,
+        epochs=1,
+        warmup_epochs=0,
+    )
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, LARS) and len(optimizer.param_groups) == 1
+    (group,) = optimizer.param_groups
+    assert [p is q for p, q in zip(group["params"], module.head.parameters(), strict=True)] == [True, True]
+    assert (group["initial_lr"], group["weight_decay"], group["momentum"], group["trust_coefficient"]) == (
+        0.5,
+        0.1,
+        0.8,
+        0.002,
+    )
 
 
 def test_probe_trains_only_the_head_and_learns():

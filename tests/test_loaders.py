@@ -119,7 +119,7 @@ class _Indices(Dataset):
 
 
 def test_train_loader_shuffles_by_epoch_and_drops_the_last_partial_batch():
-    splits = Splits(train=_Indices(10), train_eval=_Indices(10), val=_Indices(6))
+    splits = Splits(train=_Indices(10), train_eval=_Indices(10), val=_Indices(6), test=_Indices(6))
     loader = settings(batch_size=4, seed=5).train_loader(splits)
     assert isinstance(loader.sampler, EpochSeededSampler) and loader.drop_last
     assert len(loader) == 2
@@ -130,7 +130,7 @@ def test_train_loader_shuffles_by_epoch_and_drops_the_last_partial_batch():
 
 
 def test_train_loader_resumed_mid_epoch_serves_the_rest_of_that_epoch_then_whole_ones():
-    splits = Splits(train=_Indices(12), train_eval=_Indices(12), val=_Indices(6))
+    splits = Splits(train=_Indices(12), train_eval=_Indices(12), val=_Indices(6), test=_Indices(6))
     loader = settings(batch_size=4, seed=5).train_loader(splits, epoch=2, batches_done=1)
     assert torch.cat([labels for _, labels, _ in loader]).tolist() == order(5, 2, n=12)[4:]
     loader.sampler.set_epoch(3)
@@ -138,7 +138,7 @@ def test_train_loader_resumed_mid_epoch_serves_the_rest_of_that_epoch_then_whole
 
 
 def test_train_loader_state_refuses_a_resume_that_would_change_the_order():
-    splits = Splits(train=_Indices(12), train_eval=_Indices(12), val=_Indices(6))
+    splits = Splits(train=_Indices(12), train_eval=_Indices(12), val=_Indices(6), test=_Indices(6))
     state = settings(batch_size=4, seed=5).train_loader(splits).state_dict()
     settings(batch_size=4, seed=5).train_loader(splits).load_state_dict(state)
     with pytest.raises(ValueError, match=r"\(seed 5 -> 6, global_batch_size 4 -> 3\); resume with the data settings"):
@@ -146,7 +146,7 @@ def test_train_loader_state_refuses_a_resume_that_would_change_the_order():
 
 
 def test_a_state_written_before_global_batches_still_resumes():
-    splits = Splits(train=_Indices(12), train_eval=_Indices(12), val=_Indices(6))
+    splits = Splits(train=_Indices(12), train_eval=_Indices(12), val=_Indices(6), test=_Indices(6))
     settings(batch_size=4, seed=5).train_loader(splits).load_state_dict({"seed": 5, "num_samples": 12, "batch_size": 4})
     with pytest.raises(ValueError, match="global_batch_size 4 -> 8"):
         settings(batch_size=4, seed=5).train_loader(splits, world_size=2).load_state_dict(
@@ -159,7 +159,7 @@ def test_processes_split_each_global_batch_of_one_process(world_size):
     """Batch k of W processes together holds the samples (and seeds) of batch k of one process with a W times
     larger batch, in every epoch; the processes' shares are disjoint and equally long."""
     n, batch = 50, 4
-    splits = Splits(train=_Indices(n), train_eval=_Indices(n), val=_Indices(6))
+    splits = Splits(train=_Indices(n), train_eval=_Indices(n), val=_Indices(6), test=_Indices(6))
     one = settings(batch_size=batch * world_size, seed=5).train_loader(splits)
     shares = [
         settings(batch_size=batch, seed=5).train_loader(splits, rank=rank, world_size=world_size)
@@ -179,7 +179,7 @@ def test_processes_split_each_global_batch_of_one_process(world_size):
 def test_processes_resumed_mid_epoch_serve_what_the_uninterrupted_ones_would_have():
     """2 processes interrupted after 2 batches each resume (as 2 processes, or as 1 with the same global batch)
     with exactly the samples the uninterrupted run would have served next."""
-    splits = Splits(train=_Indices(40), train_eval=_Indices(40), val=_Indices(6))
+    splits = Splits(train=_Indices(40), train_eval=_Indices(40), val=_Indices(6), test=_Indices(6))
     shares = [settings(batch_size=4, seed=5).train_loader(splits, epoch=1, rank=rank, world_size=2) for rank in (0, 1)]
     rest = [[batch[1].tolist() for batch in loader][2:] for loader in shares]
     resumed = [settings(batch_size=4, seed=5).train_loader(splits, 1, 2, rank, 2) for rank in (0, 1)]
@@ -189,13 +189,13 @@ def test_processes_resumed_mid_epoch_serve_what_the_uninterrupted_ones_would_hav
 
 
 def test_train_loader_refuses_a_dataset_smaller_than_a_batch():
-    splits = Splits(train=_Indices(3), train_eval=_Indices(3), val=_Indices(3))
+    splits = Splits(train=_Indices(3), train_eval=_Indices(3), val=_Indices(3), test=_Indices(3))
     with pytest.raises(ValueError, match="3 images, fewer than batch_size=4"):
         settings(batch_size=4).train_loader(splits)
 
 
 def test_eval_and_knn_loaders_are_ordered_and_capped():
-    splits = Splits(train=_Indices(20), train_eval=_Indices(20), val=_Indices(9))
+    splits = Splits(train=_Indices(20), train_eval=_Indices(20), val=_Indices(9), test=_Indices(9))
     s = settings(batch_size=4, num_workers=1, knn_train_samples=7, knn_val_samples=None)
     val = s.eval_loader(splits.val)
     assert torch.cat([labels for _, labels in val]).tolist() == list(range(9))  # every image, in order
@@ -246,7 +246,7 @@ class _RecordOrder(L.LightningModule):
 
 
 def test_lightning_sets_the_epoch_of_the_sampler():
-    loader = settings(batch_size=2, seed=3).train_loader(Splits(_Indices(6), _Indices(6), _Indices(6)))
+    loader = settings(batch_size=2, seed=3).train_loader(Splits(_Indices(6), _Indices(6), _Indices(6), _Indices(6)))
     module = _RecordOrder()
     trainer = L.Trainer(
         max_epochs=2,

@@ -1,9 +1,10 @@
 import math
 
 import pytest
+import torch
 
 from mae.models import MaskedAutoencoderViT
-from mae.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_lr
+from mae.training.optim import LARS, param_groups_weight_decay, scaled_lr, warmup_cosine_lr
 
 
 def test_linear_scaling_rule():
@@ -46,3 +47,61 @@ def test_no_weight_decay_on_biases_and_1d_params_and_frozen_left_out():
     assert "pos_embed" not in decay_names | no_decay_names
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(p.numel() for p in decay["params"] + no_decay["params"]) == trainable
+
+
+def reference_lars_step(params, grads, buffers, lr, weight_decay, momentum, trust_coefficient):
+    """The reference's ``util/lars.py`` update, written out (buffers start at zero)."""
+    for p, grad, mu in zip(params, grads, buffers, strict=True):
+        dp = grad
+        if p.ndim > 1:
+            dp = grad + weight_decay * p
+            param_norm, update_norm = p.norm().item(), dp.norm().item()
+            q = trust_coefficient * param_norm / update_norm if param_norm > 0 and update_norm > 0 else 1.0
+            dp = dp * q
+        mu.mul_(momentum).add_(dp)
+        p.sub_(lr * mu)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_lars_equals_the_reference_update(weight_decay):
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(4, 6), (6,), (3, 2, 2)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+    params.append(torch.nn.Parameter(torch.zeros(3, 3)))  # zero norm: trust ratio 1
+    expected = [p.detach().clone() for p in params]
+    initial = [p.detach().clone() for p in params]
+    buffers = [torch.zeros_like(p) for p in params]
+    optimizer = LARS(params, lr=0.7, weight_decay=weight_decay, momentum=0.9, trust_coefficient=0.01)
+    for step in range(5):
+        grads = [torch.randn(p.shape, generator=generator) for p in params]
+        if step == 2:
+            grads[0].zero_()  # zero update norm without decay: trust ratio 1
+        for p, grad in zip(params, grads, strict=True):
+            p.grad = grad.clone()
+        optimizer.step()
+        reference_lars_step(expected, grads, buffers, 0.7, weight_decay, 0.9, 0.01)
+        for p, e in zip(params, expected, strict=True):
+            torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-6)
+    assert not any(torch.equal(p.detach(), i) for p, i in zip(params, initial, strict=True))  # the zero one too
+
+
+def test_lars_decays_and_adapts_only_weights():
+    bias = torch.nn.Parameter(torch.ones(5))
+    bias.grad = torch.full((5,), 2.0)
+    LARS([bias], lr=0.1, weight_decay=10.0, momentum=0.9, trust_coefficient=0.001).step()
+    torch.testing.assert_close(bias.detach(), torch.full((5,), 1.0 - 0.1 * 2.0))  # plain SGD, no decay, no trust
+
+
+def test_lars_closure_and_invalid_settings():
+    weight = torch.nn.Parameter(torch.ones(2, 2))
+
+    def closure():
+        loss = (weight**2).sum()
+        loss.backward()
+        return loss
+
+    assert LARS([weight], lr=0.1).step(closure).item() == 4.0
+    with pytest.raises(ValueError, match="momentum=-0.1 must be non-negative"):
+        LARS([weight], momentum=-0.1)
+    with pytest.raises(ValueError, match="trust_coefficient=0.0 must be positive"):
+        LARS([weight], trust_coefficient=0.0)

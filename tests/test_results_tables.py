@@ -8,10 +8,9 @@ import pytest
 import yaml
 
 from mae.jobs.results_tables import (
+    NOT_RUN,
     RESULTS_DIR,
     TABLES,
-    Row,
-    Table,
     check_markers,
     main,
     marked_files,
@@ -32,91 +31,114 @@ def test_mean_and_spread_of_seeds():
     assert mean_and_spread([90.0, 92.0], 2) == "91.00 ± 1.41 (n=2)"
     assert mean_and_spread([90.123], 1) == "90.1"
     assert mean_and_spread([], 2) == ""
+    assert mean_and_spread([90.0, 92.0], 2, expected=3) == "91.00 ± 1.41 (n=2 of 3)"  # a seed still to run
+    assert mean_and_spread([90.0], 2, expected=2) == "90.00 (n=1 of 2)"
 
 
 def write(directory: Path, name: str, **values) -> None:
     (directory / name).write_text(json.dumps(values))
 
 
-def test_finetune_rows_aggregate_their_seeds(tmp_path):
-    write(tmp_path, "finetune_pretrained_seed0.json", top1=91.0, top5=99.0, train_seconds=1000.0)
-    write(tmp_path, "finetune_pretrained_seed1.json", top1=93.0, top5=99.5, train_seconds=1200.0)
-    write(tmp_path, "finetune_scratch_seed0.json", top1=88.0, top5=98.0, train_seconds=900.0)
-    write(tmp_path, "finetune_scratch_seed1.json", top1=88.0, top5=98.0, train_seconds=900.0)
+KNN = dict(knn_top1_pretrained=0.5, knn_top1_random_init=0.4, knn_top1_pixels_raw=0.3, knn_top1_pixels_standardized=0.2)
+
+
+def test_finetune_rows_aggregate_their_seeds_with_validation_beside_test(tmp_path):
+    write(tmp_path, "finetune_pretrained_seed0.json", top1=91.0, val_top1=90.0, top5=99.0, train_seconds=1000.0)
+    write(tmp_path, "finetune_pretrained_seed1.json", top1=93.0, val_top1=92.0, top5=99.5, train_seconds=1200.0)
+    write(tmp_path, "finetune_scratch_seed0.json", top1=88.0, val_top1=87.0, top5=98.0, train_seconds=900.0)
     finetune = table("finetune")
-    two_seeds = Table(
-        finetune.name,
-        finetune.first_header,
-        finetune.columns,
-        (Row(finetune.rows[0].label, seeds("finetune_pretrained", 2)), Row("scratch", seeds("finetune_scratch", 2))),
-    )
     assert finetune.rows[0].files == seeds("finetune_pretrained", 2)  # the README's row reads both seeds
-    lines = render(two_seeds, tmp_path).splitlines()
+    lines = render(finetune, tmp_path).splitlines()
     assert lines[2] == (
-        "| MAE pre-trained (`make finetune`) | 92.00 ± 1.41 (n=2) | 99.25 ± 0.35 (n=2) | 1100 ± 141 (n=2) |"
+        "| MAE pre-trained (`make finetune`) | 91.00 ± 1.41 (n=2) | 92.00 ± 1.41 (n=2) | 99.25 ± 0.35 (n=2) | "
+        "1100 ± 141 (n=2) |"
     )
-    assert lines[3].endswith("| 88.00 ± 0.00 (n=2) | 98.00 ± 0.00 (n=2) | 900 ± 0 (n=2) |")
+    assert lines[3].endswith("| 87.00 (n=1 of 2) | 88.00 (n=1 of 2) | 98.00 (n=1 of 2) | 900 (n=1 of 2) |")
 
 
-def test_knn_rows_read_their_own_keys_of_the_main_job_file_as_percentages(tmp_path):
-    write(
-        tmp_path,
-        "pretrain.json",
-        knn_top1_pretrained=0.8312,
-        knn_top1_random_init=0.7,
-        knn_top1_pixels_raw=0.8,
-        knn_top1_pixels_standardized=0.832,
-    )
-    cells = [line.split(" | ")[-1] for line in render(table("pretrain_knn"), tmp_path).splitlines()[2:]]
-    assert cells == ["83.12 |", "70.00 |", "80.00 |", "83.20 |"]
+def test_knn_rows_read_their_own_keys_of_the_main_job_files_as_percentages(tmp_path):
+    for seed in range(3):
+        write(tmp_path, f"pretrain_seed{seed}.json", **KNN, **{f"val_{k}": v + 0.01 * seed for k, v in KNN.items()})
+    rows = [line.split(" | ")[1:] for line in render(table("pretrain_knn"), tmp_path).splitlines()[2:]]
+    assert rows[0] == ["51.00 ± 1.00 (n=3)", "50.00 ± 0.00 (n=3) |"]  # validation, then test
+    assert [row[1] for row in rows[1:]] == ["40.00 ± 0.00 (n=3) |", "30.00 ± 0.00 (n=3) |", "20.00 ± 0.00 (n=3) |"]
 
 
 def test_the_run_table_reports_the_budget_it_spent(tmp_path):
     write(
         tmp_path,
-        "pretrain.json",
+        "pretrain_seed0.json",
         epochs_trained=7,
         optimizer_steps=1638,
         train_loss_last_epoch=0.51234,
+        val_loss=0.6,
         train_seconds=643.6,
     )
-    assert render(table("pretrain_run"), tmp_path).splitlines()[2] == "| `make pretrain` | 7 | 1638 | 0.5123 | 644 |"
+    assert render(table("pretrain_run"), tmp_path).splitlines()[2] == (
+        "| `make pretrain`, seeds 0, 1, 2 | 7 (n=1 of 3) | 1638 (n=1 of 3) | 0.5123 (n=1 of 3) | 0.6000 (n=1 of 3) | "
+        "644 (n=1 of 3) |"
+    )
 
 
-def test_the_mask_ratio_table_has_the_sweeps_points_each_the_mean_of_its_seeds(tmp_path):
-    params = yaml.safe_load((ROOT / "conf/experiment/sweep_mask_ratio.yaml").read_text())["hydra"]["sweeper"]["params"]
-    sweep = table("sweep_mask_ratio")
-    assert [row.label for row in sweep.rows] == params["model.mask_ratio"].split(",")
+@pytest.mark.parametrize(
+    ("name", "parameter"), [("mask_ratio", "model.mask_ratio"), ("decoder_depth", "model.decoder_depth")]
+)
+def test_the_sweep_tables_have_the_sweeps_points_each_the_mean_of_its_seeds(tmp_path, name, parameter):
+    params = yaml.safe_load((ROOT / f"conf/experiment/sweep_{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    sweep = table(f"sweep_{name}")
+    assert [row.label for row in sweep.rows] == params[parameter].split(",")
     assert all(len(row.files) == len(params["seed"].split(",")) for row in sweep.rows)
     for row in sweep.rows:
-        for seed, name in enumerate(row.files):
-            write(tmp_path, name, knn_top1_pretrained=0.70 + 0.01 * seed, pretrain_seconds=100.0 + seed)
-    assert render(sweep, tmp_path).splitlines()[2] == "| 0.1 | 71.00 ± 1.00 (n=3) | 101 ± 1 (n=3) |"
+        for seed, file in enumerate(row.files):
+            write(
+                tmp_path,
+                file,
+                knn_top1_pretrained=0.70 + 0.01 * seed,
+                val_knn_top1_pretrained=0.60,
+                pretrain_seconds=100.0 + seed,
+            )
+    first = render(sweep, tmp_path).splitlines()[2]
+    assert first.startswith(f"| {sweep.rows[0].label} | 60.00 ± 0.00 (n=3) | 71.00 ± 1.00 (n=3) |")
+    assert "| 101 ± 1 (n=3) |" in first
 
 
-def test_a_missing_results_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="pretrain.json does not exist"):
-        render(table("pretrain_knn"), tmp_path)
+def test_a_row_without_results_says_it_has_not_run(tmp_path):
+    lines = render(table("pretrain_knn"), tmp_path).splitlines()
+    assert lines[2] == f"| MAE pre-trained encoder (`make pretrain`) | {NOT_RUN} |  |"
+
+
+def test_claims_state_welchs_t_and_say_when_they_cannot_be_tested(tmp_path):
+    claims = table("claims")
+    assert "not tested yet (n = 0 and 0 of 3 and 3" in render(claims, tmp_path).splitlines()[2]
+    for seed, (pretrained, random_init) in enumerate(((0.80, 0.60), (0.82, 0.61), (0.81, 0.62))):
+        write(tmp_path, f"pretrain_seed{seed}.json", knn_top1_pretrained=pretrained, knn_top1_random_init=random_init)
+    line = render(claims, tmp_path).splitlines()[2]
+    # Means 81 and 61, both sample variances 1 (points^2): t = 20 / sqrt(2/3) = 24.49, df = 4.
+    assert line.startswith("| kNN, `make pretrain`: pre-trained minus fresh random init | +20.00 | 24.49 (df 4.0) |")
+    assert line.endswith("| above |")
+
+
+def test_sources_name_the_commit_and_machine_of_every_file(tmp_path):
+    machine = {"cpu": "AMD EPYC 7B13", "logical_cores": 2, "usable_cores": 2, "flags": {"avx2": True}}
+    for name, dirty in (("a", False), ("b", False), ("c", True)):
+        record = {"commit": "0123456789abcdef", "dirty": dirty, "machine": machine, "versions": {"torch": "2.14.1"}}
+        write(tmp_path, f"{name}.json", provenance=record)
+    lines = render(table("sources"), tmp_path).splitlines()
+    assert lines[2].startswith("| 2 | `0123456789` | AMD EPYC 7B13") and lines[2].endswith("| torch 2.14.1 |")
+    assert lines[3].startswith("| 1 | `0123456789` (uncommitted changes) |")
 
 
 def test_update_replaces_only_the_marked_tables(tmp_path):
-    write(
-        tmp_path,
-        "pretrain.json",
-        knn_top1_pretrained=0.5,
-        knn_top1_random_init=0.4,
-        knn_top1_pixels_raw=0.3,
-        knn_top1_pixels_standardized=0.2,
-    )
+    write(tmp_path, "pretrain_seed0.json", **KNN)
     text = "intro\n<!-- table:pretrain_knn -->\nstale\n<!-- /table:pretrain_knn -->\nend\n"
     updated = update(text, tmp_path)
     assert updated.startswith("intro\n<!-- table:pretrain_knn -->\n| features") and "stale" not in updated
-    assert updated.endswith("| 20.00 |\n<!-- /table:pretrain_knn -->\nend\n")
+    assert updated.endswith("| 20.00 (n=1 of 3) |\n<!-- /table:pretrain_knn -->\nend\n")
     assert update(updated, tmp_path) == updated
     # A new, empty pair of markers is filled too.
     empty = update("<!-- table:pretrain_knn -->\n<!-- /table:pretrain_knn -->\n", tmp_path)
     assert empty.startswith("<!-- table:pretrain_knn -->\n| features")
-    assert empty.endswith("| 20.00 |\n<!-- /table:pretrain_knn -->\n")
+    assert empty.endswith("| 20.00 (n=1 of 3) |\n<!-- /table:pretrain_knn -->\n")
 
 
 def test_the_readme_and_the_pages_hold_every_table_and_are_the_committed_runs_results(capsys):
@@ -128,14 +150,7 @@ def test_the_readme_and_the_pages_hold_every_table_and_are_the_committed_runs_re
 
 
 def test_without_files_every_marked_file_is_rendered_and_checked(tmp_path, monkeypatch, capsys):
-    write(
-        tmp_path,
-        "pretrain.json",
-        knn_top1_pretrained=0.5,
-        knn_top1_random_init=0.4,
-        knn_top1_pixels_raw=0.3,
-        knn_top1_pixels_standardized=0.2,
-    )
+    write(tmp_path, "pretrain_seed0.json", **KNN)
     (tmp_path / "docs" / "deep").mkdir(parents=True)
     stale = "<!-- table:pretrain_knn -->\nstale\n<!-- /table:pretrain_knn -->\n"
     (tmp_path / "README.md").write_text(stale)
@@ -147,7 +162,7 @@ def test_without_files_every_marked_file_is_rendered_and_checked(tmp_path, monke
     assert main(["--check", "--results-dir", str(tmp_path)]) == 1
     assert "README.md" in capsys.readouterr().err
     assert main(["--results-dir", str(tmp_path)]) == 0
-    assert all("stale" not in path.read_text() and "| 20.00 |" in path.read_text() for path in files)
+    assert all("stale" not in path.read_text() and "| 20.00 (n=1 of 3) |" in path.read_text() for path in files)
     assert main(["--check", "--results-dir", str(tmp_path)]) == 0
     assert main([str(files[1]), "--check", "--results-dir", str(tmp_path)]) == 0  # files named: only those
 

@@ -1,6 +1,6 @@
 """MAE pre-training benchmark: matmul peak, full training steps, Table 2's speed-up, data loading, file listing.
 
-    python -m mae.benchmarking            # the full set (`make bench`); ~10 minutes on the 2-core CPU
+    python -m mae.benchmarking            # the full set (`make bench`); minutes, on a CPU
     python -m mae.benchmarking --quick    # tiny settings, seconds (what the tests run)
 
 Writes ``results.json`` (a list of rows, see :mod:`mae.benchmarking.report`) and ``results.md`` into ``--out``
@@ -11,6 +11,8 @@ of an earlier results.json that this run does not measure again (and its peak ro
 this machine, so that every ``pct_of_peak`` in the file refers to the peak rows in it), e.g. for ``--kinds step
 --compile only``. ``--rerender`` re-assesses the step rows of ``--out``'s results.json against its peak rows by
 the current rules (see :func:`mae.benchmarking.report.peak_share`) and rewrites both files, measuring nothing.
+``--render-only`` rewrites results.md from results.json as it stands (``--check``: compares, exit 1 on a
+difference), so that the committed tables are checked like the other result tables.
 ``--kinds listing --merge`` lists a generated folder of a million empty image files (``--listing-files``) and
 keeps the other rows.
 """
@@ -126,7 +128,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure nothing: re-assess the share of peak of --out's results.json by the current "
         "rules and rewrite results.json and results.md (keeping results.md's note)",
     )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: rewrite --out's results.md from its results.json as it stands (results.md's note "
+        "kept, results.json untouched, no share re-assessed)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="with --render-only (implied): write nothing, exit 1 if results.md is not exactly what results.json "
+        "renders to",
+    )
     args = parser.parse_args(argv)
+    args.render_only = args.render_only or args.check
+    if args.render_only and args.rerender:
+        parser.error("--render-only/--check and --rerender exclude each other")
     mode = "quick" if args.quick else "full"
     args.mode = mode
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -398,8 +415,28 @@ def rerender(out: Path) -> list[report.Row]:
     return rows
 
 
+def render_only(out: Path, check: bool) -> list[report.Row]:
+    """Rewrite (or, with ``check``, only compare) ``out``'s results.md from its results.json as it stands: the
+    tables ``make bench`` wrote, re-rendered by :func:`report.rendered`. A failed check exits 1."""
+    rows = json.loads((out / "results.json").read_text())
+    markdown = out / "results.md"
+    if check:
+        if not report.render_check(out):
+            raise SystemExit(
+                f"{markdown} is not what {out / 'results.json'} renders to (edited by hand, or stale): "
+                f"python -m mae.benchmarking --render-only --out {out}"
+            )
+        print(f"{markdown} is what {out / 'results.json'} renders to")
+    else:
+        changed = report.render(out)
+        print(f"{'re-rendered' if changed else 'unchanged:'} {markdown}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[report.Row]:
     args = parse_args(argv)
+    if args.render_only:
+        return render_only(args.out, args.check)
     if args.rerender:
         return rerender(args.out)
     existing = args.out / "results.json"

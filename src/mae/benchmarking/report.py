@@ -28,6 +28,9 @@ A step's share of peak (:func:`peak_share`) is its GFLOP/s over the matmul peak 
 with a ``peak_note`` saying why, where it would mislead: a dtype the device does not run natively, or whose peak
 is under :data:`SLOW_PEAK_FRACTION` of fp32's (its "peak" is an emulation's, which a step may well beat), and a
 share above 100% (the peak measurement then does not represent the step's matmuls).
+
+``results.md`` is only ever rendered from ``results.json`` (:func:`write_markdown`); :func:`render_check` says whether
+a results.md is exactly that rendering, as the result tables of the docs are checked against their files.
 """
 
 from __future__ import annotations
@@ -469,3 +472,30 @@ def note_of(markdown_text: str) -> str:
 
 def write_markdown(rows: Sequence[Row], path: Path, note: str = "") -> None:
     write_text_atomically(path, markdown(rows, note=note))
+
+
+def rendered(results_dir: Path) -> str:
+    """The results.md that ``results_dir``'s results.json renders to: :func:`markdown` of its rows, exactly as
+    :func:`write_markdown` writes them, with the note of the results.md there (:func:`note_of`; none when there is
+    no results.md). Re-assesses nothing and measures nothing."""
+    rows = json.loads((results_dir / "results.json").read_text())
+    existing = results_dir / "results.md"
+    return markdown(rows, note=note_of(existing.read_text()) if existing.exists() else "")
+
+
+def render_check(results_dir: Path) -> bool:
+    """Whether ``results_dir``'s results.md is exactly what its results.json renders to (:func:`rendered`): a
+    number typed into results.md by hand, or a table left behind by a results.json edit, makes it False."""
+    path = results_dir / "results.md"
+    return path.exists() and path.read_text() == rendered(results_dir)
+
+
+def render(results_dir: Path) -> bool:
+    """Rewrite ``results_dir``'s results.md from its results.json (:func:`rendered`), results.json untouched;
+    whether the file changed."""
+    path = results_dir / "results.md"
+    text = rendered(results_dir)
+    changed = not path.exists() or path.read_text() != text
+    if changed:
+        write_text_atomically(path, text)
+    return changed

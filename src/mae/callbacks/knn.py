@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import lightning as L
 from torch import nn
 
 from mae.callbacks.reconstruction import check_every_n_epochs, epoch_is_due
-from mae.evaluation.knn import check_pool, knn_top1, random_init_copy
+from mae.evaluation.knn import check_pool, knn_top1, random_init_model
 from mae.evaluation.pixels import pixel_knn_top1
 from mae.evaluation.sharded import sharded_features
 from mae.runs.run_directory import merge_json
@@ -97,30 +98,36 @@ class KNNEvaluationCallback(L.Callback):
             )
             log.info("kNN evaluation skipped: %s", self.skipped)
 
-    def score(self, trainer: L.Trainer, model: nn.Module) -> float | None:
-        """kNN top-1 of ``model`` on the datamodule's kNN loaders, without touching the global random state.
+    def score(self, trainer: L.Trainer, model: nn.Module, splits: Sequence[str] = ("val",)) -> dict[str, float] | None:
+        """kNN top-1 of ``model`` with the training images as the bank and each of ``splits`` ("val", "test") as
+        the queries, without touching the global random state.
 
         Every process calls it: each encodes its share of the bank and the queries, the features are gathered in
         dataset order (:mod:`mae.evaluation.sharded`), and global rank 0 runs the vote a single process would run
-        and returns its score; the other processes return None."""
+        and returns ``{split: top-1}``; the other processes return None."""
         datamodule = self.datamodule(trainer)
         with preserved_rng(model_device_and_dtype(model)[0]):
-            train_loader, val_loader = datamodule.knn_dataloaders()
-            bank, bank_labels = sharded_features(trainer, model, train_loader, self.pool)
-            queries, query_labels = sharded_features(trainer, model, val_loader, self.pool)
+            bank_loader, _ = datamodule.knn_dataloaders()
+            bank, bank_labels = sharded_features(trainer, model, bank_loader, self.pool)
+            queries = {
+                split: sharded_features(trainer, model, query_loader(datamodule, split), self.pool) for split in splits
+            }
         if not trainer.is_global_zero:
             return None
-        return knn_top1(
-            bank, bank_labels, queries, query_labels, datamodule.num_classes, k=self.k, temperature=self.temperature
-        )
+        return {
+            split: knn_top1(
+                bank, bank_labels, *queries[split], datamodule.num_classes, k=self.k, temperature=self.temperature
+            )
+            for split in splits
+        }
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.skipped or not epoch_is_due(self.every_n_epochs, trainer.current_epoch):
             return
-        top1 = self.score(trainer, pl_module.model)
-        if top1 is not None:
-            self.last_results = {"knn/top1": top1, "epoch": trainer.current_epoch}
-            log_to_all(trainer, {"knn/top1": top1})
+        scores = self.score(trainer, pl_module.model)  # the validation split: curves are for choosing
+        if scores is not None:
+            self.last_results = {"knn/top1": scores["val"], "epoch": trainer.current_epoch}
+            log_to_all(trainer, {"knn/top1": scores["val"]})
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.skipped:
@@ -131,21 +138,29 @@ class KNNEvaluationCallback(L.Callback):
                 )
             return
         model = pl_module.model
-        results: dict[str, Any] = {"knn_top1_pretrained": self.score(trainer, model)}
+        # The test split once, here, at the end; the validation split beside it (val_*), what choices read.
+        splits = final_splits(self.datamodule(trainer))
+        scores = {"pretrained": self.score(trainer, model, splits)}
         if self.compare_random_init:
-            results["knn_top1_random_init"] = self.score(trainer, random_init_copy(model, self.seed))
+            scores["random_init"] = self.score(trainer, random_init_model(model, self.seed), splits)
         if not trainer.is_global_zero:
             return
         if self.compare_pixels:
-            results.update(self.pixel_scores(trainer))
-        train_loader, val_loader = self.datamodule(trainer).knn_dataloaders()
+            scores.update(self.pixel_scores(trainer, splits))
+        results: dict[str, Any] = {}
+        for name, by_split in scores.items():
+            for split, top1 in by_split.items():  # type: ignore[union-attr]
+                results[f"{'val_' if split == 'val' else ''}knn_top1_{name}"] = top1
+        datamodule = self.datamodule(trainer)
+        bank_loader, query_loader_ = datamodule.knn_dataloaders("test")
         results.update(
-            knn_data=type(self.datamodule(trainer)).__name__,
+            knn_data=type(datamodule).__name__,
             knn_k=self.k,
             knn_temperature=self.temperature,
             knn_pool=self.pool,
-            knn_bank_size=len(train_loader.dataset),
-            knn_num_queries=len(val_loader.dataset),
+            knn_bank_size=len(bank_loader.dataset),
+            knn_num_queries=len(query_loader_.dataset),
+            knn_validation=datamodule.validation_split() if "val" in splits else None,
             epochs_trained=trainer.current_epoch,
         )
         print(self.summary(results), flush=True)
@@ -160,24 +175,26 @@ class KNNEvaluationCallback(L.Callback):
         merge_json(Path(trainer.default_root_dir) / self.results_file, results)
         self.last_results = results
 
-    def pixel_scores(self, trainer: L.Trainer) -> dict[str, float]:
-        """``knn_top1_pixels_raw``, ``knn_top1_pixels_standardized`` and their maximum ``knn_top1_pixels``."""
+    def pixel_scores(self, trainer: L.Trainer, splits: Sequence[str]) -> dict[str, dict[str, float]]:
+        """``{"pixels_raw": {split: top-1}, "pixels_standardized": ..., "pixels": the better of the two}``."""
         datamodule = self.datamodule(trainer)
+        found: dict[str, dict[str, float]] = {"pixels": {}, "pixels_raw": {}, "pixels_standardized": {}}
         with preserved_rng():
-            train_loader, val_loader = datamodule.knn_dataloaders()
-            scores = pixel_knn_top1(
-                train_loader,
-                val_loader,
-                datamodule.num_classes,
-                datamodule.mean,
-                datamodule.std,
-                k=self.k,
-                temperature=self.temperature,
-            )
-        return {
-            "knn_top1_pixels": max(scores.values()),
-            **{f"knn_top1_pixels_{name}": value for name, value in scores.items()},
-        }
+            for split in splits:
+                bank_loader, queries = datamodule.knn_dataloaders(split)
+                scores = pixel_knn_top1(
+                    bank_loader,
+                    queries,
+                    datamodule.num_classes,
+                    datamodule.mean,
+                    datamodule.std,
+                    k=self.k,
+                    temperature=self.temperature,
+                )
+                found["pixels"][split] = max(scores.values())
+                for name, value in scores.items():
+                    found[f"pixels_{name}"][split] = value
+        return found
 
     def summary(self, results: dict[str, Any]) -> str:
         """One line, e.g. ``kNN top-1 (k=20, cls features): pretrained 81.23% | random init 62.10% | raw pixels
@@ -191,6 +208,17 @@ class KNNEvaluationCallback(L.Callback):
                 f"standardized {results['knn_top1_pixels_standardized']:.2%})"
             )
         return line
+
+
+def query_loader(datamodule, split: str):
+    """The kNN queries of ``split``."""
+    return datamodule.knn_dataloaders(split)[1]
+
+
+def final_splits(datamodule) -> tuple[str, ...]:
+    """The splits of the final evaluation: test, and validation when it is a split of its own."""
+    splits = getattr(datamodule, "splits", None)
+    return ("test",) if splits is None or splits.val_is_test else ("val", "test")
 
 
 def log_to_all(trainer: L.Trainer, metrics: dict[str, float]) -> None:

@@ -16,7 +16,9 @@ from mae.data.image_statistics import ImageSample, check_decodable, sample_files
 from mae.data.loaders import (
     LoaderSettings,
     Splits,
+    check_val_size,
     first_images,
+    held_out,
     process_slot,
     resume_position,
     seeded_subset,
@@ -59,7 +61,7 @@ class ImageDataModule(L.LightningDataModule):
 
     _splits: Splits | None = None
     eval_split = "val"
-    """Which of the dataset's official splits the evaluation split is (results files say it)."""
+    """Which of the dataset's official splits the test split is (results files say it)."""
     has_labels = True
     """Whether the data has classes (kNN, fine-tuning and probing need them; pre-training does not)."""
     measures_statistics = False
@@ -85,6 +87,8 @@ class ImageDataModule(L.LightningDataModule):
         train_samples: int | None,
         knn_train_samples: int | None,
         knn_val_samples: int | None,
+        val_size: int | float | None,
+        val_split_seed: int,
         interpolation: str,
         rand_augment: str | None,
         random_erasing: float,
@@ -107,6 +111,8 @@ class ImageDataModule(L.LightningDataModule):
         self.random_erasing = float(random_erasing)
         self.transforms(placeholder=True)  # builds nothing lasting: validates the augmentation settings now
         self.train_samples = check_optional_limit("train_samples", train_samples)
+        self.val_size = check_val_size(val_size)
+        self.val_split_seed = check_int("val_split_seed", val_split_seed, 0)
         self.loaders = LoaderSettings(
             batch_size, num_workers, pin_memory, persistent_workers, seed, knn_train_samples, knn_val_samples
         )
@@ -196,13 +202,35 @@ class ImageDataModule(L.LightningDataModule):
         )
         return augment, eval_transform(self.img_size, mean, std, self.interpolation, eval_resize_ratio)
 
-    def set_splits(self, train: Dataset, val: Dataset, augment, evaluate) -> None:
-        """Serve ``train`` augmented (a seeded subset when ``train_samples`` is set) and both splits unaugmented."""
+    def set_splits(self, train: Dataset, test: Dataset, augment, evaluate, val: Dataset | None = None) -> None:
+        """Serve ``train`` augmented (a seeded subset when ``train_samples`` is set) and every split unaugmented.
+
+        The validation split is ``val`` when the dataset has one of its own, else ``val_size`` images held out of
+        ``train`` with ``val_split_seed`` (never trained on: neither the augmented nor the kNN bank's images
+        include them), else, with ``val_size`` 0, the test split itself (``Splits.val_is_test``)."""
+        if val is None:
+            train, val = held_out(train, self.val_size, self.val_split_seed)
+        elif self.val_size:
+            raise ValueError(
+                f"val_size={self.val_size}: {type(self).__name__} already has a validation split of its own; "
+                "set data.val_size=0"
+            )
         self._splits = Splits(
             train=Transformed(seeded_subset(train, self.train_samples, self.loaders.seed), augment),
             train_eval=Transformed(train, evaluate),
-            val=Transformed(val, evaluate),
+            val=Transformed(test if val is None else val, evaluate),
+            test=Transformed(test, evaluate),
+            val_is_test=val is None,
         )
+
+    def validation_split(self) -> str:
+        """What the validation split is, for results files and logs."""
+        splits = self.splits
+        if splits.val_is_test:
+            return f"the {self.eval_split} split (no images held out: set data.val_size to hold some out)"
+        if self.val_size:
+            return f"{len(splits.val)} training images held out (data.val_split_seed={self.val_split_seed})"
+        return "the dataset's own validation split"
 
     @property
     def splits(self) -> Splits:
@@ -219,15 +247,21 @@ class ImageDataModule(L.LightningDataModule):
         return self.loaders.train_loader(self.splits, epoch, batches_done, rank, world_size)
 
     def val_dataloader(self) -> DataLoader:
+        """The validation split: every per-epoch curve and every choice."""
         return self.loaders.eval_loader(self.splits.val)
+
+    def test_dataloader(self) -> DataLoader:
+        """The test split: the number a run reports, once at its end."""
+        return self.loaders.eval_loader(self.splits.test)
 
     def eval_train_dataloader(self) -> DataLoader:
         """The whole training split, unaugmented, in order (feature extraction, evaluation on train)."""
         return self.loaders.eval_loader(self.splits.train_eval)
 
-    def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
-        return self.loaders.knn_loaders(self.splits)
+    def knn_dataloaders(self, split: str = "val") -> tuple[DataLoader, DataLoader]:
+        """(bank, queries) of the kNN evaluation: training images and the ``split`` ("val" or "test") images."""
+        return self.loaders.knn_loaders(self.splits, split)
 
     def sample_images(self, n: int) -> torch.Tensor:
-        """The first ``n`` validation images, eval transform applied, stacked ``(n, C, H, W)``."""
+        """The first ``n`` validation images (never trained on), eval transform applied, stacked ``(n, C, H, W)``."""
         return first_images(self.splits.val, n)

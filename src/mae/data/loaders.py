@@ -133,9 +133,15 @@ class Splits:
     train: Dataset
     """Training split (possibly a subset) with the training augmentation."""
     train_eval: Dataset
-    """The whole training split with the eval transform (kNN memory bank)."""
+    """The whole training split (without the held-out images) with the eval transform (kNN memory bank)."""
     val: Dataset
-    """Validation split with the eval transform."""
+    """The validation split with the eval transform: images held out of the training split, on which every
+    per-epoch curve and every choice is made (the test split when there is none, see ``val_is_test``)."""
+    test: Dataset
+    """The dataset's evaluation split (its official test or validation images) with the eval transform: the
+    number a run reports, evaluated once at its end."""
+    val_is_test: bool = False
+    """No images are held out: the validation split is the test split (results files say so)."""
 
 
 @dataclass(frozen=True)
@@ -203,11 +209,12 @@ class LoaderSettings:
         """Unaugmented images in dataset order, every image served."""
         return self._loader(dataset, shuffle=False, drop_last=False)
 
-    def knn_loaders(self, splits: Splits) -> tuple[DataLoader, DataLoader]:
-        """(train, val) loaders for kNN evaluation, each capped by a fixed seeded subset."""
+    def knn_loaders(self, splits: Splits, split: str = "val") -> tuple[DataLoader, DataLoader]:
+        """(bank, queries) loaders for kNN evaluation: the training images and the ``split`` ("val" or "test")
+        images, each capped by a fixed seeded subset."""
+        queries = {"val": splits.val, "test": splits.test}[split]
         train = seeded_subset(splits.train_eval, self.knn_train_samples, self.seed)
-        val = seeded_subset(splits.val, self.knn_val_samples, self.seed)
-        return self.eval_loader(train), self.eval_loader(val)
+        return self.eval_loader(train), self.eval_loader(seeded_subset(queries, self.knn_val_samples, self.seed))
 
 
 def process_slot(module: L.LightningDataModule) -> tuple[int, int]:
@@ -228,6 +235,32 @@ def resume_position(module: L.LightningDataModule, batches_per_epoch: int) -> tu
     if done >= batches_per_epoch:
         done = 0  # saved at the epoch's end
     return trainer.current_epoch, done
+
+
+def check_val_size(val_size: int | float | None) -> int | float:
+    """How many training images to hold out: an int (images), a float in (0, 1) (their fraction) or 0/None
+    (none); one line naming the value otherwise."""
+    if val_size is None:
+        return 0
+    if isinstance(val_size, float):
+        if not 0.0 <= val_size < 1.0:
+            raise ValueError(f"val_size={val_size} must be a fraction in [0, 1) or a number of images")
+        return val_size
+    return check_int("val_size", val_size, 0)
+
+
+def held_out(dataset: Dataset, val_size: int | float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """``(the rest, the held-out images)``: ``val_size`` images (a float: that fraction, rounded) of a fixed
+    permutation of ``dataset`` that depends on ``seed`` only, so every run with the same split seed holds out the
+    same images whatever its own seed. ``val_size`` 0: ``(dataset, None)``."""
+    size = len(dataset)  # type: ignore[arg-type]
+    count = round(val_size * size) if isinstance(val_size, float) else val_size
+    if count == 0:
+        return dataset, None
+    if count >= size:
+        raise ValueError(f"val_size={val_size} holds out {count} of the {size} training images; leave some to train on")
+    order = seeded_permutation(size, seed).tolist()
+    return Subset(dataset, sorted(order[count:])), Subset(dataset, sorted(order[:count]))
 
 
 def first_images(dataset: Dataset, n: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``python -m mae.data.png_folder OUT [data=<group>] [--split train|val]``: a data group's images as PNG files in a
+"""``python -m mae.data.png_folder OUT [data=<group>] [--split train|val|test]``: a data group's images as PNG files in a
 nested folder without labels (``OUT/000/000000.png``, a thousand per folder), the layout ``data=unlabeled`` reads.
 
 It turns a labelled in-memory dataset (Fashion-MNIST by default, CIFAR) into "a folder of someone's images", so
@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+from torch.utils.data import Dataset, Subset
 from torchvision.io import encode_png
 
 from mae.data.base import InMemoryImages
@@ -39,6 +41,15 @@ def write_png_folder(images: InMemoryImages, out: Path) -> int:
     return total
 
 
+def in_memory(dataset: Dataset) -> Dataset:
+    """``dataset`` itself, or for a subset of in-memory images (training images without the held-out ones) the
+    subset's images as in-memory images of their own."""
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, InMemoryImages):
+        whole, indices = dataset.dataset, list(dataset.indices)
+        return InMemoryImages(whole.images[indices], torch.tensor(whole.labels)[indices], whole.channels)
+    return dataset
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mae.data.png_folder", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -51,15 +62,20 @@ def main(argv: list[str] | None = None) -> int:
         help="an in-memory data group: data=fashion_mnist (default), data=cifar10 data.root=...",
     )
     parser.add_argument("overrides", nargs="*", help="more config overrides, e.g. data.root=...")
-    parser.add_argument("--split", choices=["train", "val"], default="train", help="which split to write")
+    parser.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        default="train",
+        help="which split to write (train: without the images val_size holds out, val: those)",
+    )
     args = parser.parse_args(argv)
     try:
         if not args.data.startswith("data="):
             raise ValueError(f"{args.data!r} is not data=<group>")
         module = instantiate_node(compose_in_repo("train", [args.data, *args.overrides]).data)
         module.setup()
-        split = module.splits.train_eval if args.split == "train" else module.splits.val
-        images = split.dataset
+        split = {"train": module.splits.train_eval, "val": module.splits.val, "test": module.splits.test}[args.split]
+        images = in_memory(split.dataset)
         if not isinstance(images, InMemoryImages):
             raise ValueError(
                 f"{args.data} is not held in memory ({type(images).__name__}); its files are already "

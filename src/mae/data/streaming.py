@@ -125,6 +125,11 @@ class ShardsDataModule(ImageDataModule):
                 "persistent_workers=True: litdata's workers learn the epoch (its shuffle and the "
                 "augmentation seeds) when they start; set data.persistent_workers=false"
             )
+        if self.val_size:
+            raise ValueError(
+                f"val_size={self.val_size}: a streamed epoch is the whole training split; set data.val_size=0 "
+                "(the shards of a data group with val_size hold its training images without the held-out ones)"
+            )
         if self.train_samples is not None:
             raise ValueError(
                 f"train_samples={self.train_samples}: a streamed epoch is the whole training split; "
@@ -190,10 +195,13 @@ class ShardsDataModule(ImageDataModule):
             seed=self.loaders.seed,
             cache_dir=self.cache_dir,
         )
+        test = Transformed(self.shard_images("val"), evaluate)
         self._splits = Splits(
             train=train,
             train_eval=Transformed(self.shard_images("train"), evaluate),
-            val=Transformed(self.shard_images("val"), evaluate),
+            val=test,
+            test=test,
+            val_is_test=True,
         )
 
     def train_dataloader(self) -> StreamingDataLoader:
@@ -220,7 +228,7 @@ class UnlabeledShardsDataModule(ShardsDataModule):
         super().__init__(**settings)
         self.num_classes = None
 
-    def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
+    def knn_dataloaders(self, split: str = "val") -> tuple[DataLoader, DataLoader]:
         raise ValueError(
             f"data=unlabeled_stream ({self.input_dir}) has no labels for a kNN evaluation; set "
             "knn_data=<a labelled data group>"

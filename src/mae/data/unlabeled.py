@@ -183,9 +183,10 @@ class UnlabeledImagesDataModule(ImageDataModule):
         assert self.file_list is not None
         train = UnlabeledImages(self.file_list.train_root, self.file_list.train, self.image_loader, self.missing)
         val = UnlabeledImages(self.file_list.val_root, self.file_list.val, self.image_loader, self.missing)
-        self.set_splits(train, val, *self.transforms(self.eval_resize_ratio))
+        # The held-out files are the validation split and, without labels, all there is to test on.
+        self.set_splits(train, val, *self.transforms(self.eval_resize_ratio), val=val)
 
-    def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
+    def knn_dataloaders(self, split: str = "val") -> tuple[DataLoader, DataLoader]:
         raise ValueError(
             f"data=unlabeled ({self.root}) has no labels for a kNN evaluation; set knn_data=<a labelled data group>"
         )

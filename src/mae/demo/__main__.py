@@ -47,8 +47,8 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def examples_of(datamodule, count: int) -> list[Example]:
-    """The first ``count`` images of the data group's evaluation split, named with their class."""
-    dataset = datamodule.splits.val
+    """The first ``count`` images of the data group's test split, named with their class."""
+    dataset = datamodule.splits.test
     classes = getattr(datamodule, "classes", None)
     examples = []
     for index in range(min(count, len(dataset))):

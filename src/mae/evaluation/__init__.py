@@ -7,7 +7,7 @@ from mae.evaluation.knn import (
     knn_predict,
     knn_top1,
     pool_tokens,
-    random_init_copy,
+    random_init_model,
 )
 
 __all__ = [
@@ -17,5 +17,5 @@ __all__ = [
     "knn_predict",
     "knn_top1",
     "pool_tokens",
-    "random_init_copy",
+    "random_init_model",
 ]

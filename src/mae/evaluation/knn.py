@@ -6,14 +6,15 @@ training samples and every neighbour votes for its class with weight ``exp(simil
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._dynamo.eval_frame import OptimizedModule
+from torch.distributed.fsdp import FSDPModule
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from mae.models.sharding import unsharded_copy
 from mae.runs.torch_state import eval_mode, model_device_and_dtype
 
 POOLS = ("cls", "mean")
@@ -164,19 +165,42 @@ def evaluate_encoder(
     return knn_top1(train_features, train_labels, val_features, val_labels, num_classes, k, temperature)
 
 
-def random_init_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` re-initialised by its ``initialize_weights()`` from ``seed``: the random baseline.
+def random_init_model(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A newly built model of ``model``'s architecture, initialised from ``seed``: the random-init baseline.
 
-    The copy is initialised on the CPU, so the same seed gives the same weights on any device, and inside
-    ``fork_rng``, so the caller's global random stream is left exactly where it was. ``model`` is untouched.
-    An FSDP2-sharded ``model`` gives an unsharded copy (see :func:`unsharded_copy`; every process must call this
-    then), the same weights as the copy of the unsharded model: each process can run it on its own.
+    The baseline is ``cls(**model.init_kwargs)`` for ``model``'s own class: the constructor, and so the
+    initialisation, a training run starts from (for the MAE the paper's: xavier-uniform Linears and patch
+    projection, normal(0.02) cls and mask tokens, fixed sin-cos tables, the patch projection's default bias).
+    Nothing is copied from ``model``, which is untouched: trained values that an ``initialize_weights()`` call
+    would leave in place (the patch projection's bias) cannot leak into it.
+
+    It is built on the CPU from a generator seeded with ``seed``, so the same seed gives the same weights on any
+    device, inside ``fork_rng``, so the caller's random streams are left exactly where they were (only the CPU
+    generator is seeded: ``torch.manual_seed`` would reseed the GPUs' too). Each parameter and buffer is then
+    moved to the device and dtype of its counterpart in ``model``, and the baseline is returned in eval mode.
+
+    ``model`` may be wrapped by ``torch.compile`` (its ``_orig_mod`` is rebuilt; the baseline is not compiled)
+    or sharded by FSDP2 (the baseline is a plain, unsharded model). No collective is involved: each process can
+    build it on its own, and all processes get the same weights.
     """
-    if not callable(getattr(model, "initialize_weights", None)):
-        raise TypeError(f"{type(model).__name__} has no initialize_weights() to draw a random initialisation from")
-    device, _ = model_device_and_dtype(model)
-    baseline = unsharded_copy(model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        baseline.initialize_weights()
-    return baseline.to(device)
+    if isinstance(model, OptimizedModule):
+        model = model._orig_mod
+    init_kwargs = getattr(model, "init_kwargs", None)
+    if not isinstance(init_kwargs, Mapping):
+        raise TypeError(
+            f"{type(model).__name__} keeps no init_kwargs (its constructor's arguments) to build a fresh model from"
+        )
+    # fully_shard swaps a module's class for a subclass of FSDPModule and it; build the class it swapped out.
+    cls = next(base for base in type(model).__mro__ if not issubclass(base, FSDPModule))
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.random.default_generator.manual_seed(seed)
+        baseline = cls(**init_kwargs)
+    trained = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for name, tensor in [*baseline.named_parameters(), *baseline.named_buffers()]:
+            if name not in trained:
+                raise TypeError(
+                    f"{cls.__name__}(**init_kwargs) has {name!r}, which the trained {type(model).__name__} lacks"
+                )
+            tensor.data = tensor.data.to(device=trained[name].device, dtype=trained[name].dtype)
+    return baseline.eval()

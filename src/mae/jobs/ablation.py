@@ -21,13 +21,15 @@ from mae.jobs.ablation_stages import check_stages, compose_stage
 from mae.jobs.downstream import downstream
 from mae.jobs.harness import SetupError, output_dir
 from mae.jobs.pretrain import pretrain
+from mae.runs.provenance import PROVENANCE_KEY, provenance
 from mae.runs.run_directory import RESULTS_FILE, config_file, last_checkpoint, merge_json
 from mae.sweeps.records import PRETRAIN, read_results, stages_done
 
 log = logging.getLogger(__name__)
 
-STAGE_RESULTS = ("top1", "top5", "loss", "train_seconds")
-"""What a downstream stage's results.json contributes to the run's, as ``<stage>_<key>``."""
+STAGE_RESULTS = ("top1", "top5", "loss", "val_top1", "val_top5", "val_loss", "train_seconds")
+"""What a downstream stage's results.json contributes to the run's, as ``<stage>_<key>`` (the test split's numbers,
+and the validation split's ``val_*``, which sweeps rank by)."""
 
 
 def pretrain_then_probe(cfg: DictConfig) -> dict:
@@ -110,6 +112,7 @@ def _record(run_dir: Path, stage: str, values: dict) -> dict:
     done = stages_done(read_results(run_dir))
     values = {**values, "stages_done": done + [stage] if stage not in done else done}
     if rank_zero_only.rank == 0:
+        values[PROVENANCE_KEY] = provenance()  # this attempt's: a resumed run may only run the later stages
         return merge_json(path, values)
     return {**read_results(run_dir), **values}
 

@@ -1,4 +1,4 @@
-"""``python -m mae.jobs.extract CKPT OUT [data=<group>] [split=val] [key=value ...]``: the encoder's features and the
+"""``python -m mae.jobs.extract CKPT OUT [data=<group>] [split=test] [key=value ...]``: the encoder's features and the
 labels of a whole dataset split (``conf/extract.yaml``).
 
 OUT is a ``.safetensors`` file holding ``features`` (float32), ``labels`` (int64) and, with ``layers=[...]``,
@@ -43,7 +43,7 @@ from mae.runs.atomic_files import replaced_atomically, write_text_atomically
 from mae.runs.config import compose_in_repo, instantiate_node
 
 SUFFIXES = (".safetensors", ".npy")
-SPLIT_LOADERS = {"train": "eval_train_dataloader", "val": "val_dataloader"}
+SPLIT_LOADERS = {"train": "eval_train_dataloader", "val": "val_dataloader", "test": "test_dataloader"}
 """Each split's unaugmented, in-order loader on the data module."""
 MANIFEST = "extraction.json"
 LOADER_KEYS = ("batch_size", "num_workers", "pin_memory", "persistent_workers")

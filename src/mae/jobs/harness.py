@@ -28,6 +28,7 @@ from mae.model_files.stored_config import stored_normalization
 from mae.runs.atomic_files import write_text_atomically
 from mae.runs.config import instantiate_node, process_batch_size, validate_schedule
 from mae.runs.optional import MissingExtraError
+from mae.runs.provenance import PROVENANCE_KEY, provenance
 from mae.runs.run_directory import (
     BAD_IMAGES_FILE,
     CHECKPOINT_DIR,
@@ -246,10 +247,12 @@ def write_config(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDat
 
 
 def merge_results(cfg: DictConfig, trainer: L.Trainer, results: dict) -> dict:
-    """Merge ``results`` into the run's ``results.json`` (callbacks may have written to it) and return all of it."""
+    """Merge ``results`` into the run's ``results.json`` (callbacks may have written to it) and return all of it.
+    Rank 0, which writes, also records where the results came from under ``provenance`` (commit, overrides,
+    versions, machine, date: :func:`mae.runs.provenance.provenance`), replacing an earlier attempt's."""
     path = output_dir(cfg) / RESULTS_FILE
     if trainer.is_global_zero:
-        return merge_json(path, results)
+        return merge_json(path, {**results, PROVENANCE_KEY: provenance()})
     return {**read_json_object(path), **results}
 
 

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mae.jobs.welch import welch
 from mae.runs.atomic_files import write_text_atomically
 from mae.runs.config import REPO_DIR
+from mae.runs.provenance import PROVENANCE_KEY, describe_machine
 from mae.runs.run_directory import read_json_object
 from mae.sweeps.summary import mean_std
 
@@ -76,25 +78,119 @@ def seeds(stem: str, count: int) -> tuple[str, ...]:
     return tuple(f"{stem}_seed{seed}.json" for seed in range(count))
 
 
-FINETUNE_SEEDS = 2  # runs of each fine-tuning row (seeds 0 .. N-1); a further seed adds a file per row
-SWEEP_SEEDS = 3  # seeds of each point of the mask-ratio sweep (its config's seed: 0,1,2)
+def validation(reader: Reader) -> Reader:
+    """``reader`` on the validation split's numbers, which a run records under its test keys with ``val_`` in
+    front (``val_top1``, ``val_knn_top1_pretrained``)."""
+
+    def read(results: dict[str, Any], row: Row) -> float | None:
+        shifted = {key.removeprefix("val_"): value for key, value in results.items() if key.startswith("val_")}
+        return reader(shifted, row)
+
+    return read
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A claim that one row beats another: the files of each side (one per seed) and how to read each side's
+    number from them."""
+
+    label: str
+    better: tuple[str, ...]
+    better_value: Reader
+    worse: tuple[str, ...]
+    worse_value: Reader
+
+
+@dataclass(frozen=True)
+class Comparisons:
+    """Differences between rows of other tables, each with Welch's t-test over the seeds (two-sided p)."""
+
+    name: str
+    rows: tuple[Difference, ...]
+    level: float = 0.05
+
+    def render(self, results_dir: Path) -> str:
+        lines = [
+            f"| comparison (test split) | difference (points) | Welch's t | p (two-sided) | at p < {self.level:g} |",
+            "|---|---|---|---|---|",
+        ]
+        for row in self.rows:
+            sides = [
+                [v for v in (value(run, Row(row.label, files)) for run in loaded(results_dir, files)) if v is not None]
+                for files, value in ((row.better, row.better_value), (row.worse, row.worse_value))
+            ]
+            result = welch(*sides)
+            if result is None:
+                counts = f"n = {len(sides[0])} and {len(sides[1])} of {len(row.better)} and {len(row.worse)}"
+                lines.append(f"| {row.label} | | | | not tested yet ({counts}; `make reproduce`) |")
+                continue
+            verdict = (
+                ("above" if result.difference > 0 else "below")
+                if result.p_value < self.level
+                else "no difference shown"
+            )
+            lines.append(
+                f"| {row.label} | {result.difference:+.2f} | {result.t:.2f} (df {result.degrees_of_freedom:.1f}) | "
+                f"{result.p_value:.3g} | {verdict} |"
+            )
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Which code and machine made the results files in the directory: one line per (commit, machine)."""
+
+    name: str
+
+    def render(self, results_dir: Path) -> str:
+        groups: dict[tuple[str, str, str], list[str]] = {}
+        for path in sorted(results_dir.glob("*.json")):
+            record = read_json_object(path).get(PROVENANCE_KEY) or {}
+            commit = record.get("commit")
+            code = (
+                "unknown"
+                if commit is None
+                else f"`{commit[:10]}`" + (" (uncommitted changes)" if record.get("dirty") else "")
+            )
+            versions = record.get("versions") or {}
+            stack = ", ".join(
+                f"{name} {versions[name]}" for name in ("torch", "lightning", "timm") if versions.get(name)
+            )
+            machine = describe_machine(record["machine"]) if record.get("machine") else "unknown"
+            groups.setdefault((code, machine, stack or "unknown"), []).append(path.stem)
+        lines = ["| runs | commit | machine | versions |", "|---|---|---|---|"]
+        for (code, machine, stack), names in groups.items():
+            lines.append(f"| {len(names)} | {code} | {machine} | {stack} |")
+        return "\n".join(lines)
+
+
+MAIN_SEEDS = 3  # seeds of the main job (make pretrain seed=0,1,2)
+DOWNSTREAM_SEEDS = 2  # seeds of each fine-tuning and probing row
+SWEEP_SEEDS = 3  # seeds of each sweep point (its config's seed: 0,1,2)
 MASK_RATIOS = ("0.1", "0.3", "0.5", "0.75", "0.9")  # the points of conf/experiment/sweep_mask_ratio.yaml
+DECODER_DEPTHS = ("1", "2", "4", "8")  # the points of conf/experiment/sweep_decoder_depth.yaml
 
-
-PRETRAIN = ("pretrain.json",)
-FOLDER = ("pretrain_folder.json",)  # experiment=fashion_mnist_folder: the main job on PNG folders, data=unlabeled
-MEMORY = ("pretrain_memory.json",)  # the main job in memory, same session and machine as FOLDER
-CONTINUED = ("pretrain_continued.json",)  # continued pre-training from MEMORY's checkpoint, exported
-EARLIER = ("pretrain_per_sample_masks.json", "pretrain_per_sample_masks_rerun.json")
+PRETRAIN = seeds("pretrain", MAIN_SEEDS)
+FOLDER = ("pretrain_folder_seed0.json",)  # experiment=fashion_mnist_folder: the main job on PNG folders
+CONTINUED = ("pretrain_continued_seed0.json",)  # continued pre-training from seed 0's encoder, exported
+KNN_COLUMNS = (
+    Column("kNN top-1, validation (%)", validation(row_key_percent)),
+    Column("kNN top-1, test (%)", row_key_percent),
+)
 KNN_BESIDE_BASELINES = (
-    Column("kNN top-1, pre-trained (%)", percent("knn_top1_pretrained")),
-    Column("random init (%)", percent("knn_top1_random_init")),
+    Column("kNN top-1 pre-trained, test (%)", percent("knn_top1_pretrained")),
+    Column("fresh random init (%)", percent("knn_top1_random_init")),
     Column("raw pixels, the better (%)", percent("knn_top1_pixels")),
 )
 ACCURACY = (
-    Column("top-1 (%)", recorded("top1")),
-    Column("top-5 (%)", recorded("top5")),
+    Column("top-1, validation (%)", validation(recorded("top1"))),
+    Column("top-1, test (%)", recorded("top1")),
+    Column("top-5, test (%)", recorded("top5")),
     Column("training (s)", recorded("train_seconds"), digits=0),
+)
+SWEEP_KNN = (
+    Column("kNN top-1, validation (%)", validation(percent("knn_top1_pretrained"))),
+    Column("kNN top-1, test (%)", percent("knn_top1_pretrained")),
 )
 TABLES = (
     Table(
@@ -104,33 +200,33 @@ TABLES = (
             Column("epochs", recorded("epochs_trained"), digits=0),
             Column("optimizer steps", recorded("optimizer_steps"), digits=0),
             Column("last epoch's train loss", recorded("train_loss_last_epoch"), digits=4),
+            Column("held-out loss", recorded("val_loss"), digits=4),
             Column("training + kNN evaluation (s)", recorded("train_seconds"), digits=0),
         ),
-        (Row("`make pretrain`", PRETRAIN),),
+        (Row("`make pretrain`, seeds 0, 1, 2", PRETRAIN),),
     ),
     Table(
         "pretrain_knn",
         "features (the same bank, queries, k and temperature)",
-        (Column("kNN top-1 (%)", row_key_percent),),
+        KNN_COLUMNS,
         (
             Row("MAE pre-trained encoder (`make pretrain`)", PRETRAIN, "knn_top1_pretrained"),
-            Row("the same encoder at random initialisation", PRETRAIN, "knn_top1_random_init"),
+            Row("the same architecture, freshly initialised", PRETRAIN, "knn_top1_random_init"),
             Row("raw pixels in [0, 1]", PRETRAIN, "knn_top1_pixels_raw"),
             Row("raw pixels, standardised per pixel (bank statistics)", PRETRAIN, "knn_top1_pixels_standardized"),
         ),
     ),
     Table(
         "own_images",
-        "run (12 epochs of the main job's recipe; kNN on the same bank and queries)",
+        "run (the main job's recipe, seed 0; kNN on the same bank and queries)",
         (
             *KNN_BESIDE_BASELINES,
-            Column("held-out loss, last epoch", recorded("val_loss"), digits=4),
+            Column("held-out loss", recorded("val_loss"), digits=4),
             Column("training + kNN (s)", recorded("train_seconds"), digits=0),
         ),
         (
             Row("Fashion-MNIST as PNG folders, `data=unlabeled` (`make pretrain-folder`)", FOLDER),
-            Row("Fashion-MNIST in memory (`make pretrain`), the same session", MEMORY),
-            Row("`make pretrain`, the two earlier re-runs (earlier sessions, other CPUs)", EARLIER),
+            Row("Fashion-MNIST in memory (`make pretrain`)", PRETRAIN[:1]),
         ),
     ),
     Table(
@@ -141,7 +237,7 @@ TABLES = (
             Column("epochs", recorded("epochs_trained"), digits=0),
         ),
         (
-            Row("before: `make pretrain`'s (the row above), exported as a transformers directory", MEMORY),
+            Row("before: `make pretrain` seed 0, exported as a transformers directory", PRETRAIN[:1]),
             Row("after: 3 more epochs from that directory (`pretrained=<dir>`, blr 5e-4)", CONTINUED),
         ),
     ),
@@ -150,20 +246,11 @@ TABLES = (
         "initialisation",
         ACCURACY,
         (
-            Row("MAE pre-trained (`make finetune`)", seeds("finetune_pretrained", FINETUNE_SEEDS)),
+            Row("MAE pre-trained (`make finetune`)", seeds("finetune_pretrained", DOWNSTREAM_SEEDS)),
             Row(
                 "the same recipe from scratch (`pretrained=null`), equal budget",
-                seeds("finetune_scratch", FINETUNE_SEEDS),
+                seeds("finetune_scratch", DOWNSTREAM_SEEDS),
             ),
-            Row(
-                "one epoch fewer (`schedule.epochs=15`), MAE pre-trained",
-                seeds("finetune_15_epochs_pretrained", FINETUNE_SEEDS),
-            ),
-            Row(
-                "previous recipe (12 epochs, blr 1e-3, layer decay 0.75, drop path 0.1), MAE pre-trained",
-                ("finetune_previous_recipe_pretrained.json",),
-            ),
-            Row("previous recipe, from scratch (`pretrained=null`)", ("finetune_previous_recipe_scratch.json",)),
         ),
     ),
     Table(
@@ -171,47 +258,122 @@ TABLES = (
         "features",
         ACCURACY,
         (
-            Row("MAE pre-trained, mean of the patch tokens (`make linprobe`)", ("linprobe_pretrained_mean.json",)),
-            Row("MAE pre-trained, cls token (`schedule.pool=cls`, the paper's)", ("linprobe_pretrained_cls.json",)),
-            Row("random initialisation, mean of the patch tokens (`pretrained=null`)", ("linprobe_random_mean.json",)),
-            Row("raw pixels (`experiment=linprobe_pixels`)", ("linprobe_pixels.json",)),
+            Row(
+                "MAE pre-trained, mean of the patch tokens (`make linprobe`)",
+                seeds("linprobe_pretrained_mean", DOWNSTREAM_SEEDS),
+            ),
+            Row("MAE pre-trained, cls token (`schedule.pool=cls`, the paper's)", seeds("linprobe_pretrained_cls", 1)),
+            Row(
+                "random initialisation, mean of the patch tokens (`pretrained=null`)",
+                seeds("linprobe_random_mean", DOWNSTREAM_SEEDS),
+            ),
+            Row("raw pixels (`experiment=linprobe_pixels`)", seeds("linprobe_pixels", DOWNSTREAM_SEEDS)),
         ),
     ),
     Table(
         "sweep_mask_ratio",
         "mask ratio",
-        (
-            Column("kNN top-1 (%)", percent("knn_top1_pretrained")),
-            Column("pre-training + kNN (s)", recorded("pretrain_seconds"), digits=0),
-        ),
+        (*SWEEP_KNN, Column("pre-training + kNN (s)", recorded("pretrain_seconds"), digits=0)),
         tuple(Row(ratio, seeds(f"sweep_mask_ratio_{ratio}", SWEEP_SEEDS)) for ratio in MASK_RATIOS),
     ),
+    Table(
+        "sweep_decoder_depth",
+        "decoder depth",
+        (
+            *SWEEP_KNN,
+            Column("linear probe top-1, validation (%)", recorded("linprobe_val_top1")),
+            Column("linear probe top-1, test (%)", recorded("linprobe_top1")),
+            Column("pre-training + kNN (s)", recorded("pretrain_seconds"), digits=0),
+            Column("probe (s)", recorded("linprobe_seconds"), digits=0),
+        ),
+        tuple(Row(depth, seeds(f"sweep_decoder_depth_{depth}", SWEEP_SEEDS)) for depth in DECODER_DEPTHS),
+    ),
+    Comparisons(
+        "claims",
+        (
+            Difference(
+                "kNN, `make pretrain`: pre-trained minus fresh random init",
+                PRETRAIN,
+                percent("knn_top1_pretrained"),
+                PRETRAIN,
+                percent("knn_top1_random_init"),
+            ),
+            Difference(
+                "kNN, `make pretrain`: pre-trained minus raw pixels (the better)",
+                PRETRAIN,
+                percent("knn_top1_pretrained"),
+                PRETRAIN,
+                percent("knn_top1_pixels"),
+            ),
+            Difference(
+                "fine-tuning: pre-trained minus from scratch",
+                seeds("finetune_pretrained", DOWNSTREAM_SEEDS),
+                recorded("top1"),
+                seeds("finetune_scratch", DOWNSTREAM_SEEDS),
+                recorded("top1"),
+            ),
+            Difference(
+                "linear probe: pre-trained minus random init",
+                seeds("linprobe_pretrained_mean", DOWNSTREAM_SEEDS),
+                recorded("top1"),
+                seeds("linprobe_random_mean", DOWNSTREAM_SEEDS),
+                recorded("top1"),
+            ),
+            Difference(
+                "linear probe: pre-trained minus raw pixels",
+                seeds("linprobe_pretrained_mean", DOWNSTREAM_SEEDS),
+                recorded("top1"),
+                seeds("linprobe_pixels", DOWNSTREAM_SEEDS),
+                recorded("top1"),
+            ),
+        ),
+    ),
+    Sources("sources"),
 )
 
 
-def mean_and_spread(values: Sequence[float], digits: int) -> str:
-    """``mean ± sample std (n seeds)`` for several values, the value alone for one, blank for none."""
+def mean_and_spread(values: Sequence[float], digits: int, expected: int | None = None) -> str:
+    """``mean ± sample std (n seeds)`` for several values, the value alone for one, blank for none; ``(n=k of m)``
+    when fewer than the ``expected`` runs have finished."""
     if not values:
         return ""
     mean, std = mean_std(list(values))
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f} (n={len(values)})"
+    count = f"n={len(values)}" + (f" of {expected}" if expected is not None and len(values) < expected else "")
+    if std is None:
+        return f"{mean:.{digits}f}" + (f" ({count})" if expected is not None and expected > 1 else "")
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({count})"
 
 
-def load(results_dir: Path, name: str) -> dict[str, Any]:
+NOT_RUN = "not run yet (`make reproduce`)"
+
+
+def load(results_dir: Path, name: str) -> dict[str, Any] | None:
+    """The results file ``name``, None when it is not there yet (a table shows what has finished)."""
     path = results_dir / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: copy the run's results.json there (docs/results/README.md)")
-    return read_json_object(path)
+    return read_json_object(path) if path.is_file() else None
 
 
-def render(table: Table, results_dir: Path = RESULTS_DIR) -> str:
-    """The markdown of ``table`` from the files in ``results_dir``; several files make ``mean ± std (n=..)``."""
+def loaded(results_dir: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The results files of ``names`` that are there."""
+    return [run for run in (load(results_dir, name) for name in names) if run is not None]
+
+
+def render(table: Table | Comparisons | Sources, results_dir: Path = RESULTS_DIR) -> str:
+    """The markdown of ``table`` from the files in ``results_dir``; several files make ``mean ± std (n=..)``, a row
+    none of whose runs has finished says so."""
+    if not isinstance(table, Table):
+        return table.render(results_dir)
     headers = [table.first_header, *(column.header for column in table.columns)]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in table.rows:
-        runs = [load(results_dir, name) for name in row.files]
+        runs = loaded(results_dir, row.files)
+        if not runs:
+            lines.append("| " + " | ".join([row.label, NOT_RUN, *([""] * (len(table.columns) - 1))]) + " |")
+            continue
         cells = [
-            mean_and_spread([v for v in (column.value(run, row) for run in runs) if v is not None], column.digits)
+            mean_and_spread(
+                [v for v in (column.value(run, row) for run in runs) if v is not None], column.digits, len(row.files)
+            )
             for column in table.columns
         ]
         lines.append("| " + " | ".join([row.label, *cells]) + " |")

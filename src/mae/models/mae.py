@@ -117,7 +117,10 @@ class MaskedAutoencoderViT(nn.Module):
         layer_norm_eps: float = 1e-6,
         grad_checkpointing: bool = False,
     ) -> None:
+        arguments = dict(locals())  # first: nothing but the arguments is bound yet
         super().__init__()
+        self.init_kwargs = {name: value for name, value in arguments.items() if name not in ("self", "__class__")}
+        """The constructor's arguments: ``type(model)(**model.init_kwargs)`` is a fresh model of this architecture."""
         _check_config(
             img_size,
             patch_size,

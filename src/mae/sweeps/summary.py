@@ -73,16 +73,20 @@ class Metric:
 
 METRICS = (
     # The kNN callback records a fraction; the table shows every accuracy in percent, as the paper does.
-    Metric("knn_top1", "kNN top-1 (%)", "knn_top1_pretrained", scale=100.0),
-    Metric("linprobe_top1", "linear probe top-1 (%)", "linprobe_top1"),
-    Metric("finetune_top1", "fine-tune top-1 (%)", "finetune_top1"),
+    # Validation columns (what a sweep's choice reads) beside the test split's (evaluated once per run).
+    Metric("knn_val_top1", "kNN top-1, validation (%)", "val_knn_top1_pretrained", scale=100.0),
+    Metric("knn_top1", "kNN top-1, test (%)", "knn_top1_pretrained", scale=100.0),
+    Metric("linprobe_val_top1", "linear probe top-1, validation (%)", "linprobe_val_top1"),
+    Metric("linprobe_top1", "linear probe top-1, test (%)", "linprobe_top1"),
+    Metric("finetune_val_top1", "fine-tune top-1, validation (%)", "finetune_val_top1"),
+    Metric("finetune_top1", "fine-tune top-1, test (%)", "finetune_top1"),
     Metric("pretrain_seconds", "pre-training (s)", "pretrain_seconds", digits=1),
     Metric("linprobe_seconds", "linear probe (s)", "linprobe_seconds", digits=1),
     Metric("finetune_seconds", "fine-tuning (s)", "finetune_seconds", digits=1),
 )
 """Candidate columns, in table order; a column appears when some job recorded it."""
 
-ACCURACIES = ("knn_top1", "linprobe_top1", "finetune_top1")
+ACCURACIES = ("knn_val_top1", "knn_top1", "linprobe_val_top1", "linprobe_top1", "finetune_val_top1", "finetune_top1")
 """The columns the plots show against each swept parameter and the noise check compares."""
 
 

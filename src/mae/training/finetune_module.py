@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from mae.models.classifier import vit_classifier_from_mae
 from mae.models.mae import MaskedAutoencoderViT
 from mae.training.classification import ClassificationModule
+from mae.training.optim import layer_decay_param_groups
 
 
 class FinetuneModule(ClassificationModule):
@@ -22,7 +22,8 @@ class FinetuneModule(ClassificationModule):
         num_classes: classes of the task.
         blr, lr, min_lr, warmup_epochs, epochs: the schedule (see :class:`ScheduledModule`).
         weight_decay: AdamW decay, none on 1-D parameters, cls token and position embeddings.
-        layer_decay: lr scale ``layer_decay ** (depth + 1 - layer)`` (0.65 for ViT-B, 0.75 for L/H).
+        layer_decay: lr scale ``layer_decay ** (depth + 1 - layer)`` (0.65 for ViT-B, 0.75 for L/H), the reference's
+            layers (see :func:`~mae.training.optim.layer_decay_param_groups`): the final norms and the head at 1.
         mixup, cutmix, label_smoothing: timm ``Mixup`` alphas and smoothing (0.8, 1.0, 0.1 in the paper);
             with mixup and cutmix both 0 the loss is label-smoothed cross-entropy on hard labels.
         seed: base seed of each batch's random draws (mixup, drop path), so a resumed run repeats exactly.
@@ -84,15 +85,10 @@ class FinetuneModule(ClassificationModule):
         return [self.model]
 
     def configure_optimizers(self):
-        groups = param_groups_layer_decay(
-            self.model,
-            weight_decay=self.hparams.weight_decay,
-            no_weight_decay_list=self.model.no_weight_decay(),
-            layer_decay=self.hparams.layer_decay,
-        )
+        groups = layer_decay_param_groups(self.model, self.hparams.weight_decay, self.hparams.layer_decay)
         peak = self.peak_lr
         for group in groups:
-            group["lr"] = peak * group.pop("lr_scale", 1.0)  # the schedule then scales every group alike
+            group["lr"] = peak * group.pop("lr_scale")  # the schedule then scales every group alike
         return self.with_schedule(torch.optim.AdamW(groups, lr=peak, fused=self.hparams.fused))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

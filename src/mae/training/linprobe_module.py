@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.optim import Lars
 from torch import nn
 
 from mae.evaluation.knn import check_pool, pool_tokens
 from mae.training.classification import ClassificationModule
+from mae.training.optim import LARS
 
 
 def linear_probe_head(width: int, num_classes: int) -> nn.Sequential:
@@ -19,16 +19,6 @@ def linear_probe_head(width: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(nn.BatchNorm1d(width, affine=False, eps=1e-6), linear)
 
 
-def lars_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """LARS groups as in the reference: weight decay and trust-ratio adaptation on weights (ndim > 1) only."""
-    weights = [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
-    others = [p for p in module.parameters() if p.requires_grad and p.ndim <= 1]
-    return [
-        {"params": weights, "weight_decay": weight_decay, "always_adapt": True},
-        {"params": others, "weight_decay": 0.0, "always_adapt": False},
-    ]
-
-
 class LinearProbeModule(ClassificationModule):
     """Trains only a linear head on the frozen encoder's pooled features (the reference: the normalised cls token).
 
@@ -37,8 +27,8 @@ class LinearProbeModule(ClassificationModule):
             first (the MAE model, or a timm ViT).
         num_classes: classes of the downstream task.
         blr, lr, min_lr, warmup_epochs, epochs: the schedule (see :class:`ScheduledModule`).
-        weight_decay: LARS weight decay (the reference probes with 0).
-        momentum, trust_coefficient: LARS settings of the reference (0.9, 0.001).
+        weight_decay: LARS weight decay, on the Linear's weight only (the reference probes with 0).
+        momentum, trust_coefficient: LARS settings of the reference (0.9, 0.001); see :class:`~mae.training.optim.LARS`.
         seed: base seed of each batch's random draws, so a resumed run repeats exactly.
         pool: ``"cls"`` (the reference) or ``"mean"`` (the average of the patch tokens) as the probe's features.
         compile: ``torch.compile`` the encoder's blocks and the head in place before training (``forward_features``
@@ -84,11 +74,12 @@ class LinearProbeModule(ClassificationModule):
         self.encoder.eval()  # frozen: nothing in it may change, normalisation statistics included
 
     def configure_optimizers(self):
-        optimizer = Lars(
-            lars_param_groups(self.head, self.hparams.weight_decay),
+        optimizer = LARS(
+            self.head.parameters(),
             lr=self.peak_lr,
+            weight_decay=self.hparams.weight_decay,
             momentum=self.hparams.momentum,
-            trust_coeff=self.hparams.trust_coefficient,
+            trust_coefficient=self.hparams.trust_coefficient,
         )
         return self.with_schedule(optimizer)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from mae.data.base import InMemoryImages
 from mae.data.transfer_datasets.base import ListedImages
@@ -17,14 +17,18 @@ SourceItem = tuple[int, str | torch.Tensor, int]
 
 
 def raw_splits(module) -> dict[str, Dataset]:
-    """The module's training and evaluation splits as read from disk: whole, unaugmented, undecoded where the
-    dataset is files (for ``data=unlabeled``: the listed training files, and the held-out ones as ``val``)."""
+    """The module's training and test splits as read from disk: unaugmented, undecoded where the dataset is files
+    (for ``data=unlabeled``: the listed training files, and the held-out ones as ``val``). The training split
+    leaves out the images ``val_size`` holds out, so a streamed run trains on what an in-memory one does."""
     module.setup()
-    return {"train": module.splits.train_eval.dataset, "val": module.splits.val.dataset}
+    return {"train": module.splits.train_eval.dataset, "val": module.splits.test.dataset}
 
 
 def split_items(dataset: Dataset) -> list[SourceItem]:
     """Every item of a split, in the split's order."""
+    if isinstance(dataset, Subset):  # training images without the held-out ones
+        items = split_items(dataset.dataset)
+        return [(position, items[index][1], items[index][2]) for position, index in enumerate(dataset.indices)]
     if isinstance(dataset, InMemoryImages):
         return [(index, dataset.images[index], label) for index, label in enumerate(dataset.labels)]
     if isinstance(dataset, UnlabeledImages):
