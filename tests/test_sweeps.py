@@ -117,7 +117,7 @@ def test_overrides_for_flattens_nodes_and_skips_missing_keys():
 def test_ablation_task_runs_the_sweep_job_in_a_stable_sweep_directory():
     cfg = compose_with_hydra(["task=ablation"])
     assert cfg.job._target_ == "mae.jobs.ablation.pretrain_then_probe" and cfg.task_name == "ablation"
-    assert list(cfg.ablation.downstream) == ["linprobe"] and cfg.ablation.objective == "linprobe_top1"
+    assert list(cfg.ablation.downstream) == ["linprobe"] and cfg.ablation.objective == "linprobe_val_top1"
     sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
     assert sweep == {"dir": "${paths.log_dir}/sweeps/${sweep_name}", "subdir": "${hydra.job.override_dirname}"}
     dirname = cfg.hydra.job.config.override_dirname
@@ -201,7 +201,7 @@ def test_optuna_search_config_searches_mask_ratio_and_decoder_depth_on_sweep_cpu
         "model.mask_ratio": FloatDistribution(0.1, 0.9),
         "model.decoder_depth": CategoricalDistribution([1, 2, 4, 8]),
     }
-    assert search.objective == "linprobe_top1" and search.sweep_dir == tmp_path / "outputs" / "sweeps" / "optuna"
+    assert search.objective == "linprobe_val_top1" and search.sweep_dir == tmp_path / "outputs" / "sweeps" / "optuna"
     # A trial is the sweep_cpu point train.py runs, in the directory a multirun would give its overrides.
     values = {"mask_ratio": 0.5, "decoder_depth": 2}
     command = search.trial_command(values)
@@ -291,7 +291,7 @@ def write_trial_job(sweep: Path, name: str, overrides: list[str], results: dict 
 def test_optuna_search_reads_finished_trials_back_and_continues_the_unfinished_one_first(tmp_path, monkeypatch):
     """Resuming: the finished trial is not run again, the interrupted one runs first, then new ones up to n_trials."""
     sweep = tmp_path / "sweeps" / "optuna"
-    done = {"stages_done": ["pretrain", "linprobe"], "linprobe_top1": 61.5, "knn_top1": 50.0}
+    done = {"stages_done": ["pretrain", "linprobe"], "linprobe_val_top1": 61.5, "knn_top1": 50.0}
     write_trial_job(
         sweep, "model.decoder_depth_2+model.mask_ratio_0.5", ["model.mask_ratio=0.5", "model.decoder_depth=2"], done
     )
@@ -312,7 +312,7 @@ def test_optuna_search_reads_finished_trials_back_and_continues_the_unfinished_o
             search.sweep_dir,
             search.trial_dir(values).name,
             [f"model.mask_ratio={values['mask_ratio']}", f"model.decoder_depth={values['decoder_depth']}"],
-            {**done, "linprobe_top1": 100 * values["mask_ratio"]},
+            {**done, "linprobe_val_top1": 100 * values["mask_ratio"]},
         )
         return 0, 100 * values["mask_ratio"]
 
@@ -324,7 +324,7 @@ def test_optuna_search_reads_finished_trials_back_and_continues_the_unfinished_o
     expected = max([61.5, *(100 * values["mask_ratio"] for values in ran)])
     assert best["best_value"] == pytest.approx(expected) and best["finished_trials"] == 3
     trials = (sweep / "trials.csv").read_text().splitlines()
-    assert trials[0] == "number,model.mask_ratio,model.decoder_depth,linprobe_top1,state,dir" and len(trials) == 4
+    assert trials[0] == "number,model.mask_ratio,model.decoder_depth,linprobe_val_top1,state,dir" and len(trials) == 4
     assert trials[1].endswith(",61.5,complete,model.decoder_depth_2+model.mask_ratio_0.5")
     assert (sweep / "summary.csv").is_file() and (sweep / "summary.md").is_file()
     # Everything finished: running it again runs nothing.
@@ -355,11 +355,11 @@ def test_optuna_search_without_optuna_names_the_sweeps_extra(monkeypatch, capsys
 def test_objective_returns_the_configured_result(config_factory, monkeypatch):
     cfg = config_factory(["task=ablation"])
     monkeypatch.setattr(
-        ablation, "pretrain_then_probe", lambda cfg: {"linprobe_top1": 71.5, "knn_top1_pretrained": 0.7}
+        ablation, "pretrain_then_probe", lambda cfg: {"linprobe_val_top1": 71.5, "knn_top1_pretrained": 0.7}
     )
     assert ablation.objective(cfg) == 71.5
     monkeypatch.setattr(ablation, "pretrain_then_probe", lambda cfg: {"knn_top1_pretrained": 0.7})
-    with pytest.raises(SetupError, match=r"ablation.objective=linprobe_top1 is not among the run's results"):
+    with pytest.raises(SetupError, match=r"ablation.objective=linprobe_val_top1 is not among the run's results"):
         ablation.objective(cfg)
 
 
@@ -619,7 +619,7 @@ def test_summary_without_seeds_has_one_run_per_point(mask_ratio_sweep):
     assert (mask_ratio_sweep / "summary.md").read_text() == (
         "# Sweep `mask_ratio`\n\n2 of 4 runs done. Each row is a point: mean ± sample standard deviation "
         "(ddof=1; none for a single run) over its finished runs, one per seed; every run in [runs.csv](runs.csv).\n\n"
-        "| model.mask_ratio | kNN top-1 (%) | linear probe top-1 (%) | pre-training (s) | linear probe (s) | seeds "
+        "| model.mask_ratio | kNN top-1, test (%) | linear probe top-1, test (%) | pre-training (s) | linear probe (s) | seeds "
         "| status |\n"
         "|---|---|---|---|---|---|---|\n"
         "| 0.25 |  |  |  |  | 0 | 0/1 done |\n"
@@ -628,9 +628,9 @@ def test_summary_without_seeds_has_one_run_per_point(mask_ratio_sweep):
         "| 0.9 |  |  |  |  | 0 | 0/1 done |\n\n"
         "Against the best point, a point differs beyond the noise when |mean - best mean| > its std + the best's std "
         "(a point with fewer than 2 finished seeds has no std and is not compared):\n\n"
-        "- kNN top-1 (%): best `model.mask_ratio=0.75` (70.12); not compared (fewer than 2 seeds): "
+        "- kNN top-1, test (%): best `model.mask_ratio=0.75` (70.12); not compared (fewer than 2 seeds): "
         "`model.mask_ratio=0.5`\n"
-        "- linear probe top-1 (%): best `model.mask_ratio=0.75` (71.30); not compared (fewer than 2 seeds): "
+        "- linear probe top-1, test (%): best `model.mask_ratio=0.75` (71.30); not compared (fewer than 2 seeds): "
         "`model.mask_ratio=0.5`\n\n"
         "![model.mask_ratio](model.mask_ratio.png)\n"
     )
@@ -664,7 +664,7 @@ def test_summary_groups_seeds_into_mean_and_sample_std(seeded_sweep):
     md = (seeded_sweep / "summary.md").read_text()
     assert md.startswith("# Sweep `mask_ratio`\n\n9 of 12 runs done.")
     assert (
-        "| model.mask_ratio | kNN top-1 (%) | linear probe top-1 (%) | pre-training (s) | linear probe (s) | seeds "
+        "| model.mask_ratio | kNN top-1, test (%) | linear probe top-1, test (%) | pre-training (s) | linear probe (s) | seeds "
         "| status |\n|---|---|---|---|---|---|---|\n"
         "| 0.25 | 50.00 | 50.00 | 100.0 | 40.0 | 1 | 1/3 done |\n"
         "| 0.5 | 61.00 ± 1.00 | 62.00 ± 2.00 | 110.0 ± 10.0 | 40.0 ± 0.0 | 3 | 3/3 done |\n"
@@ -673,12 +673,12 @@ def test_summary_groups_seeds_into_mean_and_sample_std(seeded_sweep):
     ) in md
     # Probe: 0.5 is 9 below the best 0.75, beyond 2 + 1; 0.9 is 1 below, within 0.71 + 1; 0.25 has one seed.
     assert (
-        "- kNN top-1 (%): best `model.mask_ratio=0.75` (72.00 ± 2.00); differ beyond the noise: "
+        "- kNN top-1, test (%): best `model.mask_ratio=0.75` (72.00 ± 2.00); differ beyond the noise: "
         "`model.mask_ratio=0.5`, `model.mask_ratio=0.9`; not compared (fewer than 2 seeds): "
         "`model.mask_ratio=0.25`\n"
     ) in md
     assert (
-        "- linear probe top-1 (%): best `model.mask_ratio=0.75` (71.00 ± 1.00); differ beyond the noise: "
+        "- linear probe top-1, test (%): best `model.mask_ratio=0.75` (71.00 ± 1.00); differ beyond the noise: "
         "`model.mask_ratio=0.5`; within the noise: `model.mask_ratio=0.9`; not compared (fewer than 2 seeds): "
         "`model.mask_ratio=0.25`\n"
     ) in md
@@ -829,7 +829,7 @@ def test_multirun_sweep_aggregates_seeds_and_skips_finished_jobs_when_run_again(
     assert [yaml.safe_load((job / "linprobe" / "config_resolved.yaml").read_text())["seed"] for job in jobs] == [0, 1]
     records = [json.loads((job / "results.json").read_text()) for job in jobs]
     runs = (sweep / "runs.csv").read_text().splitlines()
-    assert runs[0].startswith("model.mask_ratio,seed,knn_top1,linprobe_top1,")
+    assert runs[0].startswith("model.mask_ratio,seed,knn_val_top1,knn_top1,linprobe_val_top1,linprobe_top1,")
     assert [row.split(",")[:2] for row in runs[1:]] == [["0.75", "0"], ["0.75", "1"]]
     assert all(row.endswith(f",done,{job.name}") for row, job in zip(runs[1:], jobs))
     header, row = (line.split(",") for line in (sweep / "summary.csv").read_text().splitlines())
@@ -857,7 +857,7 @@ def test_optuna_search_runs_sweep_points_through_train_py_and_resumes(tmp_path, 
     sweep = tmp_path / "outputs" / "sweeps" / "optuna"
     jobs = sorted(path.parent for path in sweep.glob("*/results.json"))
     assert len(jobs) == 2 and all(job.name.startswith("model.decoder_depth_") for job in jobs)
-    probes = [json.loads((job / "results.json").read_text())["linprobe_top1"] for job in jobs]
+    probes = [json.loads((job / "results.json").read_text())["linprobe_val_top1"] for job in jobs]
     configs = [yaml.safe_load((job / "config_resolved.yaml").read_text()) for job in jobs]
     assert all(config["sweep_name"] == "optuna" and config["task_name"] == "ablation" for config in configs)
     assert [
@@ -865,7 +865,7 @@ def test_optuna_search_runs_sweep_points_through_train_py_and_resumes(tmp_path, 
         for c in configs
     ] == [job.name for job in jobs]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(max(probes)) and best["objective"] == "linprobe_top1"
+    assert best["best_value"] == pytest.approx(max(probes)) and best["objective"] == "linprobe_val_top1"
     assert best["best_dir"] == jobs[probes.index(max(probes))].name
     runs = (sweep / "runs.csv").read_text().splitlines()
     assert len(runs) == 1 + 2 and runs[0].startswith("model.decoder_depth,model.mask_ratio,")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mae.jobs.reproduce_plan import RUNS
 from mae.jobs.welch import welch
 from mae.runs.atomic_files import write_text_atomically
 from mae.runs.config import REPO_DIR
@@ -162,6 +163,31 @@ class Sources:
         for (code, machine, stack), names in groups.items():
             lines.append(f"| {len(names)} | {code} | {machine} | {stack} |")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many of ``make reproduce``'s runs have finished and the hours they trained (its cost here)."""
+
+    name: str
+
+    def render(self, results_dir: Path) -> str:
+        runs = loaded(results_dir, [f"{run.name}.json" for run in RUNS])
+        seconds = sum(run_seconds(run) for run in runs)
+        return "\n".join(
+            [
+                "| `make reproduce` runs finished | their training and evaluation time (h) |",
+                "|---|---|",
+                f"| {len(runs)} of {len(RUNS)} | {seconds / 3600:.1f} |",
+            ]
+        )
+
+
+def run_seconds(results: dict[str, Any]) -> float:
+    """A run's training time: a pre-training's or a downstream run's ``train_seconds``; an ablation point's
+    pre-training plus its downstream stages."""
+    first = results.get("pretrain_seconds", results.get("train_seconds")) or 0.0
+    return float(first) + sum(float(results.get(f"{stage}_seconds") or 0.0) for stage in ("linprobe", "finetune"))
 
 
 MAIN_SEEDS = 3  # seeds of the main job (make pretrain seed=0,1,2)
@@ -329,6 +355,7 @@ TABLES = (
         ),
     ),
     Sources("sources"),
+    Budget("budget"),
 )
 
 
@@ -358,7 +385,7 @@ def loaded(results_dir: Path, names: Sequence[str]) -> list[dict[str, Any]]:
     return [run for run in (load(results_dir, name) for name in names) if run is not None]
 
 
-def render(table: Table | Comparisons | Sources, results_dir: Path = RESULTS_DIR) -> str:
+def render(table: Table | Comparisons | Sources | Budget, results_dir: Path = RESULTS_DIR) -> str:
     """The markdown of ``table`` from the files in ``results_dir``; several files make ``mean ± std (n=..)``, a row
     none of whose runs has finished says so."""
     if not isinstance(table, Table):
