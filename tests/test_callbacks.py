@@ -279,3 +279,21 @@ def test_knn_every_n_epochs_logs_to_every_logger(tmp_path):
         final = [(m, step) for m, step in logger.records if "knn/top1_pretrained" in m]
         assert len(final) == 1 and final[0][1] == trainer.global_step
         assert 0.0 <= final[0][0]["knn/top1_random_init"] <= 1.0
+
+
+def test_the_pixel_baseline_is_the_variant_better_on_validation_not_on_test(monkeypatch):
+    """Raw pixels win on validation, standardised ones on test: the baseline's test number is the raw pixels'."""
+    scores = {"val": {"raw": 0.80, "standardized": 0.70}, "test": {"raw": 0.60, "standardized": 0.90}}
+    datamodule = FakeDataModule()
+    calls = []
+
+    def fake_pixel_knn(bank, queries, *args, **kwargs):
+        split = "val" if queries.dataset is datamodule.val else "test"
+        calls.append(split)
+        return scores[split]
+
+    monkeypatch.setattr(knn_callback_module, "pixel_knn_top1", fake_pixel_knn)
+    found = KNNEvaluationCallback(data=datamodule).pixel_scores(SimpleNamespace(), ("val", "test"))
+    assert calls == ["val", "test"]
+    assert found["pixels"] == {"val": 0.80, "test": 0.60}
+    assert found["pixels_standardized"] == {"val": 0.70, "test": 0.90}

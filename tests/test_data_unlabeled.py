@@ -385,8 +385,11 @@ def test_the_png_folder_holds_the_in_memory_pixels(tmp_path):
     assert image_path(out, 1234, 10000) == out / "1" / "1234.png"
     files = list_image_files(out)
     assert len(files) == 10000 and files[:2] == ["0/0000.png", "0/0001.png"] and files[-1] == "9/9999.png"
-    memory = data_module("fashion_mnist").splits.val.dataset
+    memory = data_module("fashion_mnist").splits.test.dataset
     for index in (0, 4321, 9999):
         decoded = ImageLoader("L")(str(out / files[index]))
         assert torch.equal(decoded, memory.images[index])
     assert png_folder_main([str(out), "--split", "test"]) == 2  # an existing folder is never written into
+    held_out = tmp_path / "held_out"
+    assert png_folder_main([str(held_out), "--split", "val"]) == 0  # the 5000 images data.val_size holds out
+    assert len(list_image_files(held_out)) == 5000

@@ -211,14 +211,14 @@ def refused(capsys, *argv: str) -> str:
 def test_a_checkpoint_without_decoder_is_refused_at_start(tmp_path, fmnist, capsys):
     encoder = tmp_path / "encoder.pth"
     torch.save({"model": tiny_model(0).encoder_state_dict()}, encoder)
-    assert refused(capsys, str(encoder), f"data.root={fmnist}") == (
+    assert refused(capsys, str(encoder), f"data.root={fmnist}", "data.val_size=0") == (
         f"error: checkpoint {encoder} has no decoder weights (an encoder-only or fine-tuned file): reconstructions "
         "need a pre-training checkpoint or a full MAE export"
     )
 
 
 def test_a_missing_default_checkpoint_says_to_pretrain_first(tmp_path, fmnist, capsys):
-    line = refused(capsys, f"paths.log_dir={tmp_path}", f"data.root={fmnist}")
+    line = refused(capsys, f"paths.log_dir={tmp_path}", f"data.root={fmnist}", "data.val_size=0")
     assert line == (
         f"error: checkpoint {tmp_path}/pretrain/latest/checkpoints/last.ckpt does not exist (the default "
         "is the newest `make pretrain` run's; run it first or name a checkpoint)"
@@ -227,20 +227,27 @@ def test_a_missing_default_checkpoint_says_to_pretrain_first(tmp_path, fmnist, c
 
 def test_bad_settings_and_a_busy_port_are_one_line(tmp_path, fmnist, capsys):
     ckpt = str(export(tmp_path / "tiny.safetensors"))
-    assert refused(capsys, ckpt, f"data.root={fmnist}", "mask_ratio=0.99") == (
+    assert refused(capsys, ckpt, f"data.root={fmnist}", "data.val_size=0", "mask_ratio=0.99") == (
         "error: mask_ratio=0.99 keeps 0 of the 16 patches visible; training needs at least one masked and one "
         "visible patch: 0 < mask_ratio <= 0.9375"
     )
-    assert refused(capsys, ckpt, f"data.root={fmnist}", "port=70000") == "error: port=70000 must be at most 65535"
-    assert "data serves 32 px" in refused(capsys, ckpt, f"data.root={fmnist}", "data.img_size=32")
+    assert (
+        refused(capsys, ckpt, f"data.root={fmnist}", "data.val_size=0", "port=70000")
+        == "error: port=70000 must be at most 65535"
+    )
+    assert "data serves 32 px" in refused(capsys, ckpt, f"data.root={fmnist}", "data.val_size=0", "data.img_size=32")
     assert "in 4 px patches" in refused(
-        capsys, ckpt, f"data.root={fmnist}", f"compare_ckpt_path={export(tmp_path / 'p4.safetensors', patch_size=4)}"
+        capsys,
+        ckpt,
+        f"data.root={fmnist}",
+        "data.val_size=0",
+        f"compare_ckpt_path={export(tmp_path / 'p4.safetensors', patch_size=4)}",
     )
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert refused(capsys, ckpt, f"data.root={fmnist}", f"port={port}").startswith(
+        assert refused(capsys, ckpt, f"data.root={fmnist}", "data.val_size=0", f"port={port}").startswith(
             f"error: cannot serve on 127.0.0.1:{port} (Address already in use); choose another port=<n>"
         )
 

@@ -63,6 +63,7 @@ def server(checkpoints, fmnist, tmp_path_factory) -> str:
             str(checkpoints["first"]),
             f"port={port}",
             f"data.root={root}",
+            "data.val_size=0",
             f"compare_root={checkpoints['second'].parent}",
         ],  # the folder the compare tab may read
         cwd=tmp_path_factory.mktemp("demo_cwd"),

@@ -305,11 +305,12 @@ def test_pixel_probe_is_the_same_probe_on_the_raw_pixels(config_factory):
     assert results["top1"] > 40.0
 
 
-def test_how_much_of_the_test_split_is_watched_per_epoch_does_not_change_what_finetuning_trains(
+def test_how_much_of_the_validation_split_is_watched_per_epoch_does_not_change_what_finetuning_trains(
     config_factory, pretrained_ckpt
 ):
-    """The fine-tuning task watches top-1 on a fifth of the evaluation split each epoch (trainer.limit_val_batches);
-    the weights it ends with are those of a run that watches all of it, or none, with the recipe's regularisers on."""
+    """The fine-tuning task watches top-1 on the validation split each epoch (a share: trainer.limit_val_batches);
+    the weights it ends with are those of a run that watches all of it, a fifth, or none, with the recipe's
+    regularisers on."""
     common = [
         "task=finetune",
         f"pretrained={pretrained_ckpt}",
@@ -321,7 +322,7 @@ def test_how_much_of_the_test_split_is_watched_per_epoch_does_not_change_what_fi
         "schedule.mixup=0.8",
         "schedule.drop_path_rate=0.1",
     ] + MODEL
-    assert compose_config(["task=finetune"]).trainer.limit_val_batches == 0.2
+    assert compose_config(["task=finetune"]).trainer.limit_val_batches == 1.0
     states = []
     for share in (0.2, 1.0, 0.0):
         cfg = config_factory(common + [f"trainer.limit_val_batches={share}"], name=f"val{share}")

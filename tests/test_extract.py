@@ -185,7 +185,7 @@ def split_images(arrays: dict[str, np.ndarray], split: str) -> torch.Tensor:
 
 
 def extract(checkpoint: Path, out: Path, root: Path, *overrides: str) -> int:
-    return main([str(checkpoint), str(out), f"data.root={root}", *overrides])
+    return main([str(checkpoint), str(out), f"data.root={root}", "data.val_size=0", *overrides])
 
 
 def test_saves_the_features_and_labels_of_the_whole_split(checkpoint, fmnist, tmp_path, capsys):
@@ -355,7 +355,7 @@ def test_the_module_runs_as_a_program(checkpoint, fmnist, tmp_path):
     root, arrays = fmnist
     out = tmp_path / "val.safetensors"
     result = subprocess.run(
-        [sys.executable, "-m", "mae.jobs.extract", str(checkpoint), str(out), f"data.root={root}"],
+        [sys.executable, "-m", "mae.jobs.extract", str(checkpoint), str(out), f"data.root={root}", "data.val_size=0"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

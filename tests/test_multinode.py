@@ -159,7 +159,10 @@ def test_a_streamed_epoch_is_dealt_out_to_the_processes_once(tmp_path):
     """litdata shards (24 images) read by 2 processes: every epoch, each sample reaches exactly one process (the
     seeds are distinct per sample, so 12 + 12 distinct seeds are all 24 samples)."""
     make_fashion_mnist(tmp_path / "fmnist")
-    assert run_convert("data=fashion_mnist", tmp_path / "shards", f"data.root={tmp_path / 'fmnist'}") == 0
+    assert (
+        run_convert("data=fashion_mnist", tmp_path / "shards", f"data.root={tmp_path / 'fmnist'}", "data.val_size=0")
+        == 0
+    )
     # The shards hold the whole split: no train_samples; 24 images at a global batch of 8.
     base = [o for o in RUN if not o.startswith(("data.train_samples", "schedule.global_batch_size"))]
     run_dir = tmp_path / "stream"

@@ -100,7 +100,7 @@ def fashion_shards(tmp_path_factory) -> tuple[Path, Path, dict[str, np.ndarray]]
     """A tiny Fashion-MNIST in its IDX files and its shards: (IDX folder, shard folder, arrays)."""
     root = tmp_path_factory.mktemp("fashion")
     arrays = make_fashion_mnist(root / "fmnist")
-    assert run_convert("data=fashion_mnist", root / "shards", f"data.root={root / 'fmnist'}") == 0
+    assert run_convert("data=fashion_mnist", root / "shards", f"data.root={root / 'fmnist'}", "data.val_size=0") == 0
     return root / "fmnist", root / "shards", arrays
 
 
@@ -109,7 +109,7 @@ def test_fashion_mnist_shards_decode_to_the_same_pixels_and_augment_like_the_in_
     info = json.loads((shards / INFO_FILE).read_text())
     assert (info["channels"], info["image_size"], info["classes"][0]) == (1, 28, "T-shirt/top")
     stream = data_module("fashion_mnist_stream", input_dir=str(shards))
-    memory = data_module("fashion_mnist", root=str(idx_dir))
+    memory = data_module("fashion_mnist", root=str(idx_dir), val_size=0)
     assert stream.num_classes == memory.num_classes == 10
     images, labels = zip(*(stream.splits.val[i] for i in range(len(stream.splits.val))))
     expected_val, _ = zip(*(memory.splits.val[i] for i in range(len(memory.splits.val))))

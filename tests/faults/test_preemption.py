@@ -147,7 +147,10 @@ def fashion_shards(tmp_path_factory) -> Path:
         for kind, (array, magic) in arrays.items():
             header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
             (root / FILES[f"{split}_{kind}"]).write_bytes(header + array.astype(np.uint8).tobytes())
-    assert convert(["data=fashion_mnist", str(root / "shards"), f"data.root={root}", "num_workers=1"]) == 0
+    assert (
+        convert(["data=fashion_mnist", str(root / "shards"), f"data.root={root}", "data.val_size=0", "num_workers=1"])
+        == 0
+    )
     return root / "shards"
 
 

@@ -27,7 +27,8 @@ class KNNEvaluationCallback(L.Callback):
     :meth:`score`): the trained encoder's accuracy and, with
     ``compare_random_init``, that of a randomly initialised copy (the baseline that shows what pre-training
     added) and, with ``compare_pixels``, the raw pixels themselves under the same protocol (same bank, same
-    queries, ``k`` and temperature; raw and per-pixel standardised, the better of the two being the baseline).
+    queries, ``k`` and temperature; raw and per-pixel standardised, the one better on the validation split being
+    the baseline).
     All are printed, sent to every logger, and merged into ``<default_root_dir>/<results_file>`` under
     ``knn_top1_pretrained``, ``knn_top1_random_init``, ``knn_top1_pixels`` (with ``knn_top1_pixels_raw`` and
     ``knn_top1_pixels_standardized``), ``knn_k``, ``knn_temperature``, ``knn_pool``, ``knn_bank_size``,
@@ -176,9 +177,11 @@ class KNNEvaluationCallback(L.Callback):
         self.last_results = results
 
     def pixel_scores(self, trainer: L.Trainer, splits: Sequence[str]) -> dict[str, dict[str, float]]:
-        """``{"pixels_raw": {split: top-1}, "pixels_standardized": ..., "pixels": the better of the two}``."""
+        """``{"pixels_raw": {split: top-1}, "pixels_standardized": ..., "pixels": the better of the two}``, the
+        better one chosen on the validation split when it is among ``splits`` (its test number is then that
+        variant's, not the larger test number)."""
         datamodule = self.datamodule(trainer)
-        found: dict[str, dict[str, float]] = {"pixels": {}, "pixels_raw": {}, "pixels_standardized": {}}
+        found: dict[str, dict[str, float]] = {}
         with preserved_rng():
             for split in splits:
                 bank_loader, queries = datamodule.knn_dataloaders(split)
@@ -191,10 +194,11 @@ class KNNEvaluationCallback(L.Callback):
                     k=self.k,
                     temperature=self.temperature,
                 )
-                found["pixels"][split] = max(scores.values())
                 for name, value in scores.items():
-                    found[f"pixels_{name}"][split] = value
-        return found
+                    found.setdefault(f"pixels_{name}", {})[split] = value
+        chooser = "val" if "val" in splits else splits[0]
+        better = max(found, key=lambda variant: found[variant][chooser])
+        return {"pixels": dict(found[better]), **found}
 
     def summary(self, results: dict[str, Any]) -> str:
         """One line, e.g. ``kNN top-1 (k=20, cls features): pretrained 81.23% | random init 62.10% | raw pixels

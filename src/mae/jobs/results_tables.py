@@ -206,7 +206,7 @@ KNN_COLUMNS = (
 KNN_BESIDE_BASELINES = (
     Column("kNN top-1 pre-trained, test (%)", percent("knn_top1_pretrained")),
     Column("fresh random init (%)", percent("knn_top1_random_init")),
-    Column("raw pixels, the better (%)", percent("knn_top1_pixels")),
+    Column("raw pixels, the better on validation (%)", percent("knn_top1_pixels")),
 )
 ACCURACY = (
     Column("top-1, validation (%)", validation(recorded("top1"))),
@@ -325,7 +325,7 @@ TABLES = (
                 percent("knn_top1_random_init"),
             ),
             Difference(
-                "kNN, `make pretrain`: pre-trained minus raw pixels (the better)",
+                "kNN, `make pretrain`: pre-trained minus raw pixels (the better on validation)",
                 PRETRAIN,
                 percent("knn_top1_pretrained"),
                 PRETRAIN,
