@@ -228,7 +228,7 @@ def test_reference_layout_finetuned_classifier_is_evaluated(config_factory, tmp_
     )
     results = evaluate(cfg)
     # The same classifier evaluated directly, on the same 10000 test images.
-    loader = data_module("fashion_mnist", batch_size=500).val_dataloader()
+    loader = data_module("fashion_mnist", batch_size=500).test_dataloader()
     classifier.eval()
     with torch.no_grad():
         correct = sum(int((classifier(x).argmax(1) == y).sum()) for x, y in loader)

@@ -316,7 +316,7 @@ def test_exports_are_read_with_the_architecture_they_state(checkpoint, fmnist, t
     "out_name, overrides, message",
     [
         ("f.safetensors", ["pool=mean"], "pool='mean' is not a feature pooling; use one of 'cls', 'avg', 'tokens'"),
-        ("f.safetensors", ["split=test"], "split='test' is not a split; use one of 'train', 'val'"),
+        ("f.safetensors", ["split=holdout"], "split='holdout' is not a split; use one of 'train', 'val', 'test'"),
         ("f.pt", [], "OUT={tmp}/f.pt must end in .safetensors or .npy"),
         ("f.safetensors", ["chunk_size=0"], "chunk_size=0 must be an integer of at least 1"),
         ("f.safetensors", ["layers=[5]"], "layers=[5]: 5 is not a block index of this 2-block encoder (use -2 to 1)"),
