@@ -66,6 +66,21 @@ def compose_config(
     return cfg
 
 
+SEGMENTATION_DATA = "mae.data.dense.SegmentationDataModule"
+
+
+def image_data_groups() -> list[str]:
+    """The groups of ``conf/data/`` that serve pre-training and classification (the folder also holds the
+    segmentation groups, which ``task=segment`` reads)."""
+    paths = sorted((CONF / "data").glob("*.yaml"))
+    return [path.stem for path in paths if OmegaConf.load(path).get("_target_") != SEGMENTATION_DATA]
+
+
+def segmentation_data_groups() -> list[str]:
+    paths = sorted((CONF / "data").glob("*.yaml"))
+    return [path.stem for path in paths if OmegaConf.load(path).get("_target_") == SEGMENTATION_DATA]
+
+
 @cache
 def _data_node(group: str) -> DictConfig:
     return compose_config([f"data={group}"]).data

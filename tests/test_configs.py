@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import image_data_groups
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
@@ -85,7 +86,7 @@ def test_ablation_knobs_are_plain_overrides(config_factory, override, attribute,
     assert attribute(instantiate(cfg.model)) == expected
 
 
-@pytest.mark.parametrize("option", options("data"))
+@pytest.mark.parametrize("option", image_data_groups())
 def test_every_data_option_composes_with_matching_model_input(config_factory, option):
     overrides = [f"data={option}"] + (["data.root=/some/folder"] if option == "image_folder" else [])
     cfg = config_factory(overrides)
@@ -95,7 +96,7 @@ def test_every_data_option_composes_with_matching_model_input(config_factory, op
 
 
 def task_of(schedule: str) -> str:
-    return next((task for task in ("finetune", "linprobe") if task in schedule), "pretrain")
+    return next((task for task in ("finetune", "linprobe", "segment") if task in schedule), "pretrain")
 
 
 @pytest.mark.parametrize("option", options("schedule"))
@@ -103,6 +104,11 @@ def test_every_schedule_is_valid(config_factory, option):
     task = task_of(option)
     cfg = config_factory([f"task={task}", f"schedule={option}"])
     validate_schedule(cfg.schedule)
+    if task == "segment":  # counted in iterations, as MMSegmentation counts them
+        assert cfg.trainer.max_steps == cfg.module.total_steps == cfg.schedule.iters and cfg.trainer.max_epochs == -1
+        assert cfg.module.lr == cfg.schedule.lr and cfg.module.layer_decay == cfg.schedule.layer_decay
+        assert cfg.trainer.val_check_interval == cfg.schedule.val_interval
+        return
     assert cfg.trainer.max_epochs == cfg.schedule.epochs
     if task == "pretrain":
         assert tuple(cfg.schedule.betas) == (0.9, 0.95) and cfg.schedule.weight_decay == 0.05

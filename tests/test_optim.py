@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from mae.models import MaskedAutoencoderViT
-from mae.training.optim import LARS, param_groups_weight_decay, scaled_lr, warmup_cosine_lr
+from mae.training.optim import (
+    LARS,
+    layer_decay_groups,
+    param_groups_weight_decay,
+    scaled_lr,
+    warmup_cosine_lr,
+    warmup_poly_lr,
+)
 
 
 def test_linear_scaling_rule():
@@ -105,3 +112,51 @@ def test_lars_closure_and_invalid_settings():
         LARS([weight], momentum=-0.1)
     with pytest.raises(ValueError, match="trust_coefficient=0.0 must be positive"):
         LARS([weight], trust_coefficient=0.0)
+
+
+def _mmengine_linear_then_poly(step: int, lr: float, warmup: int, total: int, power: float, start: float) -> float:
+    """mmengine's LinearLR(begin=0, end=warmup) then PolyLR(begin=warmup, end=total, eta_min=0) stepped one
+    iteration at a time in their chained (recursive) forms, as the schedulers apply them."""
+    value = lr * start
+    for s in range(1, step + 1):
+        if s < warmup:  # LinearLR's chained factor, total_iters = end - begin - 1
+            t = warmup - 1
+            value *= 1 + (1 - start) / (t * start + (s - 1) * (1 - start))
+        elif s > warmup:  # PolyLR's chained factor from its second step on, total_iters = end - begin - 1
+            t = total - warmup - 1
+            value *= (1 - 1 / (t - (s - warmup) + 1)) ** power
+    return value
+
+
+@pytest.mark.parametrize("step", [0, 1, 7, 14, 15, 16, 40, 98, 99])
+def test_warmup_poly_equals_mmsegmentations_chained_schedulers(step):
+    expected = _mmengine_linear_then_poly(step, 1e-4, warmup=15, total=100, power=1.0, start=1e-6)
+    assert warmup_poly_lr(step, 1e-4, 0.0, 15, 100, 1.0, 1e-6) == pytest.approx(expected, rel=1e-9, abs=1e-18)
+
+
+def test_warmup_poly_reaches_the_peak_after_warmup_and_min_lr_at_the_last_step():
+    assert warmup_poly_lr(14, 2.0, 0.1, 15, 100, 0.9, 1e-6) == pytest.approx(2.0)
+    assert warmup_poly_lr(15, 2.0, 0.1, 15, 100, 0.9, 1e-6) == pytest.approx(2.0)
+    assert warmup_poly_lr(99, 2.0, 0.1, 15, 100, 0.9, 1e-6) == pytest.approx(0.1)
+    assert warmup_poly_lr(0, 2.0, 0.0, 0, 10, 1.0, 1e-6) == pytest.approx(2.0)  # no warmup
+
+
+def test_layer_decay_puts_neck_and_heads_at_scale_one_and_skips_decay_of_named_tables():
+    params = {
+        "patch_embed.proj.weight": torch.nn.Parameter(torch.zeros(2, 2)),
+        "blocks.0.attn.qkv.weight": torch.nn.Parameter(torch.zeros(2, 2)),
+        "blocks.1.attn.relative_position_bias_table": torch.nn.Parameter(torch.zeros(3, 2)),
+        "head.decode_head.conv_seg.weight": torch.nn.Parameter(torch.zeros(2, 2)),
+    }
+    groups = layer_decay_groups(params.items(), 2, 0.05, 0.5, ("relative_position_bias_table",))
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    scale = {name: by_param[id(p)]["lr_scale"] for name, p in params.items()}
+    decay = {name: by_param[id(p)]["weight_decay"] for name, p in params.items()}
+    assert scale == {
+        "patch_embed.proj.weight": 0.5**3,
+        "blocks.0.attn.qkv.weight": 0.5**2,
+        "blocks.1.attn.relative_position_bias_table": 0.5**1,
+        "head.decode_head.conv_seg.weight": 1.0,
+    }
+    assert decay["blocks.1.attn.relative_position_bias_table"] == 0.0
+    assert decay["head.decode_head.conv_seg.weight"] == 0.05

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, data_module
+from conftest import compose_config, data_module, image_data_groups
 from extras import needs_extra
 
 from mae.jobs.harness import data_for_model_file, prepare_data
@@ -173,7 +173,7 @@ def test_an_image_folder_measures_auto_or_takes_the_pretrained_numbers(tmp_path,
 
 def test_every_data_group_can_serve_the_knn_evaluation():
     conf = Path(__file__).resolve().parents[1] / "conf"
-    groups = {path.stem for path in (conf / "data").glob("*.yaml")}
+    groups = set(image_data_groups())  # segmentation has no kNN evaluation
     assert {path.stem for path in (conf / "knn_data").glob("*.yaml")} == groups
     for group in ("fashion_mnist", "image_folder", "cifar10"):
         cfg = compose_config([f"knn_data={group}", "data.img_size=56", "data.in_chans=3", "knn_data.root=/x"])

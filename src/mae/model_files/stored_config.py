@@ -40,9 +40,10 @@ MODULE_TARGETS = frozenset(
         "mae.training.MAEPretrainModule",
         "mae.training.FinetuneModule.from_encoder",
         "mae.training.LinearProbeModule",
+        "mae.training.SegmentationModule.from_encoder",
     }
 )
-"""What a stored ``module`` node may build: the three task modules."""
+"""What a stored ``module`` node may build: the task modules."""
 
 
 def read_config_file(path: Path) -> Any:

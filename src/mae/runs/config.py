@@ -105,6 +105,23 @@ def validate_schedule(schedule: DictConfig) -> None:
         schedule.accumulate_grad_batches >= 1,
         f"schedule.accumulate_grad_batches={schedule.accumulate_grad_batches} must be at least 1",
     )
+    _require(
+        schedule.clip_grad is None or schedule.clip_grad > 0,
+        f"schedule.clip_grad={schedule.clip_grad} must be positive or null",
+    )
+    if "iters" in schedule:
+        _validate_iteration_schedule(schedule)
+    else:
+        _validate_epoch_schedule(schedule)
+    for key, allowed, rule in _SCHEDULE_RANGES:
+        if schedule.get(key) is not None:
+            _require(allowed(schedule[key]), f"schedule.{key}={schedule[key]} must be {rule}")
+    for beta in schedule.get("betas") or ():
+        _require(0 <= beta < 1, f"schedule.betas={list(schedule.betas)} must both be in [0, 1)")
+
+
+def _validate_epoch_schedule(schedule: DictConfig) -> None:
+    """Schedules counted in epochs, the lr from ``blr`` scaled by the batch (pre-training, classification)."""
     _require(schedule.epochs >= 1, f"schedule.epochs={schedule.epochs} must be at least 1")
     _require(
         0 <= schedule.warmup_epochs <= schedule.epochs,
@@ -115,10 +132,6 @@ def validate_schedule(schedule: DictConfig) -> None:
         f"schedule.blr={schedule.blr} must be positive (or give schedule.lr)",
     )
     _require(schedule.min_lr >= 0, f"schedule.min_lr={schedule.min_lr} must be non-negative")
-    _require(
-        schedule.clip_grad is None or schedule.clip_grad > 0,
-        f"schedule.clip_grad={schedule.clip_grad} must be positive or null",
-    )
     # On one device; more devices only raise the peak (the lr scales with the global batch).
     peak = (
         schedule.lr
@@ -130,11 +143,21 @@ def validate_schedule(schedule: DictConfig) -> None:
         f"schedule.min_lr={schedule.min_lr} is above the peak lr {peak:.4g} (schedule.lr, or schedule.blr x "
         "batch_size x accumulate_grad_batches / 256); the cosine schedule decays from the peak to min_lr",
     )
-    for key, allowed, rule in _SCHEDULE_RANGES:
-        if schedule.get(key) is not None:
-            _require(allowed(schedule[key]), f"schedule.{key}={schedule[key]} must be {rule}")
-    for beta in schedule.get("betas") or ():
-        _require(0 <= beta < 1, f"schedule.betas={list(schedule.betas)} must both be in [0, 1)")
+
+
+def _validate_iteration_schedule(schedule: DictConfig) -> None:
+    """Schedules counted in optimiser steps with an absolute lr (dense tasks, as MMSegmentation counts them)."""
+    _require(schedule.iters >= 1, f"schedule.iters={schedule.iters} must be at least 1")
+    _require(
+        0 <= schedule.warmup_iters < schedule.iters,
+        f"schedule.warmup_iters={schedule.warmup_iters} must be in [0, schedule.iters={schedule.iters})",
+    )
+    _require(schedule.lr > 0, f"schedule.lr={schedule.lr} must be positive")
+    _require(
+        0 <= schedule.min_lr <= schedule.lr,
+        f"schedule.min_lr={schedule.min_lr} must be in [0, schedule.lr={schedule.lr}]",
+    )
+    _require(schedule.val_interval >= 1, f"schedule.val_interval={schedule.val_interval} must be at least 1")
 
 
 def process_batch_size(schedule: DictConfig, world_size: int) -> int | None:

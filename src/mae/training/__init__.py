@@ -1,7 +1,9 @@
-"""Training: LightningModules for pre-training, fine-tuning and linear probing, and the reference's rules."""
+"""Training: LightningModules for pre-training, fine-tuning, linear probing and segmentation, and the reference's
+rules."""
 
 from mae.training.finetune_module import FinetuneModule
 from mae.training.linprobe_module import LinearProbeModule
 from mae.training.pretrain_module import MAEPretrainModule
+from mae.training.segmentation_module import SegmentationModule
 
-__all__ = ["FinetuneModule", "LinearProbeModule", "MAEPretrainModule"]
+__all__ = ["FinetuneModule", "LinearProbeModule", "MAEPretrainModule", "SegmentationModule"]

@@ -65,12 +65,26 @@ def layer_decay_param_groups(
     ``no_weight_decay``. Frozen parameters are left out. Not timm's ``param_groups_layer_decay``: its group matcher
     puts the final ``norm`` (used by ``global_pool="token"``) at the last block's scale, the reference at 1.
     """
-    num_layers = len(model.blocks) + 1
+    return layer_decay_groups(model.named_parameters(), len(model.blocks), weight_decay, layer_decay, no_weight_decay)
+
+
+def layer_decay_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    depth: int,
+    weight_decay: float,
+    layer_decay: float,
+    no_weight_decay: Collection[str] = REFERENCE_NO_WEIGHT_DECAY,
+) -> list[dict]:
+    """:func:`layer_decay_param_groups` for parameters named as in a timm ViT of ``depth`` blocks; any other name
+    (a dense task's neck and heads) is in the top layer, at scale 1, as in MMSegmentation's and Detectron2's
+    layer-decay rules for ViTs, which give the same scales. A name whose last part is in ``no_weight_decay``
+    (e.g. ``relative_position_bias_table``) is not decayed either."""
+    num_layers = depth + 1
     groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
+    for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        decay = not (param.ndim == 1 or name in no_weight_decay)
+        decay = not (param.ndim == 1 or name in no_weight_decay or name.rsplit(".", 1)[-1] in no_weight_decay)
         layer = vit_layer_id(name, num_layers)
         group = groups.setdefault(
             (layer, decay),
@@ -82,6 +96,20 @@ def layer_decay_param_groups(
         )
         group["params"].append(param)
     return list(groups.values())
+
+
+def warmup_poly_lr(
+    step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int, power: float, warmup_start: float
+) -> float:
+    """MMSegmentation's iteration schedule (mmengine ``LinearLR`` then ``PolyLR``): the lr factor rises linearly
+    from ``warmup_start`` to 1 over steps ``0 .. warmup_steps - 1``, then decays as
+    ``(1 - t / T) ** power`` to ``min_lr``, with ``t`` the steps since warmup and ``T = total - warmup - 1``
+    (mmengine's ``end - begin - 1``), so the last step runs at ``min_lr``."""
+    if step < warmup_steps:
+        ramp = step / (warmup_steps - 1) if warmup_steps > 1 else 1.0
+        return lr * (warmup_start + (1.0 - warmup_start) * ramp)
+    span = max(total_steps - warmup_steps - 1, 1)
+    return min_lr + (lr - min_lr) * (1.0 - min(step - warmup_steps, span) / span) ** power
 
 
 class LARS(torch.optim.Optimizer):
