@@ -136,3 +136,17 @@ def test_the_vit_base_recipe_builds(tmp_path):
     groups = module.configure_optimizers()["optimizer"].param_groups
     scales = sorted({round(group["initial_lr"] / 1e-4, 12) for group in groups})  # before the warmup factor
     assert scales[0] == pytest.approx(0.65**13) and scales[-1] == 1.0
+
+
+def test_eval_scores_a_segmentation_checkpoint_like_the_run_did(scenes, tmp_path):
+    cfg = compose_config([*TINY, f"data.root={scenes}", "pretrained=null"], output_dir=tmp_path / "run")
+    trained = segment(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    done = run_script(tmp_path / "eval", f"ckpt_path={ckpt}", "task=segment", f"data.root={scenes}", script="eval.py")
+    assert done.returncode == 0, done.stderr[-2000:]
+    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert evaluated["miou"] == pytest.approx(trained["miou"]) and evaluated["num_pixels"] == trained["num_pixels"]
+    wrong = run_script(tmp_path / "wrong", f"ckpt_path={ckpt}", script="eval.py")  # the classification default
+    assert wrong.returncode == 2
+    error = [line for line in wrong.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "segmentation checkpoint" in error[0] and "task=segment" in error[0]

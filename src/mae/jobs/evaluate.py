@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mae.data.dense import SegmentationDataModule
 from mae.evaluation.classifier import evaluate_classifier, summary_line
 from mae.jobs.harness import (
     SETUP_ERRORS,
@@ -26,6 +27,8 @@ from mae.jobs.harness import (
     set_float32_matmul_precision,
     write_config,
 )
+from mae.jobs.segment import scores_record
+from mae.jobs.segment import test_summary as segmentation_summary
 from mae.model_files.checkpoint import (
     CheckpointError,
     check_input_size,
@@ -36,6 +39,9 @@ from mae.model_files.checkpoint import (
 from mae.model_files.stored_config import MODEL_TARGETS, MODULE_TARGETS, RUN_CONFIG_KEY, trusted_node
 from mae.runs.config import instantiate_node
 from mae.runs.run_directory import check_writable
+from mae.training import SegmentationModule
+
+SEGMENTATION_MODULE = "mae.training.SegmentationModule.from_encoder"
 
 
 def module_config(checkpoint: Mapping, cfg: DictConfig) -> tuple[DictConfig, DictConfig, dict[str, torch.Tensor]]:
@@ -54,11 +60,23 @@ def module_config(checkpoint: Mapping, cfg: DictConfig) -> tuple[DictConfig, Dic
 
 
 def restore_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
-    """The classification module of ``cfg.ckpt_path`` with its weights, checked against the data first."""
+    """The classification or segmentation module of ``cfg.ckpt_path`` with its weights, checked against the data
+    first."""
     path = str(cfg.ckpt_path)
     checkpoint = load_checkpoint_file(path)
     model_cfg, module_cfg, state = module_config(checkpoint, cfg)
-    check_input_size((model_cfg.img_size, model_cfg.in_chans), datamodule, path)
+    segments = module_cfg.get("_target_") == SEGMENTATION_MODULE
+    if segments != isinstance(datamodule, SegmentationDataModule):
+        raise CheckpointError(
+            f"{path} is a {'segmentation' if segments else 'classification'} checkpoint but data={cfg.data._target_} "
+            + (
+                "serves classes of whole images; add task=segment (its data group is the scenes; or data=ade20k)"
+                if segments
+                else "serves label maps; evaluate it on a classification data group"
+            )
+        )
+    if not segments:
+        check_input_size((model_cfg.img_size, model_cfg.in_chans), datamodule, path)
     module = instantiate_node(module_cfg, instantiate_node(model_cfg), num_classes=datamodule.num_classes)
     check_state_dict_shapes(state, module.state_dict(), f"checkpoint {path}")
     module.load_state_dict(state)
@@ -87,9 +105,12 @@ def evaluate(cfg: DictConfig) -> dict:
     except SETUP_ERRORS as error:
         raise one_line_setup_error(error) from error
     write_config(cfg, trainer)
-    results = merge_results(
-        cfg, trainer, {"checkpoint": str(cfg.ckpt_path), **evaluate_classifier(trainer, module, datamodule)}
-    )
+    if isinstance(module, SegmentationModule):
+        trainer.test(module, datamodule=datamodule, verbose=False)  # the data group's test split
+        scores, line = scores_record(module.scores["test"]), segmentation_summary
+    else:
+        scores, line = evaluate_classifier(trainer, module, datamodule), summary_line
+    results = merge_results(cfg, trainer, {"checkpoint": str(cfg.ckpt_path), **scores})
     if trainer.is_global_zero:
-        print(f"eval of {cfg.ckpt_path}: {summary_line(results)}")
+        print(f"eval of {cfg.ckpt_path}: {line(results)}")
     return results

@@ -38,7 +38,11 @@ class Run:
 
 
 def seeded(
-    name: str, seeds: Sequence[int], overrides: Sequence[str] = (), encoder_from: str | None = None
+    name: str,
+    seeds: Sequence[int],
+    overrides: Sequence[str] = (),
+    encoder_from: str | None = None,
+    before: tuple[Prerequisite, ...] = (),
 ) -> list[Run]:
     """``<name>_seed<S>`` for each seed; ``encoder_from`` (if any) is the same seed's ``<encoder_from>_seed<S>``."""
     return [
@@ -46,6 +50,7 @@ def seeded(
             f"{name}_seed{seed}",
             (*overrides, f"seed={seed}"),
             None if encoder_from is None else f"{encoder_from}_seed{seed}",
+            before,
         )
         for seed in seeds
     ]
@@ -70,6 +75,8 @@ SWEEP_SEEDS = (0, 1, 2)
 MASK_RATIOS = ("0.1", "0.3", "0.5", "0.75", "0.9")
 DECODER_DEPTHS = ("1", "2", "4", "8")
 HF_EXPORT = "encoder_hf"
+SCENES = (Prerequisite("data/fashion_mnist_scenes", ("mae.data.dense.scenes", "data/fashion_mnist_scenes")),)
+"""The segmentation runs' data (``make scenes``)."""
 
 # In the order they run: the first seed of everything first, so that a partial run fills every table.
 RUNS: tuple[Run, ...] = (
@@ -109,5 +116,15 @@ RUNS: tuple[Run, ...] = (
             ),
         ),
         resume="restart",
+    ),
+    # Semantic segmentation on the Fashion-MNIST scenes: the main job's encoder against the same network from
+    # scratch and against a frozen random encoder.
+    *seeded("segment_pretrained", DOWNSTREAM_SEEDS, ("task=segment",), "pretrain", SCENES),
+    *seeded("segment_scratch", DOWNSTREAM_SEEDS, ("task=segment", "pretrained=null"), before=SCENES),
+    *seeded(
+        "segment_frozen_random",
+        DOWNSTREAM_SEEDS,
+        ("task=segment", "pretrained=null", "module.freeze_backbone=true"),
+        before=SCENES,
     ),
 )

@@ -214,6 +214,13 @@ ACCURACY = (
     Column("top-5, test (%)", recorded("top5")),
     Column("training (s)", recorded("train_seconds"), digits=0),
 )
+SEGMENTATION = (
+    Column("mIoU, validation (%)", validation(recorded("miou"))),
+    Column("mIoU, test (%)", recorded("miou")),
+    Column("pixel accuracy, test (%)", recorded("pixel_accuracy")),
+    Column("mean accuracy, test (%)", recorded("mean_accuracy")),
+    Column("training (s)", recorded("train_seconds"), digits=0),
+)
 SWEEP_KNN = (
     Column("kNN top-1, validation (%)", validation(percent("knn_top1_pretrained"))),
     Column("kNN top-1, test (%)", percent("knn_top1_pretrained")),
@@ -297,6 +304,22 @@ TABLES = (
         ),
     ),
     Table(
+        "segment",
+        "encoder (UperNet, the same budget)",
+        SEGMENTATION,
+        (
+            Row(
+                "MAE pre-trained (`make pretrain`), fine-tuned (`make segment`)",
+                seeds("segment_pretrained", DOWNSTREAM_SEEDS),
+            ),
+            Row("the same network from scratch (`pretrained=null`)", seeds("segment_scratch", DOWNSTREAM_SEEDS)),
+            Row(
+                "a random encoder, frozen (`pretrained=null module.freeze_backbone=true`)",
+                seeds("segment_frozen_random", DOWNSTREAM_SEEDS),
+            ),
+        ),
+    ),
+    Table(
         "sweep_mask_ratio",
         "mask ratio",
         (*SWEEP_KNN, Column("pre-training + kNN (s)", recorded("pretrain_seconds"), digits=0)),
@@ -344,6 +367,20 @@ TABLES = (
                 recorded("top1"),
                 seeds("linprobe_random_mean", DOWNSTREAM_SEEDS),
                 recorded("top1"),
+            ),
+            Difference(
+                "segmentation mIoU: pre-trained minus from scratch",
+                seeds("segment_pretrained", DOWNSTREAM_SEEDS),
+                recorded("miou"),
+                seeds("segment_scratch", DOWNSTREAM_SEEDS),
+                recorded("miou"),
+            ),
+            Difference(
+                "segmentation mIoU: pre-trained minus a frozen random encoder",
+                seeds("segment_pretrained", DOWNSTREAM_SEEDS),
+                recorded("miou"),
+                seeds("segment_frozen_random", DOWNSTREAM_SEEDS),
+                recorded("miou"),
             ),
             Difference(
                 "linear probe: pre-trained minus raw pixels",

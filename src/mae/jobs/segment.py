@@ -36,11 +36,12 @@ def scores_record(scores: SegmentationScores, prefix: str = "") -> dict:
     return {f"{prefix}{key}": value for key, value in scores.as_dict().items()}
 
 
+def test_summary(results: dict) -> str:
+    return f"mIoU {results['miou']:.2f}%, pixel accuracy {results['pixel_accuracy']:.2f}% on the test split"
+
+
 def summary(results: dict) -> str:
-    return (
-        f"mIoU {results['miou']:.2f}%, pixel accuracy {results['pixel_accuracy']:.2f}% on the test split "
-        f"(validation mIoU {results['val_miou']:.2f}%)"
-    )
+    return f"{test_summary(results)} (validation mIoU {results['val_miou']:.2f}%)"
 
 
 def write_picture(module: L.LightningModule, datamodule: L.LightningDataModule, path) -> None:
