@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -16,11 +15,10 @@ from mae.data.image_statistics import ImageSample, check_decodable, sample_files
 from mae.data.loaders import (
     LoaderSettings,
     Splits,
+    SplitsDataModule,
     check_val_size,
     first_images,
     held_out,
-    process_slot,
-    resume_position,
     seeded_subset,
 )
 from mae.data.transforms import (
@@ -48,7 +46,7 @@ class InMemoryImages(Dataset):
         return (img.expand(self.channels, -1, -1) if self.channels != 1 else img), self.labels[index]
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(SplitsDataModule):
     """The interface the training code relies on; subclasses find, check and load a dataset.
 
     Every setting is keyword-only and has no default here: the data group's YAML file holds each dataset's values
@@ -59,7 +57,6 @@ class ImageDataModule(L.LightningDataModule):
     training augmentation to the reference's fine-tuning pipeline; otherwise it is the paper's crop + flip.
     """
 
-    _splits: Splits | None = None
     eval_split = "val"
     """Which of the dataset's official splits the test split is (results files say it)."""
     has_labels = True
@@ -179,10 +176,6 @@ class ImageDataModule(L.LightningDataModule):
     def write_run_files(self, run_dir: Path) -> None:
         """Files the data keeps in the run directory (see subclasses); called once the run starts, on rank 0."""
 
-    @property
-    def batch_size(self) -> int:
-        return self.loaders.batch_size
-
     def transforms(self, eval_resize_ratio: float = 0.875, placeholder: bool = False):
         """(training augmentation, evaluation transform) from this module's settings; see
         :func:`~mae.data.transforms.train_transform` and :func:`~mae.data.transforms.eval_transform`.
@@ -231,28 +224,6 @@ class ImageDataModule(L.LightningDataModule):
         if self.val_size:
             return f"{len(splits.val)} training images held out (data.val_split_seed={self.val_split_seed})"
         return "the dataset's own validation split"
-
-    @property
-    def splits(self) -> Splits:
-        """The datasets served (built by ``setup()`` on first use)."""
-        if self._splits is None:
-            self.setup()
-        assert self._splits is not None
-        return self._splits
-
-    def train_dataloader(self) -> DataLoader:
-        rank, world_size = process_slot(self)
-        batches_per_epoch = len(self.splits.train) // world_size // self.batch_size  # type: ignore[arg-type]
-        epoch, batches_done = resume_position(self, batches_per_epoch)
-        return self.loaders.train_loader(self.splits, epoch, batches_done, rank, world_size)
-
-    def val_dataloader(self) -> DataLoader:
-        """The validation split: every per-epoch curve and every choice."""
-        return self.loaders.eval_loader(self.splits.val)
-
-    def test_dataloader(self) -> DataLoader:
-        """The test split: the number a run reports, once at its end."""
-        return self.loaders.eval_loader(self.splits.test)
 
     def eval_train_dataloader(self) -> DataLoader:
         """The whole training split, unaugmented, in order (feature extraction, evaluation on train)."""

@@ -269,3 +269,44 @@ def first_images(dataset: Dataset, n: int) -> torch.Tensor:
     if not 1 <= n <= size:
         raise ValueError(f"n={n} images requested, but the validation set has {size}; ask for 1 to {size}")
     return torch.stack([dataset[i][0] for i in range(n)])
+
+
+class SplitsDataModule(L.LightningDataModule):
+    """What every data module serves once its ``setup()`` has built the :class:`Splits` (into ``_splits``): the
+    training loader (sharded per process, resumable mid-epoch) and the validation and test loaders, from its
+    ``loaders`` settings (``eval_settings`` for evaluation, the same unless a subclass says otherwise)."""
+
+    _splits: Splits | None = None
+    loaders: LoaderSettings
+
+    @property
+    def batch_size(self) -> int:
+        return self.loaders.batch_size
+
+    @property
+    def eval_settings(self) -> LoaderSettings:
+        """The settings of the evaluation loaders."""
+        return self.loaders
+
+    @property
+    def splits(self) -> Splits:
+        """The datasets served (built by ``setup()`` on first use)."""
+        if self._splits is None:
+            self.setup()
+        assert self._splits is not None
+        return self._splits
+
+    def train_dataloader(self) -> DataLoader:
+        """Augmented training images, reshuffled each epoch; a resumed run continues the interrupted epoch's order."""
+        rank, world_size = process_slot(self)
+        batches_per_epoch = len(self.splits.train) // world_size // self.batch_size  # type: ignore[arg-type]
+        epoch, batches_done = resume_position(self, batches_per_epoch)
+        return self.loaders.train_loader(self.splits, epoch, batches_done, rank, world_size)
+
+    def val_dataloader(self) -> DataLoader:
+        """The validation split: every per-epoch curve and every choice."""
+        return self.eval_settings.eval_loader(self.splits.val)
+
+    def test_dataloader(self) -> DataLoader:
+        """The test split: the number a run reports, once at its end."""
+        return self.eval_settings.eval_loader(self.splits.test)

@@ -6,13 +6,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import lightning as L
-from torch.utils.data import DataLoader
-
 from mae.data.dense.ade20k import IGNORE_INDEX, SegmentationFolder
 from mae.data.dense.transforms import Paired, SegmentationEvalTransform, SegmentationTrainTransform
 from mae.data.errors import check_int, check_optional_limit
-from mae.data.loaders import LoaderSettings, Splits, process_slot, resume_position, seeded_subset
+from mae.data.loaders import LoaderSettings, Splits, SplitsDataModule, seeded_subset
 from mae.data.transforms import check_normalization
 
 
@@ -42,7 +39,7 @@ def check_probability(name: str, value: float, low_open: bool = False) -> float:
     return float(value)
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(SplitsDataModule):
     """Semantic segmentation in ADE20K's layout (:class:`~mae.data.dense.ade20k.SegmentationFolder`).
 
     Batches: training ``(images (B, C, crop_h, crop_w) float32, labels (B, crop_h, crop_w) int64)``, augmented by
@@ -144,8 +141,6 @@ class SegmentationDataModule(L.LightningDataModule):
         self.evaluate = SegmentationEvalTransform(self.scale, self.mean, self.std)
         self.train_samples = check_optional_limit("train_samples", train_samples)
         self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed, None, None)
-        # Evaluation images differ in size: one per batch, as mmseg evaluates.
-        self.eval_loaders = dataclasses.replace(self.loaders, batch_size=1)
         check_samples = check_int("check_samples", check_samples, 0)
         self.datasets = {
             split: SegmentationFolder(root, split, self.num_classes, in_chans, how_to_get)
@@ -153,11 +148,11 @@ class SegmentationDataModule(L.LightningDataModule):
         }
         for dataset in self.datasets.values():
             dataset.check(check_samples)
-        self._splits: Splits | None = None
 
     @property
-    def batch_size(self) -> int:
-        return self.loaders.batch_size
+    def eval_settings(self) -> LoaderSettings:
+        # Evaluation images differ in size: one per batch, as mmseg evaluates.
+        return dataclasses.replace(self.loaders, batch_size=1)
 
     @property
     def val_is_test(self) -> bool:
@@ -175,24 +170,3 @@ class SegmentationDataModule(L.LightningDataModule):
             test=Paired(self.datasets[self.test_split], self.evaluate),
             val_is_test=self.val_is_test,
         )
-
-    @property
-    def splits(self) -> Splits:
-        """The datasets served (built by ``setup()`` on first use)."""
-        if self._splits is None:
-            self.setup()
-        assert self._splits is not None
-        return self._splits
-
-    def train_dataloader(self) -> DataLoader:
-        """Augmented crops, reshuffled each epoch; a resumed run continues the interrupted epoch's order."""
-        rank, world_size = process_slot(self)
-        batches_per_epoch = len(self.splits.train) // world_size // self.batch_size  # type: ignore[arg-type]
-        epoch, batches_done = resume_position(self, batches_per_epoch)
-        return self.loaders.train_loader(self.splits, epoch, batches_done, rank, world_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_loaders.eval_loader(self.splits.val)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_loaders.eval_loader(self.splits.test)
