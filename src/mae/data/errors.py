@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from numbers import Integral
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
 from mae.runs.failures import one_line as one_line  # re-exported: the data modules' messages use it
 
 
 class CorruptDataError(ValueError):
     """A data file exists but cannot be read; ``str()`` is one line that names the file."""
+
+
+COMMAND_LINE_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    ValueError,
+    TypeError,
+    HydraException,
+    OmegaConfBaseException,
+)
+"""What the data command lines (shards, scenes) report as one ``error:`` line and exit 2: bad paths, values and
+overrides (:class:`CorruptDataError` is a ``ValueError``)."""
 
 
 class TooFewImagesError(ValueError):

@@ -33,16 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch.nn.functional import interpolate
 from torchvision.io import encode_png
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from mae.data import fashion_mnist
-from mae.data.errors import CorruptDataError, check_int, one_line
+from mae.data.errors import COMMAND_LINE_ERRORS, check_int, one_line
 from mae.data.loaders import mixed_seed
 from mae.runs.config import compose_in_repo, instantiate_node
 
@@ -330,15 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = item_sources(instantiate_node(cfg.data))
         splits = {split: generate_split(sources[split], settings, seed, split, counts[split]) for split in SPLITS}
         write_scenes(args.out, splits, describe(cfg, settings))
-    except (
-        FileNotFoundError,
-        FileExistsError,
-        ValueError,
-        CorruptDataError,
-        TypeError,
-        HydraException,
-        OmegaConfBaseException,
-    ) as error:
+    except COMMAND_LINE_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     print(f"wrote Fashion-MNIST scenes to {args.out}; conf/data/fashion_mnist_scenes.yaml reads them (its root)")

@@ -8,10 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
-
-from mae.data.errors import CorruptDataError, one_line
+from mae.data.errors import COMMAND_LINE_ERRORS, one_line
 from mae.data.shards.writer import write_shards
 from mae.runs.config import compose_in_repo, instantiate_node
 
@@ -53,15 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=bool(cfg.overwrite),
             source=args.source,
         )
-    except (
-        FileNotFoundError,
-        FileExistsError,
-        ValueError,
-        CorruptDataError,
-        TypeError,
-        HydraException,
-        OmegaConfBaseException,
-    ) as error:
+    except COMMAND_LINE_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     for line in info.unreadable:
