@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data browser reproduce pretrain segment pretrain-folder fashion-mnist-png scenes finetune linprobe eval visualize demo sweep shards bench gpu-check constraints docs lint test test-fast clean
+.PHONY: setup data browser reproduce pretrain segment detect pretrain-folder fashion-mnist-png scenes finetune linprobe eval visualize demo sweep shards bench gpu-check constraints docs lint test test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable), the Fashion-MNIST package and Chromium for
 ## the demo's browser test (idempotent)
@@ -89,7 +89,7 @@ data/fashion_mnist_png: | setup
 data/fashion_mnist_png_val: | setup
 	$(BIN)/python -m mae.data.png_folder $@ data=fashion_mnist --split val
 
-## scenes: Fashion-MNIST scenes for semantic segmentation in ADE20K's layout (data/fashion_mnist_scenes; training,
+## scenes: Fashion-MNIST scenes in ADE20K's layout and COCO's instances layout (data/fashion_mnist_scenes; training,
 ## validation and test scenes whose items are Fashion-MNIST's training, held-out and t10k images; settings:
 ## conf/scenes.yaml); kept when the folder exists
 scenes: data/fashion_mnist_scenes
@@ -101,6 +101,11 @@ data/fashion_mnist_scenes: | setup
 ## (extra overrides: ARGS="...", e.g. pretrained=null for the from-scratch baseline)
 segment: scenes
 	$(BIN)/python train.py task=segment $(ARGS)
+
+## detect: ViTDet's Mask R-CNN on the newest `make pretrain` encoder, trained and scored (COCO box and mask AP) on the
+## Fashion-MNIST scenes' COCO layout (extra overrides: ARGS="...", e.g. pretrained=null for the from-scratch baseline)
+detect: scenes
+	$(BIN)/python train.py task=detect $(ARGS)
 
 ## pretrain-folder: the main job on those PNG folders (data=unlabeled), kNN on the labelled Fashion-MNIST
 pretrain-folder: fashion-mnist-png

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mae.models import mae_vit_tiny_patch7
 from mae.runs.config import instantiate_node, register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,13 +69,15 @@ def compose_config(
 
 
 SEGMENTATION_DATA = "mae.data.dense.SegmentationDataModule"
+DETECTION_DATA = "mae.data.dense.DetectionDataModule"
 
 
 def image_data_groups() -> list[str]:
     """The groups of ``conf/data/`` that serve pre-training and classification (the folder also holds the
-    segmentation groups, which ``task=segment`` reads)."""
+    segmentation and detection groups, which ``task=segment`` and ``task=detect`` read)."""
     paths = sorted((CONF / "data").glob("*.yaml"))
-    return [path.stem for path in paths if OmegaConf.load(path).get("_target_") != SEGMENTATION_DATA]
+    dense = (SEGMENTATION_DATA, DETECTION_DATA)
+    return [path.stem for path in paths if OmegaConf.load(path).get("_target_") not in dense]
 
 
 def segmentation_data_groups() -> list[str]:
@@ -111,3 +115,13 @@ def config_factory(tmp_path):
 
     yield factory
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory) -> tuple[Path, dict]:
+    """A pre-trained-like MAE (seeded random weights) saved as the reference saves checkpoints."""
+    torch.manual_seed(3)
+    mae = mae_vit_tiny_patch7(in_chans=1)
+    path = tmp_path_factory.mktemp("encoder") / "mae.pth"
+    torch.save({"model": mae.state_dict()}, path)
+    return path, mae.state_dict()

@@ -96,7 +96,7 @@ def test_every_data_option_composes_with_matching_model_input(config_factory, op
 
 
 def task_of(schedule: str) -> str:
-    return next((task for task in ("finetune", "linprobe", "segment") if task in schedule), "pretrain")
+    return next((task for task in ("finetune", "linprobe", "segment", "detect") if task in schedule), "pretrain")
 
 
 @pytest.mark.parametrize("option", options("schedule"))
@@ -104,7 +104,7 @@ def test_every_schedule_is_valid(config_factory, option):
     task = task_of(option)
     cfg = config_factory([f"task={task}", f"schedule={option}"])
     validate_schedule(cfg.schedule)
-    if task == "segment":  # counted in iterations, as MMSegmentation counts them
+    if task in ("segment", "detect"):  # counted in iterations, as MMSegmentation and Detectron2 count them
         assert cfg.trainer.max_steps == cfg.module.total_steps == cfg.schedule.iters and cfg.trainer.max_epochs == -1
         assert cfg.module.lr == cfg.schedule.lr and cfg.module.layer_decay == cfg.schedule.layer_decay
         assert cfg.trainer.val_check_interval == cfg.schedule.val_interval

@@ -91,7 +91,7 @@ def one_line(error: pytest.ExceptionInfo, *words: str) -> None:
 # -- the scenes generator ------------------------------------------------------------------------------------------
 def test_the_same_seed_writes_the_same_bytes_and_another_seed_other_scenes(tmp_path):
     first, again = files_of(write_tiny_scenes(tmp_path / "a")), files_of(write_tiny_scenes(tmp_path / "b"))
-    assert first == again and len(first) == 2 * sum(COUNTS.values()) + 1
+    assert first == again and len(first) == 2 * sum(COUNTS.values()) + len(SPLITS) + 1  # + instances_<split>.json
     other = files_of(write_tiny_scenes(tmp_path / "c", seed=1))
     assert other.keys() == first.keys()
     assert all(other[name] != first[name] for name in first if name.startswith("images/"))
@@ -163,8 +163,10 @@ def test_item_sources_are_the_data_groups_training_held_out_and_test_images(tmp_
 def test_the_written_layout_is_ade20ks(tmp_path):
     root = write_tiny_scenes(tmp_path / "scenes")
     assert sorted(p.relative_to(root).as_posix() for p in root.iterdir()) == ["annotations", "images", "scenes.json"]
-    for folder in ("images", "annotations"):
-        assert sorted(p.name for p in (root / folder).iterdir()) == sorted(SPLITS)
+    assert sorted(p.name for p in (root / "images").iterdir()) == sorted(SPLITS)
+    # Beside ADE20K's split folders, COCO's instances files (tests/test_coco_data.py reads them).
+    coco_files = [f"instances_{split}.json" for split in SPLITS]
+    assert sorted(p.name for p in (root / "annotations").iterdir()) == sorted([*SPLITS, *coco_files])
     sources = fake_sources()
     for split, count in COUNTS.items():
         names = [f"scene_{k:08d}.png" for k in range(1, count + 1)]

@@ -277,6 +277,7 @@ OPTIONAL_MODULES = [
     "submitit",
     "mkdocs",
     "ruff",
+    "pycocotools",
 ]
 
 
@@ -487,6 +488,7 @@ def test_each_require_names_an_extra_that_installs_its_package():
         "matplotlib",
         "transformers",
         "gradio",
+        "pycocotools",
     }
     wrong = [
         f"{where(path, line)} require({module!r}, {extra!r})"
@@ -499,7 +501,18 @@ def test_each_require_names_an_extra_that_installs_its_package():
 
 
 def test_the_extras_and_what_dev_installs():
-    assert set(EXTRAS) == {"tensorboard", "streaming", "transfer", "sweeps", "hf", "demo", "docs", "lint", "dev"}
+    assert set(EXTRAS) == {
+        "tensorboard",
+        "streaming",
+        "transfer",
+        "sweeps",
+        "detect",
+        "hf",
+        "demo",
+        "docs",
+        "lint",
+        "dev",
+    }
     assert {
         "torch",
         "torchvision",
@@ -515,7 +528,16 @@ def test_the_extras_and_what_dev_installs():
         "safetensors",
         "tqdm",
     } == CORE
-    assert not CORE & {"tensorboard", "litdata", "scipy", "matplotlib", "transformers", "gradio", "optuna"}
+    assert not CORE & {
+        "tensorboard",
+        "litdata",
+        "scipy",
+        "matplotlib",
+        "transformers",
+        "gradio",
+        "optuna",
+        "pycocotools",
+    }
     assert "hydra-optuna-sweeper" not in OPTIONAL and "optuna" in EXTRAS["sweeps"]
     dev = [SELF.match(line) for line in PYPROJECT["project"]["optional-dependencies"]["dev"]]
     included = {extra.strip() for match in dev if match for extra in match["extras"].split(",")}

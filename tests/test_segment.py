@@ -33,16 +33,6 @@ def scenes(tmp_path_factory) -> Path:
     return write_tiny_scenes(tmp_path_factory.mktemp("segment") / "scenes", counts=COUNTS)
 
 
-@pytest.fixture(scope="module")
-def encoder_file(tmp_path_factory) -> tuple[Path, dict]:
-    """A pre-trained-like MAE (seeded random weights) saved as the reference saves checkpoints."""
-    torch.manual_seed(3)
-    mae = mae_vit_tiny_patch7(in_chans=1)
-    path = tmp_path_factory.mktemp("encoder") / "mae.pth"
-    torch.save({"model": mae.state_dict()}, path)
-    return path, mae.state_dict()
-
-
 def test_segment_trains_and_scores_validation_and_test_splits(scenes, tmp_path):
     cfg = compose_config([*TINY, f"data.root={scenes}", "pretrained=null"], output_dir=tmp_path / "run")
     results = segment(cfg)

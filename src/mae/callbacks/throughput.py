@@ -31,9 +31,10 @@ pre-training wrote)."""
 
 
 def batch_images(batch: Any) -> int:
-    """Images in a batch: ``(imgs, ...)`` tuples or lists (every data module here), or a bare image tensor."""
+    """Images in a batch: ``(imgs, ...)`` tuples or lists (every data module here), or a bare image tensor;
+    ``imgs`` a stacked tensor or a list of images (detection)."""
     imgs = batch[0] if isinstance(batch, (tuple, list)) else batch
-    return int(imgs.shape[0])
+    return len(imgs) if isinstance(imgs, list) else int(imgs.shape[0])
 
 
 def encoder_forward_flops(encoder: nn.Module) -> int:

@@ -6,7 +6,7 @@ global RNG, so data order and subsets are reproducible across processes, resumes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +155,8 @@ class LoaderSettings:
     seed: int
     knn_train_samples: int | None
     knn_val_samples: int | None
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    """How a list of samples becomes a batch; None: PyTorch's default (stacked tensors). Detection keeps lists."""
 
     def __post_init__(self) -> None:
         check_int("batch_size", self.batch_size, 1)
@@ -171,6 +173,7 @@ class LoaderSettings:
             pin_memory=self.pin_memory,
             # DataLoader refuses persistent workers without workers; the flag is meaningless then anyway.
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=self.collate_fn,
             **kwargs,
         )
 

@@ -18,6 +18,7 @@ from mae.evaluation.segmentation import IGNORE_INDEX
 from mae.runs.atomic_files import replaced_atomically
 
 IGNORED_COLOUR = (255, 255, 255)
+BACKGROUND = (128, 128, 128)  # between panels, and where a row is shorter than the widest
 GAP = 4  # pixels between panels and rows
 
 
@@ -48,6 +49,31 @@ def image_panel(image: torch.Tensor) -> np.ndarray:
     if array.shape[0] == 1:
         array = array.expand(3, -1, -1)
     return array[:3].permute(1, 2, 0).numpy()
+
+
+def paste_rows(rows: Sequence[Sequence[Image.Image]]) -> Image.Image:
+    """One RGB picture of ``rows`` of panels, each row as tall as its tallest panel, ``GAP`` pixels between panels
+    and rows, on grey."""
+    heights = [max(panel.height for panel in row) for row in rows]
+    width = max(sum(panel.width for panel in row) + GAP * (len(row) - 1) for row in rows)
+    grid = Image.new("RGB", (width, sum(heights) + GAP * (len(rows) - 1)), BACKGROUND)
+    y = 0
+    for row, height in zip(rows, heights):
+        x = 0
+        for panel in row:
+            grid.paste(panel, (x, y))
+            x += panel.width + GAP
+        y += height + GAP
+    return grid
+
+
+def save_png(picture: Image.Image, path: str | Path) -> Path:
+    """Write ``picture`` to ``path`` as a PNG, atomically (a killed run leaves the previous picture), and return the
+    path."""
+    path = Path(path)
+    with replaced_atomically(path) as tmp:
+        picture.save(tmp, format="PNG")
+    return path
 
 
 def _scaled(panel: np.ndarray, height: int) -> Image.Image:
@@ -84,15 +110,4 @@ def write_segmentation_grid(
         ]
         for image, truth, pred in zip(images, truths, predictions)
     ]
-    width = max(sum(panel.width for panel in row) + GAP * (len(row) - 1) for row in rows)
-    grid = Image.new("RGB", (width, len(rows) * cell_height + GAP * (len(rows) - 1)), (128, 128, 128))
-    for r, row in enumerate(rows):
-        x = 0
-        for panel in row:
-            grid.paste(panel, (x, r * (cell_height + GAP)))
-            x += panel.width + GAP
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replaced_atomically(path) as tmp:
-        grid.save(tmp, format="PNG")
-    return path
+    return save_png(paste_rows(rows), path)

@@ -14,8 +14,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mae.data.dense import SegmentationDataModule
+from mae.data.dense import DetectionDataModule, SegmentationDataModule
 from mae.evaluation.classifier import evaluate_classifier, summary_line
+from mae.jobs import detect, segment
 from mae.jobs.harness import (
     SETUP_ERRORS,
     SetupError,
@@ -27,8 +28,6 @@ from mae.jobs.harness import (
     set_float32_matmul_precision,
     write_config,
 )
-from mae.jobs.segment import scores_record
-from mae.jobs.segment import test_summary as segmentation_summary
 from mae.model_files.checkpoint import (
     CheckpointError,
     check_input_size,
@@ -39,9 +38,23 @@ from mae.model_files.checkpoint import (
 from mae.model_files.stored_config import MODEL_TARGETS, MODULE_TARGETS, RUN_CONFIG_KEY, trusted_node
 from mae.runs.config import instantiate_node
 from mae.runs.run_directory import check_writable
-from mae.training import SegmentationModule
+from mae.training import DetectionModule, SegmentationModule
 
-SEGMENTATION_MODULE = "mae.training.SegmentationModule.from_encoder"
+DENSE_TASKS = {
+    "mae.training.SegmentationModule.from_encoder": ("segmentation", SegmentationDataModule, "task=segment"),
+    "mae.training.DetectionModule.from_encoder": ("detection", DetectionDataModule, "task=detect"),
+}
+"""Module target of a dense task's checkpoint -> (its name, the data module it needs, the override that selects
+its data)."""
+
+
+def data_kind(datamodule: L.LightningDataModule) -> str:
+    """What a data module serves, in the words of the mismatch error."""
+    if isinstance(datamodule, SegmentationDataModule):
+        return "label maps"
+    if isinstance(datamodule, DetectionDataModule):
+        return "instances (boxes and masks)"
+    return "classes of whole images"
 
 
 def module_config(checkpoint: Mapping, cfg: DictConfig) -> tuple[DictConfig, DictConfig, dict[str, torch.Tensor]]:
@@ -65,17 +78,19 @@ def restore_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Ligh
     path = str(cfg.ckpt_path)
     checkpoint = load_checkpoint_file(path)
     model_cfg, module_cfg, state = module_config(checkpoint, cfg)
-    segments = module_cfg.get("_target_") == SEGMENTATION_MODULE
-    if segments != isinstance(datamodule, SegmentationDataModule):
+    dense = DENSE_TASKS.get(module_cfg.get("_target_"))
+    wanted = None if dense is None else dense[1]
+    if wanted is None and isinstance(datamodule, (SegmentationDataModule, DetectionDataModule)):
         raise CheckpointError(
-            f"{path} is a {'segmentation' if segments else 'classification'} checkpoint but data={cfg.data._target_} "
-            + (
-                "serves classes of whole images; add task=segment (its data group is the scenes; or data=ade20k)"
-                if segments
-                else "serves label maps; evaluate it on a classification data group"
-            )
+            f"{path} is a classification checkpoint but data={cfg.data._target_} serves {data_kind(datamodule)}; "
+            "evaluate it on a classification data group"
         )
-    if not segments:
+    if wanted is not None and not isinstance(datamodule, wanted):
+        raise CheckpointError(
+            f"{path} is a {dense[0]} checkpoint but data={cfg.data._target_} serves {data_kind(datamodule)}; add "
+            f"{dense[2]} (its data group is the Fashion-MNIST scenes; or data=ade20k / data=coco)"
+        )
+    if dense is None:
         check_input_size((model_cfg.img_size, model_cfg.in_chans), datamodule, path)
     module = instantiate_node(module_cfg, instantiate_node(model_cfg), num_classes=datamodule.num_classes)
     check_state_dict_shapes(state, module.state_dict(), f"checkpoint {path}")
@@ -105,9 +120,10 @@ def evaluate(cfg: DictConfig) -> dict:
     except SETUP_ERRORS as error:
         raise one_line_setup_error(error) from error
     write_config(cfg, trainer)
-    if isinstance(module, SegmentationModule):
+    job = segment if isinstance(module, SegmentationModule) else detect if isinstance(module, DetectionModule) else None
+    if job is not None:
         trainer.test(module, datamodule=datamodule, verbose=False)  # the data group's test split
-        scores, line = scores_record(module.scores["test"]), segmentation_summary
+        scores, line = job.scores_record(module.scores["test"]), job.test_summary
     else:
         scores, line = evaluate_classifier(trainer, module, datamodule), summary_line
     results = merge_results(cfg, trainer, {"checkpoint": str(cfg.ckpt_path), **scores})

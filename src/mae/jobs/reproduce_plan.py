@@ -76,7 +76,7 @@ MASK_RATIOS = ("0.1", "0.3", "0.5", "0.75", "0.9")
 DECODER_DEPTHS = ("1", "2", "4", "8")
 HF_EXPORT = "encoder_hf"
 SCENES = (Prerequisite("data/fashion_mnist_scenes", ("mae.data.dense.scenes", "data/fashion_mnist_scenes")),)
-"""The segmentation runs' data (``make scenes``)."""
+"""The segmentation and detection runs' data (``make scenes``: both layouts)."""
 
 # In the order they run: the first seed of everything first, so that a partial run fills every table.
 RUNS: tuple[Run, ...] = (
@@ -131,4 +131,11 @@ RUNS: tuple[Run, ...] = (
         ("task=segment", "pretrained=null", "module.freeze_backbone=true"),
         before=SCENES,
     ),
+    # Detection and instance segmentation on the same scenes (COCO layout): the main job's encoder against the same
+    # Mask R-CNN from scratch.
+    *(
+        Run(f"detect_pretrained_seed{seed}", ("task=detect", f"seed={seed}"), "pretrain_seed0", SCENES)
+        for seed in DOWNSTREAM_SEEDS
+    ),
+    *seeded("detect_scratch", DOWNSTREAM_SEEDS, ("task=detect", "pretrained=null"), before=SCENES),
 )

@@ -221,6 +221,14 @@ SEGMENTATION = (
     Column("mean accuracy, test (%)", recorded("mean_accuracy")),
     Column("training (s)", recorded("train_seconds"), digits=0),
 )
+DETECTION = (
+    Column("box AP, validation", validation(recorded("box_ap"))),
+    Column("box AP, test", recorded("box_ap")),
+    Column("box AP50, test", recorded("box_ap50")),
+    Column("mask AP, validation", validation(recorded("mask_ap"))),
+    Column("mask AP, test", recorded("mask_ap")),
+    Column("training (s)", recorded("train_seconds"), digits=0),
+)
 SWEEP_KNN = (
     Column("kNN top-1, validation (%)", validation(percent("knn_top1_pretrained"))),
     Column("kNN top-1, test (%)", percent("knn_top1_pretrained")),
@@ -320,6 +328,18 @@ TABLES = (
         ),
     ),
     Table(
+        "detect",
+        "encoder (ViTDet Mask R-CNN, the same budget)",
+        DETECTION,
+        (
+            Row(
+                "MAE pre-trained (`make pretrain`), fine-tuned (`make detect`)",
+                seeds("detect_pretrained", DOWNSTREAM_SEEDS),
+            ),
+            Row("the same network from scratch (`pretrained=null`)", seeds("detect_scratch", DOWNSTREAM_SEEDS)),
+        ),
+    ),
+    Table(
         "sweep_mask_ratio",
         "mask ratio",
         (*SWEEP_KNN, Column("pre-training + kNN (s)", recorded("pretrain_seconds"), digits=0)),
@@ -381,6 +401,20 @@ TABLES = (
                 recorded("miou"),
                 seeds("segment_frozen_random", DOWNSTREAM_SEEDS),
                 recorded("miou"),
+            ),
+            Difference(
+                "detection box AP: pre-trained minus from scratch",
+                seeds("detect_pretrained", DOWNSTREAM_SEEDS),
+                recorded("box_ap"),
+                seeds("detect_scratch", DOWNSTREAM_SEEDS),
+                recorded("box_ap"),
+            ),
+            Difference(
+                "detection mask AP: pre-trained minus from scratch",
+                seeds("detect_pretrained", DOWNSTREAM_SEEDS),
+                recorded("mask_ap"),
+                seeds("detect_scratch", DOWNSTREAM_SEEDS),
+                recorded("mask_ap"),
             ),
             Difference(
                 "linear probe: pre-trained minus raw pixels",

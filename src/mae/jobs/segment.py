@@ -10,19 +10,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from mae.callbacks.run_config import RunConfigInCheckpoint
 from mae.evaluation.segmentation import SegmentationScores
 from mae.evaluation.segmentation_grid import write_segmentation_grid
-from mae.jobs.downstream import initial_encoder
-from mae.jobs.harness import (
-    build_training_run,
-    fit,
-    merge_results,
-    output_dir,
-    point_latest_at,
-    training_record,
-    write_config,
-)
+from mae.jobs.dense_run import dense_job
 from mae.runs.torch_state import eval_mode
 
 log = logging.getLogger(__name__)
@@ -68,39 +58,14 @@ def write_picture(module: L.LightningModule, datamodule: L.LightningDataModule, 
 
 def segment(cfg: DictConfig) -> dict:
     """Train and score as configured; returns what the run wrote to ``results.json``."""
-    L.seed_everything(cfg.seed, workers=True)
-    run = build_training_run(
+    frozen = bool(cfg.module.freeze_backbone)
+    origin = f"from {cfg.pretrained}" if cfg.pretrained else "from scratch"
+    return dense_job(
         cfg,
-        lambda: initial_encoder(cfg),
-        lambda datamodule: {"num_classes": datamodule.num_classes},
-        [RunConfigInCheckpoint(cfg)],
+        scores_record,
+        {"freeze_backbone": frozen},
+        "val_split",
+        write_picture,
+        PICTURE_FILE,
+        lambda results: f"segment ({origin}{', encoder frozen' if frozen else ''}): {summary(results)}",
     )
-    write_config(cfg, run.trainer, run.datamodule)
-    train_seconds = fit(cfg, run.trainer, run.module, run.datamodule)
-    run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
-    val = run.module.scores["val"]
-    if run.datamodule.val_is_test:
-        test = val  # ADE20K's protocol: its validation split is the benchmark's test split
-    else:
-        run.trainer.test(run.module, datamodule=run.datamodule, verbose=False)  # once, at the end
-        test = run.module.scores["test"]
-    results = merge_results(
-        cfg,
-        run.trainer,
-        {
-            "task": cfg.task_name,
-            "pretrained": None if cfg.pretrained is None else str(cfg.pretrained),
-            "freeze_backbone": bool(cfg.module.freeze_backbone),
-            **scores_record(test),
-            **scores_record(val, "val_"),
-            "validation_split": "test" if run.datamodule.val_is_test else str(cfg.data.val_split),
-            "class_names": list(run.datamodule.class_names),
-            **training_record(run, train_seconds),
-        },
-    )
-    if run.trainer.is_global_zero:
-        write_picture(run.module, run.datamodule, output_dir(cfg) / PICTURE_FILE)
-        origin = f"from {cfg.pretrained}" if cfg.pretrained else "from scratch"
-        print(f"segment ({origin}{', encoder frozen' if cfg.module.freeze_backbone else ''}): {summary(results)}")
-    point_latest_at(cfg, run.trainer)
-    return results

@@ -41,6 +41,7 @@ MODULE_TARGETS = frozenset(
         "mae.training.FinetuneModule.from_encoder",
         "mae.training.LinearProbeModule",
         "mae.training.SegmentationModule.from_encoder",
+        "mae.training.DetectionModule.from_encoder",
     }
 )
 """What a stored ``module`` node may build: the task modules."""

@@ -4,7 +4,7 @@ layer-wise lr decay for fine-tuning and the LARS optimiser of the linear probe."
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -74,17 +74,22 @@ def layer_decay_groups(
     weight_decay: float,
     layer_decay: float,
     no_weight_decay: Collection[str] = REFERENCE_NO_WEIGHT_DECAY,
+    decayed: Callable[[str, nn.Parameter], bool] | None = None,
 ) -> list[dict]:
     """:func:`layer_decay_param_groups` for parameters named as in a timm ViT of ``depth`` blocks; any other name
     (a dense task's neck and heads) is in the top layer, at scale 1, as in MMSegmentation's and Detectron2's
     layer-decay rules for ViTs, which give the same scales. A name whose last part is in ``no_weight_decay``
-    (e.g. ``relative_position_bias_table``) is not decayed either."""
+    (e.g. ``relative_position_bias_table``) is not decayed either. ``decayed(name, param)``, when given, decides
+    instead which parameters are decayed (Detectron2's rule decays biases and spares norm layers)."""
     num_layers = depth + 1
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        decay = not (param.ndim == 1 or name in no_weight_decay or name.rsplit(".", 1)[-1] in no_weight_decay)
+        if decayed is not None:
+            decay = decayed(name, param)
+        else:
+            decay = not (param.ndim == 1 or name in no_weight_decay or name.rsplit(".", 1)[-1] in no_weight_decay)
         layer = vit_layer_id(name, num_layers)
         group = groups.setdefault(
             (layer, decay),
@@ -110,6 +115,37 @@ def warmup_poly_lr(
         return lr * (warmup_start + (1.0 - warmup_start) * ramp)
     span = max(total_steps - warmup_steps - 1, 1)
     return min_lr + (lr - min_lr) * (1.0 - min(step - warmup_steps, span) / span) ** power
+
+
+def warmup_step_lr(
+    step: int,
+    lr: float,
+    warmup_steps: int,
+    warmup_factor: float,
+    total_steps: int,
+    milestones: Sequence[float],
+    gamma: float,
+    cosine: bool,
+    min_lr: float,
+) -> float:
+    """Detectron2's ``WarmupParamScheduler`` over a ``MultiStepParamScheduler`` (ViTDet's COCO recipes) or a
+    ``CosineParamScheduler``, per step.
+
+    Main schedule: ``lr * gamma ** k`` with ``k`` the milestones reached (``step >= milestone``), the milestones
+    given as fractions of ``total_steps`` (ViTDet 100 epochs: 163889 and 177546 of 184375); or cosine from ``lr`` to
+    ``min_lr`` over all ``total_steps``. Warmup (Detectron2's ``linear`` method): over steps ``0 .. warmup_steps``
+    the lr moves linearly from ``warmup_factor`` times the main schedule's first value to its value at
+    ``warmup_steps``."""
+
+    def main(at: int) -> float:
+        if cosine:
+            return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(at / total_steps, 1.0)))
+        return lr * gamma ** sum(at >= round(fraction * total_steps) for fraction in milestones)
+
+    if step < warmup_steps:
+        start, end = warmup_factor * main(0), main(warmup_steps)
+        return start + (end - start) * step / warmup_steps
+    return main(step)
 
 
 class LARS(torch.optim.Optimizer):

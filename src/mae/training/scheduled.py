@@ -15,6 +15,23 @@ def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
     return hash((seed, epoch, batch_idx, rank)) & (2**63 - 1)
 
 
+def check_iteration_schedule(
+    lr: float, min_lr: float, weight_decay: float, layer_decay: float, warmup_steps: int, total_steps: int
+) -> None:
+    """The dense tasks' shared schedule values (counted in iterations); a one-line ``ValueError`` for one out of
+    its range."""
+    if lr <= 0:
+        raise ValueError(f"lr={lr} must be positive")
+    if not 0 <= min_lr <= lr:
+        raise ValueError(f"min_lr={min_lr} must be in [0, lr={lr}]")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay={weight_decay} must be non-negative")
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay={layer_decay} must be in (0, 1]")
+    if total_steps < 1 or not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"total_steps={total_steps} must be at least 1 and above warmup_steps={warmup_steps} (>= 0)")
+
+
 class ScheduledModule(L.LightningModule):
     """Base of the training modules; subclasses call :meth:`check_schedule` and :meth:`with_schedule`.
 

@@ -11,7 +11,7 @@ from mae.evaluation.segmentation import IGNORE_INDEX, SegmentationMetric, Segmen
 from mae.models.dense import Segmenter, segmenter_from_mae, slide_inference
 from mae.models.mae import MaskedAutoencoderViT
 from mae.training.optim import layer_decay_groups, warmup_poly_lr
-from mae.training.scheduled import ScheduledModule
+from mae.training.scheduled import ScheduledModule, check_iteration_schedule
 
 # Not decayed, as in MMSegmentation's layer-decay constructor for BEiT/MAE and timm's BEiT.
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "relative_position_bias_table")
@@ -215,16 +215,7 @@ def check_segmentation_schedule(
     warmup_start: float,
 ) -> None:
     """One-line ``ValueError`` for a schedule value out of its range."""
-    if lr <= 0:
-        raise ValueError(f"lr={lr} must be positive")
-    if not 0 <= min_lr <= lr:
-        raise ValueError(f"min_lr={min_lr} must be in [0, lr={lr}]")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay={weight_decay} must be non-negative")
-    if not 0.0 < layer_decay <= 1.0:
-        raise ValueError(f"layer_decay={layer_decay} must be in (0, 1]")
-    if total_steps < 1 or not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"total_steps={total_steps} must be at least 1 and above warmup_steps={warmup_steps} (>= 0)")
+    check_iteration_schedule(lr, min_lr, weight_decay, layer_decay, warmup_steps, total_steps)
     if power <= 0:
         raise ValueError(f"power={power} must be positive")
     if not 0 < warmup_start <= 1:

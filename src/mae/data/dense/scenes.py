@@ -1,18 +1,22 @@
 """Fashion-MNIST scenes: a small, seeded semantic-segmentation dataset made of real Fashion-MNIST items.
 
 ``python -m mae.data.dense.scenes OUT [key=value ...]`` (``make scenes``; the keys are ``conf/scenes.yaml``'s) writes
-it in ADE20K's SceneParsing layout, which :class:`~mae.data.dense.ade20k.SegmentationFolder` reads::
+it in ADE20K's SceneParsing layout, which :class:`~mae.data.dense.ade20k.SegmentationFolder` reads, and the same
+images' instances in COCO's layout, which :class:`~mae.data.dense.coco.CocoInstances` reads::
 
     OUT/images/<split>/scene_00000001.png       the grey canvas, uint8
     OUT/annotations/<split>/scene_00000001.png  uint8 label map: class + 1 (0, ADE20K's ignored "other", unused)
+    OUT/annotations/instances_<split>.json      COCO instances: each visible item, its class (category id 1-10) and
+                                                its mask as an uncompressed RLE (:mod:`mae.data.dense.coco_writer`)
     OUT/scenes.json                             settings, counts, class names and where the items came from
 
 with the splits ``training``, ``validation`` (ADE20K's two) and ``test``. A scene is a square grey canvas with a
 smooth low-intensity background texture and a few Fashion-MNIST items pasted at random scales and positions, later
-items over earlier ones. Class 0 is the background and Fashion-MNIST class c is class c + 1. The items of training
-scenes are Fashion-MNIST training images, those of validation scenes the training images the classification data
-group holds out (``data.val_size``, ``data.val_split_seed``: the images MAE pre-training never sees), those of test
-scenes the t10k test images.
+items over earlier ones. Class 0 is the background and Fashion-MNIST class c is class c + 1 (COCO's category c + 1;
+an item that later ones hide entirely has no COCO annotation, ``scenes.json`` counts them as ``hidden_items``). The
+items of training scenes are Fashion-MNIST training images, those of validation scenes the training images the
+classification data group holds out (``data.val_size``, ``data.val_split_seed``: the images MAE pre-training never
+sees), those of test scenes the t10k test images.
 
 A :class:`Scene` keeps each item's class and visible pixels, so writers of other layouts (COCO instances) need
 nothing but the scenes. Scene ``k`` of a split is a function of ``(seed, split, k)`` alone: the same seed writes
@@ -40,6 +44,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from mae.data import fashion_mnist
+from mae.data.dense.coco_writer import ImageRecord, categories, image_record, instances_file
 from mae.data.errors import COMMAND_LINE_ERRORS, check_int, one_line
 from mae.data.loaders import mixed_seed
 from mae.runs.config import compose_in_repo, instantiate_node
@@ -260,24 +265,37 @@ def write_scene(root: Path, split: str, index: int, scene: Scene) -> None:
     (root / "annotations" / split / name).write_bytes(encode_png(annotation).numpy().tobytes())
 
 
+def coco_record(index: int, scene: Scene) -> ImageRecord:
+    """Scene ``index``'s part of its split's COCO instances file: its items' masks RLE-encoded (kept instead of the
+    masks until the split is written)."""
+    height, width = scene.label.shape
+    instances = ((instance.category, instance.mask) for instance in scene.instances)
+    return image_record(f"{scene_name(index)}.png", height, width, instances)
+
+
 def write_scenes(out: Path, splits: Mapping[str, Iterable[Scene]], info: dict[str, Any]) -> dict[str, int]:
-    """Write each split's scenes and ``scenes.json`` (``info`` with the counts) into ``out``, which must be new or
-    empty; returns the count per split. Written beside ``out`` first and renamed at the end, so that an interrupted
-    run leaves no ``out`` that looks complete."""
+    """Write each split's scenes, its COCO instances file and ``scenes.json`` (``info`` with the counts) into ``out``,
+    which must be new or empty; returns the count per split. Written beside ``out`` first and renamed at the end, so
+    that an interrupted run leaves no ``out`` that looks complete."""
     check_new_folder(out)
     partial = out.parent / f".{out.name}.{os.getpid()}.partial"
     partial.mkdir(parents=True)
     try:
-        counts = {}
+        counts, hidden = {}, {}
         for split, scenes in splits.items():
             for folder in ("images", "annotations"):
                 (partial / folder / split).mkdir(parents=True)
-            counts[split] = 0
+            records = []
             for index, scene in enumerate(scenes):
                 write_scene(partial, split, index, scene)
-                counts[split] += 1
-            log.info("%s: %d scenes", split, counts[split])
-        (partial / "scenes.json").write_text(json.dumps({**info, "counts": counts}, indent=2) + "\n")
+                records.append(coco_record(index, scene))
+            counts[split], hidden[split] = len(records), sum(record.hidden for record in records)
+            coco_info = {"description": f"Fashion-MNIST scenes, {split} split (scenes.json holds the settings)"}
+            coco = instances_file(records, categories(fashion_mnist.CLASSES, "fashion"), coco_info)
+            (partial / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco, separators=(",", ":")))
+            log.info("%s: %d scenes (%d items hidden entirely)", split, counts[split], hidden[split])
+        summary = {**info, "counts": counts, "hidden_items": hidden}
+        (partial / "scenes.json").write_text(json.dumps(summary, indent=2) + "\n")
         os.replace(partial, out)  # also onto an empty folder
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -292,6 +310,11 @@ def describe(cfg: DictConfig, settings: SceneSettings) -> dict[str, Any]:
         "dataset": "Fashion-MNIST scenes",
         "layout": "ADE20K SceneParsing: images/<split>/<name>.png, annotations/<split>/<name>.png",
         "annotation_values": "class + 1 (0, ADE20K's ignored 'other', is unused)",
+        "coco_layout": "COCO instances: annotations/instances_<split>.json over images/<split>/<name>.png",
+        "coco_annotations": (
+            "category id = class (1-10, no background); masks as uncompressed RLE; items covered entirely by later "
+            "ones are left out, hidden_items counts them per split"
+        ),
         "classes": list(CLASSES),
         "seed": cfg.seed,
         "settings": asdict(settings),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -187,19 +188,20 @@ class SegmentationEvalTransform:
 
 
 class Paired(Dataset):
-    """A view of a dataset of ``(image, label)`` pairs with a joint ``transform`` applied.
+    """A view of a dataset of ``(image, label)`` pairs with a joint ``transform`` applied; the label is whatever
+    the transform takes with the image (a label map here, a dict of instances for detection).
 
     A key may be an index or an ``(index, seed)`` pair (what :class:`~mae.data.loaders.EpochSeededSampler`
     yields): the seed drives the transform's randomness. Either way the item is ``(image, label)``.
     """
 
-    def __init__(self, dataset: Dataset, transform: Callable[..., Pair]) -> None:
+    def __init__(self, dataset: Dataset, transform: Callable[..., tuple[torch.Tensor, Any]]) -> None:
         self.dataset, self.transform = dataset, transform
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Pair:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, label = self.dataset[index]
         return self.transform(image, label, None if seed is None else torch.Generator().manual_seed(seed))
