@@ -156,11 +156,7 @@ class DetectionModule(ScheduledModule):
             self.hparams.layer_decay,
             decayed=lambda name, param: id(param) not in norms and name != "pos_embed",
         )
-        peak = self.peak_lr
-        for group in groups:
-            group["lr"] = peak * group.pop("lr_scale")  # the schedule then scales every group alike
-        optimizer = torch.optim.AdamW(groups, lr=peak, betas=tuple(self.hparams.betas), fused=self.hparams.fused)
-        return self.with_schedule(optimizer)
+        return self.layer_decay_adamw(groups, self.hparams.betas)
 
     def configure_model(self) -> None:
         if self.hparams.compile and not getattr(self, "_compiled", False):

@@ -86,10 +86,7 @@ class FinetuneModule(ClassificationModule):
 
     def configure_optimizers(self):
         groups = layer_decay_param_groups(self.model, self.hparams.weight_decay, self.hparams.layer_decay)
-        peak = self.peak_lr
-        for group in groups:
-            group["lr"] = peak * group.pop("lr_scale")  # the schedule then scales every group alike
-        return self.with_schedule(torch.optim.AdamW(groups, lr=peak, fused=self.hparams.fused))
+        return self.layer_decay_adamw(groups)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         imgs, labels = batch[0], batch[1]  # a third item, the samples' seeds, is for masks

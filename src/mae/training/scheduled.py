@@ -86,6 +86,16 @@ class ScheduledModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_at_step(step) / peak)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def layer_decay_adamw(self, groups: list[dict], betas: tuple[float, float] | None = None) -> dict:
+        """``configure_optimizers``' answer for layer-decay groups (each with an ``lr_scale``): AdamW with every
+        group at ``peak_lr`` times its scale (the schedule then scales every group alike), ``betas`` (None:
+        AdamW's own) and the module's ``fused`` setting, with the per-step schedule."""
+        peak = self.peak_lr
+        for group in groups:
+            group["lr"] = peak * group.pop("lr_scale")
+        extra = {} if betas is None else {"betas": tuple(betas)}
+        return self.with_schedule(torch.optim.AdamW(groups, lr=peak, fused=self.hparams.fused, **extra))
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # A batch's random draws from the global stream (mixup, drop path; masks only of batches that carry no
         # sample seeds) are a pure function of (seed, epoch, batch, rank), whatever the data loader drew before: a
