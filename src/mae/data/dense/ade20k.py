@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from mae.data.decoding import ImageLoader
+from mae.data.dense.checks import load_evenly_spaced
 from mae.data.errors import CorruptDataError, one_line
 
 IGNORE_INDEX = 255
@@ -123,8 +124,5 @@ class SegmentationFolder(Dataset):
         return image, label
 
     def check(self, samples: int) -> None:
-        """Load ``samples`` pairs evenly spaced over the split (all when fewer), so that a bad file among them
-        stops a run before it trains (every other pair is checked when it is loaded)."""
-        count = min(samples, len(self))
-        for position in range(count):
-            self[position * (len(self) - 1) // max(count - 1, 1)]
+        """Load ``samples`` pairs evenly spaced over the split (:func:`~mae.data.dense.checks.load_evenly_spaced`)."""
+        load_evenly_spaced(self, samples)

@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mae.data.decoding import ImageLoader
+from mae.data.dense.checks import load_evenly_spaced
 from mae.data.errors import CorruptDataError, one_line
 from mae.runs.optional import require
 
@@ -341,8 +342,5 @@ class CocoInstances(Dataset):
         return image, target
 
     def check(self, samples: int) -> None:
-        """Load ``samples`` images evenly spaced over the split (all when fewer), so that a bad file among them
-        stops a run before it trains (every other image is checked when it is loaded)."""
-        count = min(samples, len(self))
-        for position in range(count):
-            self[position * (len(self) - 1) // max(count - 1, 1)]
+        """Load ``samples`` images evenly spaced over the split (:func:`~mae.data.dense.checks.load_evenly_spaced`)."""
+        load_evenly_spaced(self, samples)

@@ -7,36 +7,10 @@ import dataclasses
 from collections.abc import Sequence
 
 from mae.data.dense.ade20k import IGNORE_INDEX, SegmentationFolder
+from mae.data.dense.checks import check_input, check_probability, check_ratio_range, int_pair
 from mae.data.dense.transforms import Paired, SegmentationEvalTransform, SegmentationTrainTransform
 from mae.data.errors import check_int, check_optional_limit
 from mae.data.loaders import LoaderSettings, Splits, SplitsDataModule, seeded_subset
-from mae.data.transforms import check_normalization
-
-
-def int_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
-    """An int ``n`` as ``(n, n)`` or two ints, each at least 1; one line naming ``value`` otherwise."""
-    values = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(f"{name}={value!r} must be a positive integer or two of them")
-    return values[0], values[1]
-
-
-def check_ratio_range(ratio_range: Sequence[float]) -> tuple[float, float]:
-    values = tuple(float(v) for v in ratio_range)
-    if len(values) != 2 or not 0.0 < values[0] <= values[1]:
-        raise ValueError(f"ratio_range={list(ratio_range)} must be two numbers with 0 < low <= high")
-    return values[0], values[1]
-
-
-def check_probability(name: str, value: float, low_open: bool = False) -> float:
-    """A number in [0, 1] (``(0, 1]`` with ``low_open``); bools are refused (``true`` is not a probability)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (0 < value <= 1 if low_open else 0 <= value <= 1)
-    ):
-        raise ValueError(f"{name}={value!r} must be a number in {'(0, 1]' if low_open else '[0, 1]'}")
-    return float(value)
 
 
 class SegmentationDataModule(SplitsDataModule):
@@ -117,12 +91,7 @@ class SegmentationDataModule(SplitsDataModule):
         if class_names is not None and len(class_names) != self.num_classes:
             raise ValueError(f"class_names has {len(class_names)} names; num_classes={num_classes} needs one per class")
         self.class_names = None if class_names is None else [str(name) for name in class_names]
-        if in_chans not in (1, 3):
-            raise ValueError(f"in_chans={in_chans} must be 1 (grayscale) or 3 (RGB)")
-        self.in_chans = in_chans
-        self.mean, self.std = check_normalization(mean, std, in_chans)
-        if self.mean is None:
-            raise ValueError("mean=auto and std=auto are not available for segmentation data: give the pre-training's")
+        self.in_chans, self.mean, self.std = check_input(in_chans, mean, std, "segmentation")
         self.crop_size, self.scale = int_pair("crop_size", crop_size), int_pair("scale", scale)
         self.slide_stride = check_int("slide_stride", slide_stride, 1)
         if self.slide_stride > min(self.crop_size):

@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Subset
 
-from mae.data.dense.datamodule import int_pair
+from mae.data.dense.checks import check_input, int_pair
 from mae.data.dense.detection_transforms import DetectionEvalTransform, LargeScaleJitter
 from mae.data.dense.transforms import Paired
 from mae.data.errors import check_int, check_optional_limit
 from mae.data.loaders import LoaderSettings, Splits, SplitsDataModule, seeded_subset
-from mae.data.transforms import check_normalization
 
 if TYPE_CHECKING:
     from mae.data.dense.coco import CocoInstances
@@ -114,12 +113,8 @@ class DetectionDataModule(SplitsDataModule):
             split: (str(paths[f"{split}_images"]), str(paths[f"{split}_annotations"]))
             for split in ("train", "val", "test")
         }
-        if in_chans not in (1, 3):
-            raise ValueError(f"in_chans={in_chans} must be 1 (grayscale) or 3 (RGB)")
-        self.in_chans, self.how_to_get = in_chans, how_to_get
-        self.mean, self.std = check_normalization(mean, std, in_chans)
-        if self.mean is None:
-            raise ValueError("mean=auto and std=auto are not available for detection data: give the pre-training's")
+        self.in_chans, self.mean, self.std = check_input(in_chans, mean, std, "detection")
+        self.how_to_get = how_to_get
         self.image_size = int_pair("image_size", image_size)
         # The jitter checks scale_range, hflip and recompute_boxes; it pads with the mean, which the model's
         # normalisation turns into 0.

@@ -32,7 +32,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from mae.data.dense.datamodule import check_probability, int_pair
+from mae.data.dense.checks import check_probability, int_pair
 
 INSTANCE_KEYS = ("boxes", "labels", "masks", "iscrowd", "area")
 """Target entries with one row per instance; any other entry (``image_id``) describes the whole image."""
