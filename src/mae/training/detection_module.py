@@ -15,6 +15,7 @@ from mae.models.dense.detector import detector_from_mae
 from mae.models.mae import MaskedAutoencoderViT
 from mae.training.optim import layer_decay_groups, warmup_step_lr
 from mae.training.scheduled import ScheduledModule, check_iteration_schedule
+from mae.training.split_scores import ScoresPerSplit
 
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)
 """Their parameters are not decayed (Detectron2's ``weight_decay_norm=0``); ChannelLayerNorm is a LayerNorm."""
@@ -25,7 +26,7 @@ def norm_parameter_ids(model: nn.Module) -> set[int]:
     return {id(param) for module in model.modules() if isinstance(module, NORM_LAYERS) for param in module.parameters()}
 
 
-class DetectionModule(ScheduledModule):
+class DetectionModule(ScoresPerSplit, ScheduledModule):
     """Trains torchvision's ``MaskRCNN`` on a ViTDet backbone and scores it with :class:`DetectionMetric`.
 
     Args:
@@ -188,19 +189,10 @@ class DetectionModule(ScheduledModule):
         images, targets = batch
         self.test_scores.update(self(images), targets)
 
-    def _log_scores(self, split: str, metric: DetectionMetric) -> None:
-        scores = metric.compute()
-        metric.reset()
-        self.scores[split] = scores
+    def log_scores(self, split: str, scores: DetectionScores) -> None:
         for key in ("box_ap", "box_ap50", "mask_ap"):
             value = getattr(scores, key)
             self.log(f"{split}/{key}", -1.0 if value is None else value, prog_bar=key != "box_ap50")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val", self.val_scores)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test", self.test_scores)
 
 
 def check_detection_schedule(

@@ -12,12 +12,13 @@ from mae.models.dense import Segmenter, segmenter_from_mae, slide_inference
 from mae.models.mae import MaskedAutoencoderViT
 from mae.training.optim import layer_decay_groups, warmup_poly_lr
 from mae.training.scheduled import ScheduledModule, check_iteration_schedule
+from mae.training.split_scores import ScoresPerSplit
 
 # Not decayed, as in MMSegmentation's layer-decay constructor for BEiT/MAE and timm's BEiT.
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "relative_position_bias_table")
 
 
-class SegmentationModule(ScheduledModule):
+class SegmentationModule(ScoresPerSplit, ScheduledModule):
     """Trains a :class:`~mae.models.dense.Segmenter` and scores it with :class:`SegmentationMetric`.
 
     Args:
@@ -185,19 +186,10 @@ class SegmentationModule(ScheduledModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._score(batch, self.test_scores)
 
-    def _log_scores(self, split: str, metric: SegmentationMetric) -> None:
-        scores = metric.compute()
-        metric.reset()
-        self.scores[split] = scores
+    def log_scores(self, split: str, scores: SegmentationScores) -> None:
         self.log(f"{split}/miou", scores.miou, prog_bar=True)
         self.log(f"{split}/pixel_accuracy", scores.pixel_accuracy)
         self.log(f"{split}/mean_accuracy", scores.mean_accuracy)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val", self.val_scores)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test", self.test_scores)
 
 
 def check_segmentation_schedule(

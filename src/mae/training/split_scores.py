@@ -1,0 +1,31 @@
+"""Scores a module gathers over a whole validation or test pass (mIoU, COCO AP) rather than per batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ScoresPerSplit:
+    """Mixin for a LightningModule with ``val_scores`` and ``test_scores`` metrics (anything with ``compute()``
+    and ``reset()``): at the end of each pass it
+    computes the split's metric, resets it, keeps the result in ``scores[split]`` (the latest pass's) and hands it
+    to :meth:`log_scores`. Put it before the LightningModule base so that its pass-end hooks are the ones called."""
+
+    scores: dict[str, Any]
+
+    def log_scores(self, split: str, scores: Any) -> None:
+        """Log what the progress bar and the loggers show of ``scores`` (``split``: ``val`` or ``test``)."""
+        raise NotImplementedError
+
+    def _finish_pass(self, split: str) -> None:
+        metric = getattr(self, f"{split}_scores")
+        scores = metric.compute()
+        metric.reset()
+        self.scores[split] = scores
+        self.log_scores(split, scores)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_pass("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_pass("test")
