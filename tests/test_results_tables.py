@@ -56,6 +56,15 @@ def test_finetune_rows_aggregate_their_seeds_with_validation_beside_test(tmp_pat
     assert lines[3].endswith("| 87.00 (n=1 of 2) | 88.00 (n=1 of 2) | 98.00 (n=1 of 2) | 900 (n=1 of 2) |")
 
 
+def test_the_per_class_segmentation_table_has_a_column_per_scene_class(tmp_path):
+    write(tmp_path, "segment_pretrained_seed0.json", per_class_iou=[90.0, 10.0, *[20.0] * 9])
+    write(tmp_path, "segment_pretrained_seed1.json", per_class_iou=[94.0, 30.0, *[20.0] * 9])
+    lines = render(table("segment_per_class"), tmp_path).splitlines()
+    assert lines[0].split(" | ")[1:3] == ["background", "T-shirt/top"] and lines[0].endswith("| Ankle boot |")
+    assert lines[2].split(" | ")[1:3] == ["92.0 ± 2.8 (n=2)", "20.0 ± 14.1 (n=2)"]
+    assert NOT_RUN in lines[3]
+
+
 def test_knn_rows_read_their_own_keys_of_the_main_job_files_as_percentages(tmp_path):
     for seed in range(3):
         write(tmp_path, f"pretrain_seed{seed}.json", **KNN, **{f"val_{k}": v + 0.01 * seed for k, v in KNN.items()})

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mae.data import fashion_mnist
 from mae.jobs.reproduce_plan import RUNS
 from mae.jobs.welch import welch
 from mae.runs.atomic_files import write_text_atomically
@@ -221,6 +222,21 @@ SEGMENTATION = (
     Column("mean accuracy, test (%)", recorded("mean_accuracy")),
     Column("training (s)", recorded("train_seconds"), digits=0),
 )
+SCENE_CLASSES = ("background", *fashion_mnist.CLASSES)
+"""The scenes' classes: the background, then Fashion-MNIST's items (conf/data/fashion_mnist_scenes.yaml)."""
+
+
+def class_iou(index: int) -> Reader:
+    """Class ``index``'s IoU on the test split (None where the class has no pixels there, or none is recorded)."""
+
+    def read(results: dict[str, Any], row: Row) -> float | None:
+        per_class = results.get("per_class_iou")
+        return None if per_class is None or index >= len(per_class) else per_class[index]
+
+    return read
+
+
+SEGMENTATION_PER_CLASS = tuple(Column(name, class_iou(index), digits=1) for index, name in enumerate(SCENE_CLASSES))
 DETECTION = (
     Column("box AP, validation", validation(recorded("box_ap"))),
     Column("box AP, test", recorded("box_ap")),
@@ -325,6 +341,16 @@ TABLES = (
                 "a random encoder, frozen (`pretrained=null module.freeze_backbone=true`)",
                 seeds("segment_frozen_random", DOWNSTREAM_SEEDS),
             ),
+        ),
+    ),
+    Table(
+        "segment_per_class",
+        "encoder (test IoU per class, %)",
+        SEGMENTATION_PER_CLASS,
+        (
+            Row("MAE pre-trained (`make pretrain`), fine-tuned", seeds("segment_pretrained", DOWNSTREAM_SEEDS)),
+            Row("the same network from scratch", seeds("segment_scratch", DOWNSTREAM_SEEDS)),
+            Row("a random encoder, frozen", seeds("segment_frozen_random", DOWNSTREAM_SEEDS)),
         ),
     ),
     Table(
