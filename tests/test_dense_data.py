@@ -439,12 +439,15 @@ def test_scenes_module_serves_crops_for_training_and_whole_scenes_for_evaluation
         iter(seg_data("fashion_mnist_scenes", root=str(scenes_root), batch_size=4).train_dataloader())
     )
     assert torch.equal(first_again, images)  # seeded per sample and epoch
+    assert dm.eval_batch_size == seg_data_node("fashion_mnist_scenes").eval_batch_size > COUNTS["validation"]
     for loader, split in ((dm.val_dataloader(), "validation"), (dm.test_dataloader(), "test")):
-        assert len(loader) == COUNTS[split]
+        assert len(loader) == 1  # every scene has one size: evaluated in one batch here
         image, label = next(iter(loader))
-        assert image.shape == (1, 1, 112, 112) and label.shape == (1, 112, 112)
+        assert image.shape == (COUNTS[split], 1, 112, 112) and label.shape == (COUNTS[split], 112, 112)
         stored = decode(scenes_root / "annotations" / split / "scene_00000001.png")[0].long() - 1
         assert torch.equal(label[0], stored) and int(label.min()) >= 0  # no ignored pixel in a scene
+    one_by_one = seg_data("fashion_mnist_scenes", root=str(scenes_root), eval_batch_size=1).val_dataloader()
+    assert len(one_by_one) == COUNTS["validation"]
     capped = seg_data("fashion_mnist_scenes", root=str(scenes_root), batch_size=2, train_samples=4)
     assert len(capped.splits.train) == 4
 
@@ -474,6 +477,7 @@ def test_ade20k_module_evaluates_on_its_validation_split(tmp_path):
     assert dm.val_is_test and len(dm.datasets) == 2
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (2, 3, 32, 32) and labels.shape == (2, 32, 32)
+    assert node.eval_batch_size == 1  # evaluation images differ in size, as in mmseg
     image, label = next(iter(dm.test_dataloader()))
     assert image.shape == (1, 3, 32, 53) and label.shape == (1, 30, 50)  # rescaled to fit (128, 32); labels kept
 
@@ -510,6 +514,7 @@ def test_a_broken_file_in_the_sample_stops_the_module_before_training(scenes_roo
         ("val_split", "", "val_split='' must be the name of a split folder"),
         ("check_samples", -1, "check_samples=-1 must be an integer of at least 0"),
         ("train_samples", 0, "train_samples=0 must be an integer of at least 1"),
+        ("eval_batch_size", 0, "eval_batch_size=0 must be an integer of at least 1"),
     ],
 )
 def test_bad_settings_are_refused_with_one_line(scenes_root, setting, value, message):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import compose_config, run_script
@@ -33,9 +34,18 @@ def scenes(tmp_path_factory) -> Path:
     return write_tiny_scenes(tmp_path_factory.mktemp("segment") / "scenes", counts=COUNTS)
 
 
-def test_segment_trains_and_scores_validation_and_test_splits(scenes, tmp_path):
-    cfg = compose_config([*TINY, f"data.root={scenes}", "pretrained=null"], output_dir=tmp_path / "run")
+@pytest.mark.parametrize(("val_interval", "validations_after_training"), [(2, 0), (3, 1)])
+def test_segment_trains_and_scores_validation_and_test_splits(
+    scenes, tmp_path, monkeypatch, val_interval, validations_after_training
+):
+    validate_calls = []
+    validate = L.Trainer.validate
+    monkeypatch.setattr(L.Trainer, "validate", lambda *a, **k: validate_calls.append(1) or validate(*a, **k))
+    overrides = [*TINY, f"data.root={scenes}", "pretrained=null", f"schedule.val_interval={val_interval}"]
+    cfg = compose_config(overrides, output_dir=tmp_path / "run")
     results = segment(cfg)
+    # Training's last validation pass at its last step already scored the final weights; otherwise once more.
+    assert len(validate_calls) == validations_after_training
     assert results == json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["optimizer_steps"] == 4 and results["pretrained"] is None
     side = 112  # the scenes' canvas: scored at the labels' full resolution
@@ -132,10 +142,19 @@ def test_eval_scores_a_segmentation_checkpoint_like_the_run_did(scenes, tmp_path
     cfg = compose_config([*TINY, f"data.root={scenes}", "pretrained=null"], output_dir=tmp_path / "run")
     trained = segment(cfg)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    done = run_script(tmp_path / "eval", f"ckpt_path={ckpt}", "task=segment", f"data.root={scenes}", script="eval.py")
+    # One scene per batch here, all the test scenes in one batch in the run: the same scores.
+    done = run_script(
+        tmp_path / "eval",
+        f"ckpt_path={ckpt}",
+        "task=segment",
+        f"data.root={scenes}",
+        "data.eval_batch_size=1",
+        script="eval.py",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert evaluated["miou"] == pytest.approx(trained["miou"]) and evaluated["num_pixels"] == trained["num_pixels"]
+    assert evaluated["per_class_iou"] == pytest.approx(trained["per_class_iou"], nan_ok=True)
     wrong = run_script(tmp_path / "wrong", f"ckpt_path={ckpt}", script="eval.py")  # the classification default
     assert wrong.returncode == 2
     error = [line for line in wrong.stderr.splitlines() if line.startswith("error:")]

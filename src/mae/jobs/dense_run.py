@@ -26,10 +26,12 @@ from mae.jobs.harness import (
 
 def train_and_score(cfg: DictConfig, run: TrainingRun) -> tuple[float, Any, Any]:
     """``(training seconds, validation scores, test scores)`` of a run whose module keeps each pass's scores in
-    ``module.scores["val"]`` and ``["test"]``."""
+    ``module.scores["val"]`` and ``["test"]`` (:class:`~mae.training.split_scores.ScoresPerSplit`). The validation
+    split is scored after training unless training's last validation pass already scored the final weights."""
     write_config(cfg, run.trainer, run.datamodule)
     train_seconds = fit(cfg, run.trainer, run.module, run.datamodule)
-    run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
+    if run.module.scored_at_step.get("val") != run.trainer.global_step:  # else fit's last pass scored these weights
+        run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
     val = run.module.scores["val"]
     if run.datamodule.val_is_test:
         return train_seconds, val, val  # COCO's and ADE20K's protocol: their validation split is the test split

@@ -80,6 +80,7 @@ class DetectionModule(ScoresPerSplit, ScheduledModule):
         self.val_scores = DetectionMetric()
         self.test_scores = DetectionMetric()
         self.scores: dict[str, DetectionScores] = {}  # of the latest validation / test pass
+        self.scored_at_step: dict[str, int] = {}
 
     @classmethod
     def from_encoder(

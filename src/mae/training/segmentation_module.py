@@ -81,6 +81,7 @@ class SegmentationModule(ScoresPerSplit, ScheduledModule):
         self.val_scores = SegmentationMetric(num_classes)
         self.test_scores = SegmentationMetric(num_classes)
         self.scores: dict[str, SegmentationScores] = {}  # of the latest validation / test pass
+        self.scored_at_step: dict[str, int] = {}
 
     @classmethod
     def from_encoder(

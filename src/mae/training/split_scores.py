@@ -7,11 +7,13 @@ from typing import Any
 
 class ScoresPerSplit:
     """Mixin for a LightningModule with ``val_scores`` and ``test_scores`` metrics (anything with ``compute()``
-    and ``reset()``): at the end of each pass it
-    computes the split's metric, resets it, keeps the result in ``scores[split]`` (the latest pass's) and hands it
-    to :meth:`log_scores`. Put it before the LightningModule base so that its pass-end hooks are the ones called."""
+    and ``reset()``): at the end of each pass it computes the split's metric, resets it, keeps the result in
+    ``scores[split]`` (the latest pass's) and the optimizer step it was scored at in ``scored_at_step[split]`` (the
+    sanity check's few batches are not kept there), and hands it to :meth:`log_scores`. Put it before the
+    LightningModule base so that its pass-end hooks are the ones called."""
 
     scores: dict[str, Any]
+    scored_at_step: dict[str, int]
 
     def log_scores(self, split: str, scores: Any) -> None:
         """Log what the progress bar and the loggers show of ``scores`` (``split``: ``val`` or ``test``)."""
@@ -22,6 +24,8 @@ class ScoresPerSplit:
         scores = metric.compute()
         metric.reset()
         self.scores[split] = scores
+        if not self.trainer.sanity_checking:
+            self.scored_at_step[split] = self.trainer.global_step
         self.log_scores(split, scores)
 
     def on_validation_epoch_end(self) -> None:

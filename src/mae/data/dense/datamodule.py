@@ -42,7 +42,9 @@ class SegmentationDataModule(SplitsDataModule):
         hflip: probability of a horizontal flip.
         mean, std: per-channel normalisation of the [0, 1] pixels (the pre-training's: the encoder expects them).
         batch_size, num_workers, pin_memory, persistent_workers: training loader settings (persistent workers only
-            with ``num_workers > 0``); evaluation loaders use batch size 1.
+            with ``num_workers > 0``).
+        eval_batch_size: images per evaluation batch: 1 as MMSegmentation evaluates, where evaluation images differ
+            in size; more only where they all have one size (the scenes), which scores the same, faster.
         seed: seeds the per-epoch shuffling, the augmentation and ``train_samples``' subset.
         train_samples: train on a fixed seeded subset of this many images (None: all).
         check_samples: pairs of each split loaded on construction, evenly spaced (0: none).
@@ -70,6 +72,7 @@ class SegmentationDataModule(SplitsDataModule):
         mean: Sequence[float],
         std: Sequence[float],
         batch_size: int,
+        eval_batch_size: int,
         num_workers: int,
         pin_memory: bool,
         persistent_workers: bool,
@@ -110,6 +113,7 @@ class SegmentationDataModule(SplitsDataModule):
         self.evaluate = SegmentationEvalTransform(self.scale, self.mean, self.std)
         self.train_samples = check_optional_limit("train_samples", train_samples)
         self.loaders = LoaderSettings(batch_size, num_workers, pin_memory, persistent_workers, seed, None, None)
+        self.eval_batch_size = check_int("eval_batch_size", eval_batch_size, 1)
         check_samples = check_int("check_samples", check_samples, 0)
         self.datasets = {
             split: SegmentationFolder(root, split, self.num_classes, in_chans, how_to_get)
@@ -120,8 +124,7 @@ class SegmentationDataModule(SplitsDataModule):
 
     @property
     def eval_settings(self) -> LoaderSettings:
-        # Evaluation images differ in size: one per batch, as mmseg evaluates.
-        return dataclasses.replace(self.loaders, batch_size=1)
+        return dataclasses.replace(self.loaders, batch_size=self.eval_batch_size)
 
     @property
     def val_is_test(self) -> bool:
