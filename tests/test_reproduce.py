@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mae.jobs import reproduce
-from mae.jobs.reproduce import command, execute, finished, plan, prerequisites
+from mae.jobs.reproduce import command, execute, finished, plan, prerequisites, to_remake
 from mae.jobs.reproduce_plan import CHECKPOINT, RUNS, Prerequisite, Run
 from mae.jobs.results_tables import TABLES, Comparisons, Table
 
@@ -132,3 +132,36 @@ def test_list_runs_nothing(capsys, monkeypatch):
     assert reproduce.main(["--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(RUNS) and lines[0].split()[1] == "pretrain_seed0:"
+    assert {line.split()[0] for line in lines} <= {"done", "todo", "redo"}
+
+
+def write_results(path: Path, status: str = "finished") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"status": status}))
+
+
+def test_a_finished_encoder_run_whose_checkpoint_is_gone_is_made_again_for_the_runs_that_need_it(tmp_path):
+    runs_dir, results_dir = tmp_path / "runs", tmp_path / "results"
+    runs = (
+        Run("pretrain_seed0", ("seed=0",)),
+        Run("continued_seed0", ("seed=0",), "pretrain_seed0"),
+        Run("probe_seed0", ("task=linprobe",), "continued_seed0"),
+        Run("probe_seed1", ("task=linprobe",), "pretrain_seed0"),
+    )
+    for name in ("pretrain_seed0", "continued_seed0", "probe_seed1"):
+        write_results(results_dir / f"{name}.json")
+    # A fresh clone: the results files, no checkpoints. The probe to do needs continued_seed0, which needs
+    # pretrain_seed0: both are made again. probe_seed1 is finished, so it needs nothing.
+    assert to_remake(runs, runs_dir, results_dir) == {"pretrain_seed0", "continued_seed0"}
+    # Made here (a checkpoint and a finished results.json in the run's directory): used as they are.
+    for name in ("pretrain_seed0", "continued_seed0"):
+        (runs_dir / name / CHECKPOINT).parent.mkdir(parents=True)
+        (runs_dir / name / CHECKPOINT).write_bytes(b"")
+        write_results(runs_dir / name / "results.json")
+    assert to_remake(runs, runs_dir, results_dir) == set()
+    # An attempt at making it again that was interrupted half-way left a checkpoint: not one to start from.
+    write_results(runs_dir / "continued_seed0" / "results.json", "interrupted")
+    assert to_remake(runs, runs_dir, results_dir) == {"continued_seed0"}
+    # Nothing to do: nothing to make again.
+    write_results(results_dir / "probe_seed0.json")
+    assert to_remake(runs, runs_dir, results_dir) == set()

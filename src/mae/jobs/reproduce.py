@@ -5,7 +5,8 @@ Each run is a ``train.py`` command in its own directory, ``outputs/reproduce/<na
 copied to ``docs/results/<name>.json`` when it finishes. Resumable, as the sweeps are: a run whose results file in
 ``docs/results/`` says ``"status": "finished"`` is skipped, and one interrupted half-way continues from its last
 checkpoint. Runs that start from another run's encoder (fine-tuning, probing, continued pre-training) name it and
-run after it. ``--list`` prints the plan with what is done; ``--only NAME ...`` runs a subset (and what it needs).
+run after it. A finished run whose checkpoint a run still to do needs, but which is gone (a fresh clone has the
+results files, not the checkpoints), is run again first, and its results file replaced. ``--list`` prints the plan with what is done; ``--only NAME ...`` runs a subset (and what it needs).
 """
 
 from __future__ import annotations
@@ -30,6 +31,33 @@ def finished(name: str, results_dir: Path = RESULTS_DIR) -> bool:
     """Whether ``<name>.json`` in the results directory is a finished run's."""
     path = results_dir / f"{name}.json"
     return path.is_file() and read_json_object(path).get("status") == "finished"
+
+
+def made_here(name: str, runs_dir: Path = RUNS_DIR) -> bool:
+    """Whether run ``name`` finished in this checkout: its directory holds its last checkpoint and a finished
+    ``results.json`` (an attempt interrupted half-way has the one without the other)."""
+    run_dir = runs_dir / name
+    results = run_dir / "results.json"
+    return (
+        (run_dir / CHECKPOINT).is_file() and results.is_file() and read_json_object(results).get("status") == "finished"
+    )
+
+
+def to_remake(runs: Sequence[Run], runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR) -> set[str]:
+    """The finished runs among ``runs`` to run again: those not :func:`made_here` while a run to be made (not
+    finished, or itself to run again) takes its encoder from it."""
+    by_name = {run.name: run for run in runs}
+    remake: set[str] = set()
+    needed = [run.encoder_from for run in runs if run.encoder_from is not None and not finished(run.name, results_dir)]
+    while needed:
+        name = needed.pop()
+        if name in remake or name not in by_name or not finished(name, results_dir):
+            continue
+        if not made_here(name, runs_dir):
+            remake.add(name)
+            if by_name[name].encoder_from is not None:
+                needed.append(by_name[name].encoder_from)
+    return remake
 
 
 def plan(runs: Sequence[Run], only: Sequence[str] = ()) -> list[Run]:
@@ -104,15 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    remake = to_remake(runs)
     for index, run in enumerate(runs, 1):
-        done = finished(run.name)
+        done = finished(run.name) and run.name not in remake
         if args.list:
-            print(f"{'done' if done else 'todo'}  {run.name}: {' '.join(command(run)[2:])}")
+            print(
+                f"{'done' if done else 'redo' if run.name in remake else 'todo'}  {run.name}: {' '.join(command(run)[2:])}"
+            )
             continue
         if done:
             print(f"[{index}/{len(runs)}] {run.name}: finished, skipped", flush=True)
             continue
-        print(f"[{index}/{len(runs)}] {run.name}", flush=True)
+        why = ": finished, but its checkpoint is gone and a run to do needs it; again (results replaced)"
+        print(f"[{index}/{len(runs)}] {run.name}{why if run.name in remake else ''}", flush=True)
         try:
             execute(run)
         except (subprocess.CalledProcessError, RuntimeError) as error:

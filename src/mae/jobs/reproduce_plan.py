@@ -137,6 +137,16 @@ RUNS: tuple[Run, ...] = (
         ("task=segment", "pretrained=null", "module.freeze_backbone=true"),
         before=SCENES,
     ),
+    # The main job's encoder frozen too: what its features carry with only the neck and heads trained.
+    *(
+        Run(
+            f"segment_frozen_pretrained_seed{seed}",
+            ("task=segment", "module.freeze_backbone=true", f"seed={seed}"),
+            "pretrain_seed0",
+            SCENES,
+        )
+        for seed in DOWNSTREAM_SEEDS
+    ),
     # Detection and instance segmentation on the same scenes (COCO layout): the main job's encoder against the same
     # Mask R-CNN from scratch.
     *(

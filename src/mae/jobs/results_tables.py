@@ -341,6 +341,10 @@ TABLES = (
                 "a random encoder, frozen (`pretrained=null module.freeze_backbone=true`)",
                 seeds("segment_frozen_random", DOWNSTREAM_SEEDS),
             ),
+            Row(
+                "MAE pre-trained, frozen (`module.freeze_backbone=true`)",
+                seeds("segment_frozen_pretrained", DOWNSTREAM_SEEDS),
+            ),
         ),
     ),
     Table(
@@ -351,6 +355,7 @@ TABLES = (
             Row("MAE pre-trained (`make pretrain`), fine-tuned", seeds("segment_pretrained", DOWNSTREAM_SEEDS)),
             Row("the same network from scratch", seeds("segment_scratch", DOWNSTREAM_SEEDS)),
             Row("a random encoder, frozen", seeds("segment_frozen_random", DOWNSTREAM_SEEDS)),
+            Row("MAE pre-trained, frozen", seeds("segment_frozen_pretrained", DOWNSTREAM_SEEDS)),
         ),
     ),
     Table(
@@ -424,6 +429,13 @@ TABLES = (
             Difference(
                 "segmentation mIoU: pre-trained minus a frozen random encoder",
                 seeds("segment_pretrained", DOWNSTREAM_SEEDS),
+                recorded("miou"),
+                seeds("segment_frozen_random", DOWNSTREAM_SEEDS),
+                recorded("miou"),
+            ),
+            Difference(
+                "segmentation mIoU, encoders frozen: pre-trained minus random",
+                seeds("segment_frozen_pretrained", DOWNSTREAM_SEEDS),
                 recorded("miou"),
                 seeds("segment_frozen_random", DOWNSTREAM_SEEDS),
                 recorded("miou"),

@@ -77,10 +77,7 @@ class DetectionModule(ScoresPerSplit, ScheduledModule):
         milestones = [float(fraction) for fraction in milestones]
         self.save_hyperparameters(ignore=["model"])
         self.model = model
-        self.val_scores = DetectionMetric()
-        self.test_scores = DetectionMetric()
-        self.scores: dict[str, DetectionScores] = {}  # of the latest validation / test pass
-        self.scored_at_step: dict[str, int] = {}
+        self.init_split_scores(DetectionMetric)
 
     @classmethod
     def from_encoder(

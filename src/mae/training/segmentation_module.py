@@ -78,10 +78,7 @@ class SegmentationModule(ScoresPerSplit, ScheduledModule):
         self.model = model
         if freeze_backbone:
             self.model.backbone.requires_grad_(False)
-        self.val_scores = SegmentationMetric(num_classes)
-        self.test_scores = SegmentationMetric(num_classes)
-        self.scores: dict[str, SegmentationScores] = {}  # of the latest validation / test pass
-        self.scored_at_step: dict[str, int] = {}
+        self.init_split_scores(lambda: SegmentationMetric(num_classes))
 
     @classmethod
     def from_encoder(
