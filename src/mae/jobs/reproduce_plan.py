@@ -147,6 +147,10 @@ RUNS: tuple[Run, ...] = (
         )
         for seed in DOWNSTREAM_SEEDS
     ),
+    # Why pre-training helps the segmentation little: the scenes' items classified by kNN on the encoder's features,
+    # alone (as in pre-training) and in their scene (nothing trained; the random encoder over two seeds).
+    Run("item_knn_pretrained_seed0", ("task=item_knn", "seed=0"), "pretrain_seed0", SCENES),
+    *seeded("item_knn_random", DOWNSTREAM_SEEDS, ("task=item_knn", "pretrained=null"), before=SCENES),
     # Detection and instance segmentation on the same scenes (COCO layout): the main job's encoder against the same
     # Mask R-CNN from scratch.
     *(

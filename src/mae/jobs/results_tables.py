@@ -186,8 +186,8 @@ class Budget:
 
 def run_seconds(results: dict[str, Any]) -> float:
     """A run's training time: a pre-training's or a downstream run's ``train_seconds``; an ablation point's
-    pre-training plus its downstream stages."""
-    first = results.get("pretrain_seconds", results.get("train_seconds")) or 0.0
+    pre-training plus its downstream stages; a diagnostic's ``eval_seconds``."""
+    first = results.get("pretrain_seconds", results.get("train_seconds", results.get("eval_seconds"))) or 0.0
     return float(first) + sum(float(results.get(f"{stage}_seconds") or 0.0) for stage in ("linprobe", "finetune"))
 
 
@@ -237,6 +237,12 @@ def class_iou(index: int) -> Reader:
 
 
 SEGMENTATION_PER_CLASS = tuple(Column(name, class_iou(index), digits=1) for index, name in enumerate(SCENE_CLASSES))
+ITEM_KNN = (
+    Column("item kNN top-1 (validation scenes), alone (%)", recorded("val_top1_alone")),
+    Column("item kNN top-1 (validation scenes), in their scene (%)", recorded("val_top1_in_scene")),
+    Column("items queried", recorded("val_items"), digits=0),
+    Column("time (s)", recorded("eval_seconds"), digits=0),
+)
 DETECTION = (
     Column("box AP, validation", validation(recorded("box_ap"))),
     Column("box AP, test", recorded("box_ap")),
@@ -356,6 +362,15 @@ TABLES = (
             Row("the same network from scratch", seeds("segment_scratch", DOWNSTREAM_SEEDS)),
             Row("a random encoder, frozen", seeds("segment_frozen_random", DOWNSTREAM_SEEDS)),
             Row("MAE pre-trained, frozen", seeds("segment_frozen_pretrained", DOWNSTREAM_SEEDS)),
+        ),
+    ),
+    Table(
+        "segment_items",
+        "encoder (nothing trained)",
+        ITEM_KNN,
+        (
+            Row("MAE pre-trained (`make pretrain`)", seeds("item_knn_pretrained", 1)),
+            Row("random initialisation (`pretrained=null`)", seeds("item_knn_random", DOWNSTREAM_SEEDS)),
         ),
     ),
     Table(
