@@ -13,7 +13,9 @@ from extras import needs_extra
 from test_dense_data import write_tiny_scenes
 
 from mae.evaluation.items import crop_square, masked_mean, square_box
-from mae.jobs.item_knn import item_knn
+from mae.jobs.item_knn import item_features, item_knn
+from mae.models import mae_vit_tiny_patch7
+from mae.models.dense.backbone import vit_backbone_from_mae
 
 COUNTS = {"training": 6, "validation": 3, "test": 2}
 
@@ -84,3 +86,38 @@ def test_bad_settings_stop_with_one_line(data_dir, tmp_path, override, message):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == f"error: {message}"
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+class OneScene:
+    """A dataset of one scene, shaped as CocoInstances serves it."""
+
+    annotation_file = "one scene"
+
+    def __init__(self, image: torch.Tensor, target: dict) -> None:
+        self.sample = (image, target)
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int):
+        return self.sample
+
+
+def test_an_item_that_fills_its_scene_looks_the_same_in_both_views():
+    # A scene of the pre-training's size whose one item covers it: cut out and resized to 28 pixels it is the scene
+    # itself, so the two views must give the same feature; a crowd region is left out.
+    torch.manual_seed(0)
+    encoder = mae_vit_tiny_patch7(in_chans=1)
+    alone = vit_backbone_from_mae(encoder, 28, [5], 0.0, False, None).eval()
+    in_scene = vit_backbone_from_mae(encoder, 28, [5], 0.0, False, None).eval()
+    image = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
+    target = {
+        "boxes": torch.tensor([[0.0, 0.0, 28.0, 28.0], [0.0, 0.0, 5.0, 5.0]]),
+        "masks": torch.ones(2, 28, 28, dtype=torch.uint8),
+        "labels": torch.tensor([3, 1]),
+        "iscrowd": torch.tensor([0, 1]),
+    }
+    features = item_features(OneScene(image, target), alone, in_scene, 28, [0.3], [0.35], None)
+    assert features.labels.tolist() == [2]
+    assert torch.allclose(features.alone, features.in_scene, atol=1e-5)
+    assert torch.allclose(features.alone.norm(dim=1), torch.ones(1))
