@@ -114,6 +114,16 @@ def test_commit_and_dirty_state_of_a_checkout(tmp_path):
     assert prov.git_state(repo) == {"commit": head, "dirty": False}
     (repo / "outputs.txt").write_text("untracked\n")  # untracked files do not count
     assert prov.git_state(repo) == {"commit": head, "dirty": False}
+    # What make reproduce writes between its runs (results files, re-rendered tables) is not code.
+    (repo / "docs" / "results").mkdir(parents=True)
+    (repo / "README.md").write_text("| table |\n")
+    (repo / "docs" / "results" / "run.json").write_text("{}\n")
+    git(repo, "add", "README.md", "docs")
+    git(repo, "commit", "-q", "-m", "tables")
+    head = git(repo, "rev-parse", "HEAD")
+    (repo / "README.md").write_text("| table, re-rendered |\n")
+    (repo / "docs" / "results" / "run.json").write_text('{"status": "finished"}\n')
+    assert prov.git_state(repo) == {"commit": head, "dirty": False}
     (repo / "train.py").write_text("print('v2')\n")
     assert prov.git_state(repo) == {"commit": head, "dirty": True}
 

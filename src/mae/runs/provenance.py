@@ -104,16 +104,21 @@ def _git(repo_dir: Path, *args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+NOT_CODE = (":(exclude)docs", ":(exclude)*.md")
+"""Pathspecs of the tracked files whose changes do not make a checkout dirty: results, tables and prose."""
+
+
 def git_state(repo_dir: str | Path = REPO_DIR) -> dict[str, Any]:
     """``{"commit": <HEAD's sha>, "dirty": <uncommitted changes to tracked files>}`` of the checkout at
     ``repo_dir``; both ``None`` when it is not the top of a git checkout (an installed wheel, whose ``REPO_DIR``
     could lie inside some other repository) or git is missing or fails. Untracked files (outputs, data) do not
-    make it dirty."""
+    make it dirty, nor do changes under ``docs/`` or to Markdown files (:data:`NOT_CODE`): ``make reproduce``
+    writes results files and re-renders tables there between its runs, which changes nothing a run computes."""
     repo_dir = Path(repo_dir)
     if not (repo_dir / ".git").exists():  # a directory, or a file in a worktree or submodule
         return {"commit": None, "dirty": None}
     head = _git(repo_dir, "rev-parse", "--verify", "HEAD")
-    status = _git(repo_dir, "status", "--porcelain", "--untracked-files=no")
+    status = _git(repo_dir, "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE)
     return {
         "commit": (head.strip() or None) if head is not None else None,
         "dirty": bool(status.strip()) if status is not None else None,
