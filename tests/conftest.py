@@ -49,6 +49,25 @@ def run_script(
     )
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess, message: str, run_dir: Path | None = None) -> None:
+    """``result``, a script run, stopped as bad input must stop it: exit status 2, exactly one line starting with
+    ``error:``, holding ``message``, no traceback, and (given its ``run_dir``) no checkpoint written."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    if run_dir is not None:
+        assert not (run_dir / "checkpoints").exists()
+
+
+def assert_one_line(error: pytest.ExceptionInfo, *words: str) -> None:
+    """The raised error's message is one line holding each of ``words``."""
+    message = str(error.value)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, message
+
+
 def compose_config(
     overrides: list[str] | None = None, output_dir: Path | None = None, config_name: str = "train"
 ) -> DictConfig:

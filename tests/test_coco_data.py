@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line
 from extras import needs_extra
 from PIL import Image
 from test_dense_data import fake_items, fake_sources, scene_settings
@@ -30,13 +31,6 @@ HOW_TO_GET = "download COCO 2017 and set data.root"
 @pytest.fixture
 def coco_mask():
     return needs_extra("pycocotools.mask", "detect")
-
-
-def one_line(error: pytest.ExceptionInfo, *words: str) -> None:
-    message = str(error.value)
-    assert "\n" not in message, message
-    for word in words:
-        assert word in message, message
 
 
 def box_mask(height: int, width: int, rows: slice, cols: slice) -> np.ndarray:
@@ -200,20 +194,20 @@ def test_bad_annotations_stop_on_construction_in_one_line(tmp_path, coco_mask, c
     annotation_file.write_text(json.dumps(broken(content, change)))  # the images of the correct file
     with pytest.raises(ValueError) as error:
         CocoInstances(image_dir, annotation_file, 3, HOW_TO_GET)
-    one_line(error, str(annotation_file), *words)
+    assert_one_line(error, str(annotation_file), *words)
 
 
 def test_bad_files_stop_on_construction_in_one_line(tmp_path, coco_mask):
     image_dir, annotation_file = write_coco(tmp_path / "ok", small_coco(coco_mask))
     with pytest.raises(FileNotFoundError) as error:
         CocoInstances(image_dir, tmp_path / "instances_val2017.json", 3, HOW_TO_GET)
-    one_line(error, f"annotation file {tmp_path / 'instances_val2017.json'} not found; {HOW_TO_GET}")
+    assert_one_line(error, f"annotation file {tmp_path / 'instances_val2017.json'} not found; {HOW_TO_GET}")
     with pytest.raises(FileNotFoundError) as error:
         CocoInstances(tmp_path / "val2017", annotation_file, 3, HOW_TO_GET)
-    one_line(error, f"image folder {tmp_path / 'val2017'} not found; {HOW_TO_GET}")
+    assert_one_line(error, f"image folder {tmp_path / 'val2017'} not found; {HOW_TO_GET}")
     with pytest.raises(ValueError) as error:
         CocoInstances(image_dir, annotation_file, 2, HOW_TO_GET)
-    one_line(error, "in_chans=2 must be 1 (grey) or 3 (RGB)")
+    assert_one_line(error, "in_chans=2 must be 1 (grey) or 3 (RGB)")
 
     bad = tmp_path / "bad.json"
     for text, words in [
@@ -227,7 +221,7 @@ def test_bad_files_stop_on_construction_in_one_line(tmp_path, coco_mask):
         bad.write_text(text)
         with pytest.raises(ValueError) as error:
             CocoInstances(image_dir, bad, 3, HOW_TO_GET)
-        one_line(error, str(bad), *words)
+        assert_one_line(error, str(bad), *words)
 
 
 def test_an_image_of_another_size_than_the_json_says_is_corrupt_on_load(tmp_path, coco_mask):
@@ -236,7 +230,7 @@ def test_an_image_of_another_size_than_the_json_says_is_corrupt_on_load(tmp_path
     dataset[1]
     with pytest.raises(CorruptDataError) as error:
         dataset[2]
-    one_line(error, f"image {image_dir / 'c.jpg'} is 5x7 pixels but {annotation_file} says 7x5")
+    assert_one_line(error, f"image {image_dir / 'c.jpg'} is 5x7 pixels but {annotation_file} says 7x5")
     with pytest.raises(CorruptDataError):
         dataset.check(4)
 
@@ -247,7 +241,7 @@ def test_without_the_detect_extra_the_reader_stops_in_one_line_naming_it(tmp_pat
     monkeypatch.setitem(sys.modules, "pycocotools.mask", None)
     with pytest.raises(MissingExtraError) as error:
         CocoInstances(tmp_path, tmp_path / "instances.json", 3, HOW_TO_GET)
-    one_line(error, "COCO masks (data=coco, task=detect) needs pycocotools", "mae-lightning[detect]")
+    assert_one_line(error, "COCO masks (data=coco, task=detect) needs pycocotools", "mae-lightning[detect]")
     # Writing the scenes' instances needs no extra.
     assert encode_rle(torch.ones(2, 2, dtype=torch.bool))["counts"] == [0, 4]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, data_module
+from conftest import assert_one_line, compose_config, data_module
 from PIL import Image
 from test_data_fashion_mnist import N_TRAIN, make_fashion_mnist
 from torchvision.io import ImageReadMode, decode_image
@@ -79,13 +79,6 @@ def files_of(root: Path) -> dict[str, bytes]:
 
 def decode(path: Path) -> torch.Tensor:
     return decode_image(str(path), mode=ImageReadMode.UNCHANGED)
-
-
-def one_line(error: pytest.ExceptionInfo, *words: str) -> None:
-    message = str(error.value)
-    assert "\n" not in message, message
-    for word in words:
-        assert word in message, message
 
 
 # -- the scenes generator ------------------------------------------------------------------------------------------
@@ -190,7 +183,7 @@ def test_a_non_empty_output_folder_is_refused_and_a_failed_run_leaves_nothing(tm
     (out / "mine.txt").write_text("keep")
     with pytest.raises(FileExistsError) as error:
         write_tiny_scenes(out)
-    one_line(error, str(out), "not an empty folder")
+    assert_one_line(error, str(out), "not an empty folder")
 
     def broken():
         yield from generate_split(fake_sources()["training"], scene_settings(), 0, "training", 2)
@@ -268,19 +261,19 @@ def test_reader_pairs_files_by_name_and_reduces_the_zero_label(tmp_path, in_chan
 def test_reader_errors_are_one_line_naming_the_file(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         SegmentationFolder(tmp_path, "training", 150, 3, "download ADEChallengeData2016 and set root")
-    one_line(error, str(tmp_path / "images" / "training"), "download ADEChallengeData2016 and set root")
+    assert_one_line(error, str(tmp_path / "images" / "training"), "download ADEChallengeData2016 and set root")
 
     write_ade20k(tmp_path / "extra_image", "training", ade_labels(2, 5))
     (tmp_path / "extra_image" / "annotations" / "training" / "ADE_training_00000002.png").unlink()
     with pytest.raises(ValueError) as error:
         SegmentationFolder(tmp_path / "extra_image", "training", 5, 3, "")
-    one_line(error, "ADE_training_00000002.jpg has no annotation in")
+    assert_one_line(error, "ADE_training_00000002.jpg has no annotation in")
 
     write_ade20k(tmp_path / "extra_label", "training", ade_labels(2, 5))
     (tmp_path / "extra_label" / "images" / "training" / "ADE_training_00000001.jpg").unlink()
     with pytest.raises(ValueError) as error:
         SegmentationFolder(tmp_path / "extra_label", "training", 5, 3, "")
-    one_line(error, "ADE_training_00000001.png has no image in")
+    assert_one_line(error, "ADE_training_00000001.png has no image in")
 
     labels = ade_labels(2, 150)
     labels[1][3, 4] = 151
@@ -289,7 +282,7 @@ def test_reader_errors_are_one_line_naming_the_file(tmp_path):
     dataset[0]
     with pytest.raises(CorruptDataError) as error:
         dataset[1]
-    one_line(error, "ADE_training_00000002.png holds value 151, outside 0-150")
+    assert_one_line(error, "ADE_training_00000002.png holds value 151, outside 0-150")
 
     root = tmp_path / "size"
     write_ade20k(root, "training", ade_labels(1, 5))
@@ -297,12 +290,12 @@ def test_reader_errors_are_one_line_naming_the_file(tmp_path):
     Image.fromarray(np.ones((24, 30), dtype=np.uint8), mode="L").save(annotation)
     with pytest.raises(CorruptDataError) as error:
         SegmentationFolder(root, "training", 5, 3, "")[0]
-    one_line(error, str(annotation), "is 30x24 pixels but its image", "is 32x24")
+    assert_one_line(error, str(annotation), "is 30x24 pixels but its image", "is 32x24")
 
     Image.fromarray(np.ones((24, 32, 3), dtype=np.uint8)).save(annotation)
     with pytest.raises(CorruptDataError) as error:
         SegmentationFolder(root, "training", 5, 3, "")[0]
-    one_line(error, str(annotation), "single-channel 8-bit PNG")
+    assert_one_line(error, str(annotation), "single-channel 8-bit PNG")
 
 
 # -- the joint transforms ------------------------------------------------------------------------------------------
@@ -485,7 +478,7 @@ def test_ade20k_module_evaluates_on_its_validation_split(tmp_path):
 def test_a_missing_split_says_how_to_get_the_data(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         seg_data("fashion_mnist_scenes", root=str(tmp_path / "nowhere"))
-    one_line(error, str(tmp_path / "nowhere" / "images" / "training"), "make scenes")
+    assert_one_line(error, str(tmp_path / "nowhere" / "images" / "training"), "make scenes")
 
 
 def test_a_broken_file_in_the_sample_stops_the_module_before_training(scenes_root):
@@ -493,7 +486,7 @@ def test_a_broken_file_in_the_sample_stops_the_module_before_training(scenes_roo
     Image.fromarray(np.full((96, 96), 12, dtype=np.uint8), mode="L").save(annotation)
     with pytest.raises(CorruptDataError) as error:
         seg_data("fashion_mnist_scenes", root=str(scenes_root))
-    one_line(error, str(annotation), "holds value 12, outside 0-11")
+    assert_one_line(error, str(annotation), "holds value 12, outside 0-11")
     seg_data("fashion_mnist_scenes", root=str(scenes_root), check_samples=1)  # not in a sample of one
 
 
@@ -521,4 +514,4 @@ def test_bad_settings_are_refused_with_one_line(scenes_root, setting, value, mes
     settings = {setting: value, **({"std": "auto"} if value == "auto" else {})}
     with pytest.raises(ValueError) as error:
         seg_data("fashion_mnist_scenes", root=str(scenes_root), **settings)
-    one_line(error, message)
+    assert_one_line(error, message)

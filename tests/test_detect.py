@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, run_script
+from conftest import assert_one_line_error, compose_config, run_script
 from extras import needs_extra
 from test_dense_data import write_tiny_scenes
 
@@ -91,10 +91,7 @@ def test_the_pretrained_encoder_becomes_the_backbone(data_dir, encoder_file, tmp
 def test_bad_input_stops_before_training_with_one_line(data_dir, tmp_path, override, message):
     override = override.format(missing=tmp_path / "nowhere")
     done = run_script(tmp_path / "run", *TINY, f"paths.data_dir={data_dir}", "pretrained=null", override)
-    assert done.returncode == 2, done.stderr[-2000:]
-    error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and message in error[0], done.stderr[-2000:]
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert_one_line_error(done, message, tmp_path / "run")
 
 
 @pytest.mark.parametrize("experiment", ["vitdet_base_maskrcnn_coco", "vitdet_large_maskrcnn_coco"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_one_line
 from torch.nn import functional as tf
 from torch.utils.data import Dataset, TensorDataset
 
@@ -55,13 +56,6 @@ def interior(masks: torch.Tensor) -> torch.Tensor:
     outside): there a bilinear pixel blends nothing but its own instance."""
     padded = tf.pad(masks.float(), (1, 1, 1, 1))
     return -tf.max_pool2d(-padded[:, None], 3, 1)[:, 0] > 0.5
-
-
-def one_line(error: pytest.ExceptionInfo, *words: str) -> None:
-    message = str(error.value)
-    assert "\n" not in message, message
-    for word in words:
-        assert word in message, message
 
 
 # -- the transforms ------------------------------------------------------------------------------------------------
@@ -186,13 +180,13 @@ def test_evaluation_scales_the_image_and_leaves_the_target_untouched():
 def test_bad_jitter_settings_are_refused_with_one_line(setting, value, message):
     with pytest.raises(ValueError) as error:
         jitter(**{setting: value})
-    one_line(error, message)
+    assert_one_line(error, message)
 
 
 def test_a_pad_value_for_other_channels_is_refused_with_one_line():
     with pytest.raises(ValueError) as error:
         jitter(pad_value=(0.5,))(*instances(20, 20, [[0, 0, 5, 5]]), seeded(0))
-    one_line(error, "pad_value=[0.5] needs one value per channel; the image has 3")
+    assert_one_line(error, "pad_value=[0.5] needs one value per channel; the image has 3")
 
 
 # -- the data module -----------------------------------------------------------------------------------------------
@@ -349,4 +343,4 @@ def test_bad_settings_are_refused_with_one_line(setting, value, message):
     settings = {setting: value, **({"std": "auto"} if value == "auto" else {})}
     with pytest.raises(ValueError) as error:
         detection_data(**settings)
-    one_line(error, message)
+    assert_one_line(error, message)

@@ -1,5 +1,6 @@
 """Fine-tuning, linear probing and eval.py through the real configs, from a checkpoint that pre-training wrote."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import lightning as L
 import pytest
 import timm
 import torch
-from conftest import compose_config, data_module
+from conftest import assert_one_line_error, compose_config, data_module
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
@@ -82,9 +83,11 @@ def test_finetuning_starts_from_the_pretrained_encoder(config_factory, pretraine
     assert not torch.equal(scratch.blocks[1].mlp.fc2.weight, weights["blocks.1.mlp.fc2.weight"])
 
 
-def test_finetuning_writes_test_split_results_and_a_timm_classifier(finetuned_run):
+def test_finetuning_writes_test_split_results_and_a_timm_classifier(finetuned_run, pretrained_ckpt):
     run_dir, results = finetuned_run
     assert json.loads((run_dir / "results.json").read_text()) == results
+    assert results["pretrained"] == str(pretrained_ckpt)
+    assert results["pretrained_sha256"] == hashlib.sha256(pretrained_ckpt.read_bytes()).hexdigest()
     assert results["task"] == "finetune" and results["split"] == "test" and results["num_images"] == 10000
     assert 0.0 <= results["top1"] <= results["top5"] <= 100.0
     schedule = OmegaConf.load(run_dir / CONFIG_FILE).schedule  # the lr scaling rule: blr x batch / 256
@@ -199,9 +202,7 @@ def test_eval_py_refuses_data_with_another_class_count(finetuned_run, tmp_path):
             "data.num_workers=0",
         ],
     )
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "head.weight has shape (10, 32), this model expects (3, 32)" in errors[0], result.stderr
+    assert_one_line_error(result, "head.weight has shape (10, 32), this model expects (3, 32)")
 
 
 def test_eval_py_without_a_checkpoint_is_a_one_line_error(tmp_path):

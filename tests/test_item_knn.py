@@ -77,7 +77,7 @@ def test_item_knn_classifies_every_validation_item_in_both_views(data_dir, tmp_p
     ("override", "message"),
     [
         ("item_knn.crop=30", "crop_size=30x30 is not divisible by the patch size 7"),
-        ("item_knn.train_items=0", "item_knn.train_items=0 must be a positive integer"),
+        ("item_knn.train_items=0", "item_knn.train_items=0 must be an integer of at least 1"),
         ("item_knn.block=6", "item_knn.block=6 must be a block index in [-6, 6) or null (the last)"),
     ],
 )

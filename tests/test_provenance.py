@@ -3,6 +3,7 @@ commit and dirty state of a checkout, and the record merge_results writes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -163,6 +164,34 @@ def test_merge_results_records_provenance(config_factory):
     other_rank = SimpleNamespace(is_global_zero=False)  # reads, writes nothing, records nothing new
     assert merge_results(cfg, other_rank, {"top1": 1.0}) == {**written, "top1": 1.0}
     assert json.loads((Path(cfg.paths.output_dir) / RESULTS_FILE).read_text()) == written
+
+
+def test_a_job_without_a_trainer_writes_its_results_with_provenance(config_factory):
+    """item_knn trains nothing: with no trainer, its one process writes as rank 0 would."""
+    cfg = config_factory(["seed=3"])
+    results = merge_results(cfg, None, {"val_top1_alone": 50.0})
+    written = json.loads((Path(cfg.paths.output_dir) / RESULTS_FILE).read_text())
+    assert written == results and written["val_top1_alone"] == 50.0
+    assert set(written["provenance"]) == PROVENANCE_KEYS
+
+
+def test_the_digest_of_a_weights_file_or_folder_changes_with_its_contents_and_names(tmp_path):
+    file = tmp_path / "encoder.pth"
+    file.write_bytes(b"weights")
+    assert prov.content_digest(file) == hashlib.sha256(b"weights").hexdigest()
+    folder = tmp_path / "export"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "model.safetensors").write_bytes(b"weights")
+    before = prov.content_digest(folder)
+    assert before is not None and before == prov.content_digest(folder)
+    (folder / "sub" / "model.safetensors").write_bytes(b"weightz")
+    changed = prov.content_digest(folder)
+    (folder / "sub" / "model.safetensors").rename(folder / "sub" / "other.safetensors")
+    assert len({before, changed, prov.content_digest(folder)}) == 3
+    assert prov.content_digest(tmp_path / "missing") is None
+    (tmp_path / "empty").mkdir()
+    assert prov.content_digest(tmp_path / "empty") is None
 
 
 def test_gpus_are_named_and_counted_when_cuda_is_available(monkeypatch):

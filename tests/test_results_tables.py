@@ -137,6 +137,22 @@ def test_sources_name_the_commit_and_machine_of_every_file(tmp_path):
     assert lines[3].startswith("| 1 | `0123456789` (uncommitted changes) |")
 
 
+def test_encoders_tell_runs_of_one_path_apart_by_the_file_they_read(tmp_path):
+    old, new = "a" * 64, "b" * 64
+    write(tmp_path, "pretrain_seed0.json", checkpoint_sha256=new, pretrained=None)
+    write(tmp_path, "probe_new.json", pretrained="ckpt", pretrained_sha256=new)
+    write(tmp_path, "probe_old.json", pretrained="ckpt", pretrained_sha256=old)
+    write(tmp_path, "probe_unrecorded.json", pretrained="ckpt")
+    write(tmp_path, "scratch.json", pretrained=None, pretrained_sha256=None)
+    lines = render(table("encoders"), tmp_path).splitlines()
+    assert lines[2:] == [
+        "| `aaaaaaaaaaaa` | no results file here: an earlier run | probe_old |",
+        "| `bbbbbbbbbbbb` | pretrain_seed0 | probe_new |",
+        "| not recorded (runs made before digests were recorded) |  | probe_unrecorded |",
+    ]
+    assert render(table("encoders"), tmp_path / "empty") == "No run here started from a weights file."
+
+
 def test_update_replaces_only_the_marked_tables(tmp_path):
     write(tmp_path, "pretrain_seed0.json", **KNN)
     text = "intro\n<!-- table:pretrain_knn -->\nstale\n<!-- /table:pretrain_knn -->\nend\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import compose_config, run_script
+from conftest import assert_one_line_error, compose_config, run_script
 from test_dense_data import write_tiny_scenes
 
 from mae.jobs.downstream import initial_encoder
@@ -100,10 +100,7 @@ def test_a_frozen_encoder_stays_fixed_while_the_heads_learn(scenes, encoder_file
 def test_bad_input_stops_before_training_with_one_line(scenes, tmp_path, override, message):
     override = override.format(missing=tmp_path / "nowhere")
     done = run_script(tmp_path / "run", *TINY, f"data.root={scenes}", "pretrained=null", override)
-    assert done.returncode == 2, done.stderr[-2000:]
-    error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and message in error[0], done.stderr[-2000:]
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert_one_line_error(done, message, tmp_path / "run")
 
 
 def test_a_pretrained_file_of_another_width_is_refused(scenes, tmp_path):

@@ -19,6 +19,7 @@ from mae.jobs.harness import (
     merge_results,
     output_dir,
     point_latest_at,
+    pretrained_record,
     training_record,
     write_config,
 )
@@ -72,7 +73,7 @@ def dense_job(
         run.trainer,
         {
             "task": cfg.task_name,
-            "pretrained": None if cfg.pretrained is None else str(cfg.pretrained),
+            **pretrained_record(cfg),
             **task_record,
             **scores_record(test, ""),
             **scores_record(val, "val_"),

@@ -18,6 +18,7 @@ from mae.jobs.harness import (
     merge_results,
     output_dir,
     point_latest_at,
+    pretrained_record,
     training_record,
     write_config,
 )
@@ -81,7 +82,7 @@ def downstream(cfg: DictConfig) -> dict:
         run.trainer,
         {
             "task": cfg.task_name,
-            "pretrained": None if cfg.pretrained is None else str(cfg.pretrained),
+            **pretrained_record(cfg),
             **evaluation,
             **training_record(run, train_seconds),
         },

@@ -28,7 +28,7 @@ from mae.model_files.stored_config import stored_normalization
 from mae.runs.atomic_files import write_text_atomically
 from mae.runs.config import instantiate_node, process_batch_size, validate_schedule
 from mae.runs.optional import MissingExtraError
-from mae.runs.provenance import PROVENANCE_KEY, provenance
+from mae.runs.provenance import PROVENANCE_KEY, content_digest, provenance
 from mae.runs.run_directory import (
     BAD_IMAGES_FILE,
     CHECKPOINT_DIR,
@@ -238,22 +238,48 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
-def write_config(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule | None = None) -> None:
-    """The resolved config, first thing in the run directory, and the files the data keeps there (rank 0 only)."""
-    if trainer.is_global_zero:
+def writes_files(trainer: L.Trainer | None) -> bool:
+    """Whether this process writes the run directory's files: rank 0 of a trainer's processes, or the only
+    process of a job that trains nothing (``trainer`` None)."""
+    return trainer is None or trainer.is_global_zero
+
+
+def write_config(
+    cfg: DictConfig, trainer: L.Trainer | None = None, datamodule: L.LightningDataModule | None = None
+) -> None:
+    """The resolved config, first thing in the run directory, and the files the data keeps there (rank 0 only;
+    ``trainer`` None: a job of one process, which writes)."""
+    if writes_files(trainer):
         write_text_atomically(config_file(output_dir(cfg)), OmegaConf.to_yaml(cfg, resolve=True))
         if datamodule is not None and hasattr(datamodule, "write_run_files"):
             datamodule.write_run_files(output_dir(cfg))
 
 
-def merge_results(cfg: DictConfig, trainer: L.Trainer, results: dict) -> dict:
+def merge_results(cfg: DictConfig, trainer: L.Trainer | None, results: dict) -> dict:
     """Merge ``results`` into the run's ``results.json`` (callbacks may have written to it) and return all of it.
-    Rank 0, which writes, also records where the results came from under ``provenance`` (commit, overrides,
-    versions, machine, date: :func:`mae.runs.provenance.provenance`), replacing an earlier attempt's."""
+    Rank 0 (or, ``trainer`` None, the one process of a job that trains nothing), which writes, also records where
+    the results came from under ``provenance`` (commit, overrides, versions, machine, date:
+    :func:`mae.runs.provenance.provenance`), replacing an earlier attempt's."""
     path = output_dir(cfg) / RESULTS_FILE
-    if trainer.is_global_zero:
+    if writes_files(trainer):
         return merge_json(path, {**results, PROVENANCE_KEY: provenance()})
     return {**read_json_object(path), **results}
+
+
+def pretrained_record(cfg: DictConfig) -> dict[str, str | None]:
+    """``pretrained``, the weights file (or exported folder) the run started from, and its SHA-256
+    (:func:`mae.runs.provenance.content_digest`); both None for a run from random weights."""
+    pretrained = cfg.get("pretrained")
+    if pretrained is None:
+        return {"pretrained": None, "pretrained_sha256": None}
+    return {"pretrained": str(pretrained), "pretrained_sha256": content_digest(pretrained)}
+
+
+def last_checkpoint_digest(trainer: L.Trainer) -> str | None:
+    """SHA-256 of the run's ``last.ckpt``, what a run started from it records as ``pretrained_sha256``
+    (:func:`pretrained_record`); None without a checkpoint callback or a last checkpoint."""
+    path = getattr(trainer.checkpoint_callback, "last_model_path", "")
+    return content_digest(path) if path else None
 
 
 def point_latest_at(cfg: DictConfig, trainer: L.Trainer) -> None:

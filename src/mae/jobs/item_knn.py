@@ -18,17 +18,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from torchvision.transforms.v2.functional import normalize
 
 from mae.data.dense.coco import CocoInstances
+from mae.data.errors import check_int, check_optional_limit
 from mae.evaluation.items import crop_square, masked_mean
 from mae.evaluation.knn import knn_top1
 from mae.jobs.downstream import initial_encoder
-from mae.jobs.harness import SetupError, one_line_setup_error, output_dir
+from mae.jobs.harness import SetupError, merge_results, one_line_setup_error, pretrained_record, write_config
 from mae.models.dense.backbone import ViTBackbone, vit_backbone_from_mae
-from mae.runs.atomic_files import write_text_atomically
-from mae.runs.provenance import PROVENANCE_KEY, provenance
-from mae.runs.run_directory import RESULTS_FILE, config_file, merge_json
 from mae.runs.torch_state import eval_mode
 
 SETUP_ERRORS = (ValueError, TypeError, OSError)
@@ -43,15 +42,6 @@ class ItemFeatures:
     labels: torch.Tensor
 
 
-def check_count(name: str, value: object, allow_none: bool) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        allowed = "a positive integer" + (" or null (all)" if allow_none else "")
-        raise SetupError(f"item_knn.{name}={value!r} must be {allowed}")
-    return value
-
-
 def block_index(block: int | None, depth: int) -> int:
     """``block`` as a 0-based index of a ``depth``-block encoder (negative counts from the end; None: the last)."""
     if block is None:
@@ -59,12 +49,6 @@ def block_index(block: int | None, depth: int) -> int:
     if isinstance(block, bool) or not isinstance(block, int) or not -depth <= block < depth:
         raise SetupError(f"item_knn.block={block!r} must be a block index in [{-depth}, {depth}) or null (the last)")
     return block % depth
-
-
-def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(..., C, H, W)`` images in [0, 1] standardised per channel as the encoder was pre-trained."""
-    shape = (-1, 1, 1)
-    return (images - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
 
 
 def item_features(
@@ -84,7 +68,7 @@ def item_features(
         for index in range(len(dataset)):
             image, target = dataset[index]
             pixels = image.float() / 255
-            tokens = in_scene(normalise(pixels, mean, std)[None])[name][0]
+            tokens = in_scene(normalize(pixels, mean, std)[None])[name][0]
             crops, crop_masks = [], []
             for box, mask, label, crowd in zip(target["boxes"], target["masks"], target["labels"], target["iscrowd"]):
                 pooled = None if crowd else masked_mean(tokens, mask.float(), patch)
@@ -97,7 +81,7 @@ def item_features(
                 crops.append(crop_square(pixels, box, crop, 0.0))
                 crop_masks.append(crop_square(mask[None].float(), box, crop, 0.0)[0])
             if crops:
-                crop_tokens = alone(normalise(torch.stack(crops), mean, std))[name]
+                crop_tokens = alone(normalize(torch.stack(crops), mean, std))[name]
                 for tokens_alone, crop_mask in zip(crop_tokens, crop_masks):
                     pooled = masked_mean(tokens_alone, crop_mask, patch)
                     alone_features.append(tokens_alone.mean(dim=(1, 2)) if pooled is None else pooled)
@@ -116,9 +100,12 @@ def item_features(
 def item_knn(cfg: DictConfig) -> dict:
     """Classify the validation scenes' items by kNN, alone and in their scene; returns what ``results.json`` got."""
     settings = cfg.item_knn
-    train_items = check_count("train_items", settings.train_items, allow_none=False)
-    val_items = check_count("val_items", settings.val_items, allow_none=True)
-    k = check_count("k", settings.k, allow_none=False)
+    try:
+        train_items = check_int("item_knn.train_items", settings.train_items, 1)
+        val_items = check_optional_limit("item_knn.val_items", settings.val_items)
+        k = check_int("item_knn.k", settings.k, 1)
+    except ValueError as error:
+        raise one_line_setup_error(error) from error
     if not float(settings.temperature) > 0:
         raise SetupError(f"item_knn.temperature={settings.temperature!r} must be positive")
     torch.manual_seed(cfg.seed)  # the random-initialisation baseline's weights (pretrained=null)
@@ -134,11 +121,11 @@ def item_knn(cfg: DictConfig) -> dict:
         in_scene = vit_backbone_from_mae(encoder, data.image_size, [block], 0.0, False, None)
     except SETUP_ERRORS as error:
         raise one_line_setup_error(error) from error
-    write_text_atomically(config_file(output_dir(cfg)), OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(cfg)
     start = time.perf_counter()
     with eval_mode(alone), eval_mode(in_scene):
         features = {
-            split: item_features(dataset, alone, in_scene, settings.crop, data.mean, data.std, limit)
+            split: item_features(dataset, alone, in_scene, settings.crop, list(data.mean), list(data.std), limit)
             for (split, dataset), limit in zip(splits.items(), (train_items, val_items))
         }
     bank, queries = features["train"], features["val"]
@@ -156,11 +143,12 @@ def item_knn(cfg: DictConfig) -> dict:
         )
         for view in ("alone", "in_scene")
     }
-    results = merge_json(
-        output_dir(cfg) / RESULTS_FILE,
+    results = merge_results(
+        cfg,
+        None,
         {
             "task": cfg.task_name,
-            "pretrained": None if cfg.pretrained is None else str(cfg.pretrained),
+            **pretrained_record(cfg),
             "val_top1_alone": top1["alone"],
             "val_top1_in_scene": top1["in_scene"],
             "train_items": len(bank.labels),
@@ -168,7 +156,6 @@ def item_knn(cfg: DictConfig) -> dict:
             "block": block,
             "status": "finished",
             "eval_seconds": round(time.perf_counter() - start, 1),
-            PROVENANCE_KEY: provenance(),
         },
     )
     print(

@@ -12,8 +12,10 @@ from mae.jobs.harness import (
     TrainingRun,
     build_training_run,
     fit,
+    last_checkpoint_digest,
     merge_results,
     point_latest_at,
+    pretrained_record,
     training_record,
     write_config,
 )
@@ -63,9 +65,10 @@ def pretrain(cfg: DictConfig) -> dict:
         cfg,
         run.trainer,
         {
-            "pretrained": None if cfg.get("pretrained") is None else str(cfg.pretrained),
+            **pretrained_record(cfg),
             "train_loss_last_epoch": metrics.get("train/loss_epoch"),
             "val_loss": metrics.get("val/loss"),
+            "checkpoint_sha256": last_checkpoint_digest(run.trainer),
             **training_record(run, train_seconds),
         },
     )

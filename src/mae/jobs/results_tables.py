@@ -19,10 +19,10 @@ from typing import Any
 
 from mae.data import fashion_mnist
 from mae.jobs.reproduce_plan import RUNS
+from mae.jobs.results_sources import Encoders, Sources
 from mae.jobs.welch import welch
 from mae.runs.atomic_files import write_text_atomically
 from mae.runs.config import REPO_DIR
-from mae.runs.provenance import PROVENANCE_KEY, describe_machine
 from mae.runs.run_directory import read_json_object
 from mae.sweeps.summary import mean_std
 
@@ -135,34 +135,6 @@ class Comparisons:
                 f"| {row.label} | {result.difference:+.2f} | {result.t:.2f} (df {result.degrees_of_freedom:.1f}) | "
                 f"{result.p_value:.3g} | {verdict} |"
             )
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Sources:
-    """Which code and machine made the results files in the directory: one line per (commit, machine)."""
-
-    name: str
-
-    def render(self, results_dir: Path) -> str:
-        groups: dict[tuple[str, str, str], list[str]] = {}
-        for path in sorted(results_dir.glob("*.json")):
-            record = read_json_object(path).get(PROVENANCE_KEY) or {}
-            commit = record.get("commit")
-            code = (
-                "unknown"
-                if commit is None
-                else f"`{commit[:10]}`" + (" (uncommitted changes)" if record.get("dirty") else "")
-            )
-            versions = record.get("versions") or {}
-            stack = ", ".join(
-                f"{name} {versions[name]}" for name in ("torch", "lightning", "timm") if versions.get(name)
-            )
-            machine = describe_machine(record["machine"]) if record.get("machine") else "unknown"
-            groups.setdefault((code, machine, stack or "unknown"), []).append(path.stem)
-        lines = ["| runs | commit | machine | versions |", "|---|---|---|---|"]
-        for (code, machine, stack), names in groups.items():
-            lines.append(f"| {len(names)} | {code} | {machine} | {stack} |")
         return "\n".join(lines)
 
 
@@ -479,6 +451,7 @@ TABLES = (
         ),
     ),
     Sources("sources"),
+    Encoders("encoders"),
     Budget("budget"),
 )
 
@@ -509,7 +482,7 @@ def loaded(results_dir: Path, names: Sequence[str]) -> list[dict[str, Any]]:
     return [run for run in (load(results_dir, name) for name in names) if run is not None]
 
 
-def render(table: Table | Comparisons | Sources | Budget, results_dir: Path = RESULTS_DIR) -> str:
+def render(table: Table | Comparisons | Sources | Encoders | Budget, results_dir: Path = RESULTS_DIR) -> str:
     """The markdown of ``table`` from the files in ``results_dir``; several files make ``mean ± std (n=..)``, a row
     none of whose runs has finished says so."""
     if not isinstance(table, Table):

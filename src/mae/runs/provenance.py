@@ -9,6 +9,7 @@ for what they cannot find out (no git, not a checkout, no Hydra job, no ``/proc/
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -207,6 +208,24 @@ def provenance(repo_dir: str | Path = REPO_DIR) -> dict[str, Any]:
         "machine": machine(),
         "date": utc_now(),
     }
+
+
+def content_digest(path: str | Path) -> str | None:
+    """SHA-256 (hex) of a file's bytes, or of a folder's files (each one's path relative to the folder, then its
+    bytes, in sorted order: an exported encoder folder); None where nothing is there. Recorded with a run that
+    starts from weights, so that results made from different files of the same name can be told apart."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        if file != path:
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _instruction_sets(flags: Mapping[str, bool | None]) -> str:
