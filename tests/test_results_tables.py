@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mae.jobs.results_sources import UNKNOWN_WRITER
 from mae.jobs.results_tables import (
     NOT_RUN,
     RESULTS_DIR,
@@ -146,7 +147,7 @@ def test_encoders_tell_runs_of_one_path_apart_by_the_file_they_read(tmp_path):
     write(tmp_path, "scratch.json", pretrained=None, pretrained_sha256=None)
     lines = render(table("encoders"), tmp_path).splitlines()
     assert lines[2:] == [
-        "| `aaaaaaaaaaaa` | no results file here: an earlier run | probe_old |",
+        f"| `aaaaaaaaaaaa` | {UNKNOWN_WRITER} | probe_old |",
         "| `bbbbbbbbbbbb` | pretrain_seed0 | probe_new |",
         "| not recorded (runs made before digests were recorded) |  | probe_unrecorded |",
     ]

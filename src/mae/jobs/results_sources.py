@@ -12,6 +12,8 @@ from mae.runs.run_directory import read_json_object
 DIGEST_DIGITS = 12
 """How much of a SHA-256 a table shows: enough to tell this project's files apart."""
 
+UNKNOWN_WRITER = "no results file here records it (an earlier run, or one from before digests were recorded)"
+
 
 @dataclass(frozen=True)
 class Sources:
@@ -44,9 +46,10 @@ class Sources:
 @dataclass(frozen=True)
 class Encoders:
     """Which weights file the runs that started from one read, by its SHA-256 (``pretrained_sha256``), and which
-    results file's run wrote that file (its ``checkpoint_sha256``). Runs of the same name can be made again (a
-    fresh checkout re-makes a pre-training whose checkpoint it lacks), so a path alone does not say which encoder a
-    downstream number comes from; a digest no results file here wrote is from an earlier run of that name."""
+        results file's run wrote that file (its ``checkpoint_sha256``). Runs of the same name can be made again (a
+        fresh checkout re-makes a pre-training whose checkpoint it lacks), so a path alone does not say which encoder a
+        downstream number comes from. A digest no results file here records was written by an earlier run of that name,
+    or by a run made before pre-training recorded its checkpoint's digest."""
 
     name: str
 
@@ -67,6 +70,6 @@ class Encoders:
                 file, writer = "not recorded (runs made before digests were recorded)", ""
             else:
                 file = f"`{digest[:DIGEST_DIGITS]}`"
-                writer = ", ".join(made_by.get(digest, [])) or "no results file here: an earlier run"
+                writer = ", ".join(made_by.get(digest, [])) or UNKNOWN_WRITER
             lines.append(f"| {file} | {writer} | {', '.join(runs)} |")
         return "\n".join(lines)
