@@ -100,17 +100,14 @@ def item_features(
 def item_knn(cfg: DictConfig) -> dict:
     """Classify the validation scenes' items by kNN, alone and in their scene; returns what ``results.json`` got."""
     settings = cfg.item_knn
+    data = cfg.data
     try:
         train_items = check_int("item_knn.train_items", settings.train_items, 1)
         val_items = check_optional_limit("item_knn.val_items", settings.val_items)
         k = check_int("item_knn.k", settings.k, 1)
-    except ValueError as error:
-        raise one_line_setup_error(error) from error
-    if not float(settings.temperature) > 0:
-        raise SetupError(f"item_knn.temperature={settings.temperature!r} must be positive")
-    torch.manual_seed(cfg.seed)  # the random-initialisation baseline's weights (pretrained=null)
-    data = cfg.data
-    try:
+        if not float(settings.temperature) > 0:
+            raise SetupError(f"item_knn.temperature={settings.temperature!r} must be positive")
+        torch.manual_seed(cfg.seed)  # the random-initialisation baseline's weights (pretrained=null)
         encoder = initial_encoder(cfg)
         block = block_index(settings.block, len(encoder.blocks))
         splits = {

@@ -46,9 +46,9 @@ class Sources:
 @dataclass(frozen=True)
 class Encoders:
     """Which weights file the runs that started from one read, by its SHA-256 (``pretrained_sha256``), and which
-        results file's run wrote that file (its ``checkpoint_sha256``). Runs of the same name can be made again (a
-        fresh checkout re-makes a pre-training whose checkpoint it lacks), so a path alone does not say which encoder a
-        downstream number comes from. A digest no results file here records was written by an earlier run of that name,
+    results file's run wrote that file (its ``checkpoint_sha256``). Runs of the same name can be made again (a fresh
+    checkout re-makes a pre-training whose checkpoint it lacks), so a path alone does not say which encoder a
+    downstream number comes from. A digest no results file here records was written by an earlier run of that name,
     or by a run made before pre-training recorded its checkpoint's digest."""
 
     name: str

@@ -215,7 +215,10 @@ def content_digest(path: str | Path) -> str | None:
     bytes, in sorted order: an exported encoder folder); None where nothing is there. Recorded with a run that
     starts from weights, so that results made from different files of the same name can be told apart."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    if path.is_dir():
+        files = sorted(file for file in path.rglob("*") if file.is_file())
+    else:
+        files = [path] if path.is_file() else []
     if not files:
         return None
     digest = hashlib.sha256()
